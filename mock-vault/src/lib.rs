@@ -1,1 +1,435 @@
-//! placeholder
+//! kvmount's local Azure Key Vault and Entra token endpoint, for dev mode and tests.
+//!
+//! One TLS listener (HTTP/1.1 and h2) serves:
+//! - the Key Vault secrets data plane for every seeded vault, chosen by the first label of the
+//!   Host (`demo.vault.localhost:PORT`; an IP or `localhost` means the first vault), with the
+//!   bearer challenge, token verification and access lists;
+//! - an Entra token endpoint `POST /{tenant}/oauth2/v2.0/token` (client secret or federated
+//!   client assertion), `GET /{tenant}/v2.0/.well-known/openid-configuration`,
+//!   `GET /common/discovery/instance`, `GET /{tenant}/discovery/v2.0/keys`;
+//! - an admin API without auth: `GET|DELETE /_mock/stats`, `GET|PUT|DELETE /_mock/faults`.
+//!
+//! Route names in stats and fault rules: `secret.get`, `secret.list`, `secret.list_versions`,
+//! `secret.set`, `secret.update`, `secret.delete`, `deleted_secret.get`, `deleted_secret.list`,
+//! `deleted_secret.purge`, `deleted_secret.recover`, `unknown`, `token`, `openid`,
+//! `instance_discovery`, `jwks`.
+//!
+//! Permissions: a vault without `access` lets every identity `get` and `list` everything and
+//! write nothing; with `access`, an entry grants its `permissions` (default `[get, list]`;
+//! writes need `set`, `delete`, `recover`, `purge` or `all`) on the objects matching its patterns.
+//!
+//! Faults apply to requests that passed authentication (challenge 401s are never faulted) and
+//! to the token endpoint.
+//!
+//! Never logged: secret values, tokens, client secrets, assertions.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod cli;
+mod entra;
+pub mod jwt;
+mod keyvault;
+mod seed;
+mod server;
+mod store;
+mod tls;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use admin::{FaultRule, Faults, Stats, StatsEntry};
+pub use cli::{MintTokenArgs, MockVaultArgs, MockVaultCommand, default_tls_dir, run_cli};
+pub use seed::{DEMO_SEED_YAML, DEV_ISSUER, FEDERATION_AUDIENCE, Permission, Seed, SeedError};
+pub use store::seeded_version;
+
+use server::{Reply, Req, State};
+
+/// Errors of starting the mock or minting tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file (TLS directory, seed) failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key or certificate in the TLS directory could not be made or read.
+    #[error("TLS material in {}: {message}", dir.display())]
+    Tls {
+        /// The TLS directory.
+        dir: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A token could not be signed, or a request for one was invalid.
+    #[error("token: {0}")]
+    Token(String),
+    /// The seed was refused.
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+}
+
+/// Where and what to serve.
+#[derive(Debug, Clone)]
+pub struct MockVaultConfig {
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Tenant, identities, vaults and secrets.
+    pub seed: Seed,
+    /// Folder of the CA, server certificate and signing keys (created if absent; see [`tls_files`]).
+    pub tls_dir: PathBuf,
+    /// Key Vault DNS suffix; vault URLs are `https://<vault>.<suffix>:PORT/`, the token resource `https://<suffix>`.
+    pub dns_suffix: String,
+}
+
+impl MockVaultConfig {
+    /// Demo seed, `127.0.0.1:0`, suffix `vault.localhost`.
+    pub fn new(tls_dir: impl Into<PathBuf>) -> MockVaultConfig {
+        MockVaultConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            seed: Seed::demo(),
+            tls_dir: tls_dir.into(),
+            dns_suffix: "vault.localhost".to_string(),
+        }
+    }
+}
+
+/// Names of the files kept in the TLS directory: CA, CA key, server chain, server key, and the
+/// dev issuer's private and public key.
+pub fn tls_files() -> [&'static str; 8] {
+    [
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+        "server-dns-suffix",
+        "token-signing-key.pem",
+        "issuer-key.pem",
+        "issuer.pub.pem",
+    ]
+}
+
+/// A running mock; dropping it without [`MockVault::shutdown`] leaves the tasks running until the runtime ends.
+pub struct MockVault {
+    addr: SocketAddr,
+    base_url: String,
+    ca_path: PathBuf,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for MockVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockVault").field("addr", &self.addr).field("base_url", &self.base_url).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A UUID-shaped id derived from `input` (stable across runs).
+pub(crate) fn derived_uuid(input: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, input.as_bytes());
+    let h = hex::encode(&d.as_ref()[..16]);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn check_dns_suffix(suffix: &str) -> Result<(), Error> {
+    let ok = !suffix.is_empty()
+        && suffix.len() <= 200
+        && suffix.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Seed(SeedError::Invalid {
+            field: "dns_suffix".into(),
+            message: format!("{suffix:?} is not a DNS name (labels of [A-Za-z0-9-] separated by dots)"),
+        }))
+    }
+}
+
+/// Binds, prepares TLS material and serves in background tasks.
+pub async fn start(config: MockVaultConfig) -> Result<MockVault, Error> {
+    check_dns_suffix(&config.dns_suffix)?;
+    let dns_suffix = config.dns_suffix.to_ascii_lowercase();
+    let tls_dir = std::path::absolute(&config.tls_dir)
+        .map_err(|source| Error::Io { path: config.tls_dir.clone(), source })?;
+    let tls = tls::ensure(&tls_dir, &dns_suffix)?;
+    let token_signer = tls::token_signer(&tls_dir)?;
+    let dev_issuer = tls::issuer_signer(&tls_dir)?.verify_key();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let base_url = format!("https://{host}:{}", addr.port());
+    let state = Arc::new(State::new(&config.seed, dns_suffix, base_url.clone(), token_signer, dev_issuer));
+    let (shutdown, rx) = watch::channel(false);
+    let task = tokio::spawn(server::accept_loop(listener, tls.server_config, state.clone(), rx));
+    tracing::info!(%addr, vaults = ?state.vault_names, "mock vault listening");
+    Ok(MockVault { addr, base_url, ca_path: tls.ca_path, state, shutdown, task })
+}
+
+impl MockVault {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:PORT`; also the authority host for tokens.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// `tls_dir/ca.pem`: the CA clients must trust.
+    pub fn ca_path(&self) -> PathBuf {
+        self.ca_path.clone()
+    }
+
+    /// The seed's tenant id.
+    pub fn tenant_id(&self) -> &str {
+        &self.state.tenant_id
+    }
+
+    /// The DNS suffix (`vault.localhost`).
+    pub fn dns_suffix(&self) -> &str {
+        &self.state.dns_suffix
+    }
+
+    /// `https://<vault>.<dns_suffix>:PORT/`.
+    pub fn vault_url(&self, vault: &str) -> String {
+        format!("https://{vault}.{}:{}/", self.state.dns_suffix, self.addr.port())
+    }
+
+    /// The resource (token audience) of the vaults: `https://<dns_suffix>`.
+    pub fn resource(&self) -> String {
+        self.state.resource()
+    }
+
+    /// Request counts (the same as `GET /_mock/stats`).
+    pub fn stats(&self) -> Stats {
+        self.state.stats.snapshot()
+    }
+
+    /// Resets the counts (`DELETE /_mock/stats`).
+    pub fn reset_stats(&self) {
+        self.state.stats.reset();
+    }
+
+    /// Replaces the fault rules (`PUT /_mock/faults`).
+    pub fn set_faults(&self, rules: Vec<FaultRule>) -> Result<(), String> {
+        for (i, r) in rules.iter().enumerate() {
+            r.check().map_err(|e| format!("rules[{i}]: {e}"))?;
+        }
+        self.state.faults.set(rules);
+        Ok(())
+    }
+
+    /// Removes all fault rules (`DELETE /_mock/faults`).
+    pub fn clear_faults(&self) {
+        self.state.faults.set(Vec::new());
+    }
+
+    /// Stops accepting, lets open requests finish (at most 5 s), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "mock vault task ended abnormally");
+        }
+    }
+}
+
+/// The admin API (`/_mock/...`), served on any Host without auth.
+pub(crate) fn admin_api(state: &State, req: &Req) -> Reply {
+    match (&req.method, req.path.trim_end_matches('/')) {
+        (&Method::GET, "/_mock/stats") => Reply::json(StatusCode::OK, &state.stats.snapshot()),
+        (&Method::DELETE, "/_mock/stats") => {
+            state.stats.reset();
+            Reply::empty(StatusCode::NO_CONTENT)
+        }
+        (&Method::GET, "/_mock/faults") => Reply::json(StatusCode::OK, &Faults { rules: state.faults.get() }),
+        (&Method::PUT, "/_mock/faults") => {
+            let faults: Faults = match serde_json::from_slice(&req.body) {
+                Ok(f) => f,
+                Err(e) => return Reply::kv_error(StatusCode::BAD_REQUEST, "BadParameter", &format!("faults: {e}")),
+            };
+            for (i, r) in faults.rules.iter().enumerate() {
+                if let Err(e) = r.check() {
+                    return Reply::kv_error(StatusCode::BAD_REQUEST, "BadParameter", &format!("faults: rules[{i}]: {e}"));
+                }
+            }
+            let n = faults.rules.len();
+            state.faults.set(faults.rules);
+            Reply::json(StatusCode::OK, &json!({"rules": n}))
+        }
+        (&Method::DELETE, "/_mock/faults") => {
+            state.faults.set(Vec::new());
+            Reply::empty(StatusCode::NO_CONTENT)
+        }
+        (&Method::GET, "/_mock/health") => Reply::json(StatusCode::OK, &json!({"status": "ok"})),
+        _ => Reply::kv_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "Admin API: GET|DELETE /_mock/stats, GET|PUT|DELETE /_mock/faults, GET /_mock/health.",
+        ),
+    }
+}
+
+/// What [`mint_service_account_token`] signs.
+#[derive(Debug, Clone)]
+pub struct ServiceAccountTokenRequest {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Service account name.
+    pub service_account: String,
+    /// `aud` (one value); default `api://AzureADTokenExchange`.
+    pub audience: String,
+    /// Lifetime from `issued_at`.
+    pub ttl: Duration,
+    /// `iss`; default [`DEV_ISSUER`]. The token is always signed with the dev issuer key.
+    pub issuer: Option<String>,
+    /// Pod name for the `kubernetes.io.pod` claim.
+    pub pod_name: Option<String>,
+    /// Pod UID; derived from namespace/pod name when absent.
+    pub pod_uid: Option<String>,
+    /// Issue time; default now (set it in the past to make expired tokens).
+    pub issued_at: Option<SystemTime>,
+}
+
+impl ServiceAccountTokenRequest {
+    /// A one-hour token for `system:serviceaccount:<namespace>:<service_account>`, audience `api://AzureADTokenExchange`.
+    pub fn new(namespace: impl Into<String>, service_account: impl Into<String>) -> Self {
+        ServiceAccountTokenRequest {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            audience: FEDERATION_AUDIENCE.to_string(),
+            ttl: Duration::from_secs(3600),
+            issuer: None,
+            pod_name: None,
+            pod_uid: None,
+            issued_at: None,
+        }
+    }
+}
+
+fn unix(t: Option<SystemTime>) -> i64 {
+    match t {
+        Some(t) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        },
+        None => now(),
+    }
+}
+
+/// Signs a Kubernetes-shaped projected service-account token with the dev issuer key in `tls_dir`
+/// (created if absent), for use as a federated client assertion.
+pub fn mint_service_account_token(tls_dir: &Path, req: &ServiceAccountTokenRequest) -> Result<String, Error> {
+    if req.namespace.is_empty() || req.service_account.is_empty() {
+        return Err(Error::Token("namespace and service account must not be empty".into()));
+    }
+    let signer = tls::issuer_signer(tls_dir)?;
+    let iat = unix(req.issued_at);
+    let exp = iat + req.ttl.as_secs() as i64;
+    let (ns, sa) = (&req.namespace, &req.service_account);
+    let sa_uid = derived_uuid(&format!("sa/{ns}/{sa}"));
+    let mut k8s = json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": sa_uid}});
+    if let Some(pod) = &req.pod_name {
+        let uid = req.pod_uid.clone().unwrap_or_else(|| derived_uuid(&format!("pod/{ns}/{pod}")));
+        k8s["pod"] = json!({"name": pod, "uid": uid});
+    }
+    let claims = json!({
+        "aud": [req.audience],
+        "exp": exp,
+        "iat": iat,
+        "nbf": iat,
+        "iss": req.issuer.clone().unwrap_or_else(|| DEV_ISSUER.to_string()),
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "kubernetes.io": k8s,
+        "sub": format!("system:serviceaccount:{ns}:{sa}"),
+    });
+    signer.sign(&claims).map_err(|e| Error::Token(e.to_string()))
+}
+
+/// What [`mint_access_token`] signs (for tests of expired or foreign tokens).
+#[derive(Debug, Clone)]
+pub struct AccessTokenRequest {
+    /// `tid`, and part of `iss`.
+    pub tenant_id: String,
+    /// `appid`/`azp`.
+    pub client_id: String,
+    /// `aud`, e.g. `https://vault.localhost`.
+    pub audience: String,
+    /// Lifetime from `issued_at`.
+    pub ttl: Duration,
+    /// Issue time; default now.
+    pub issued_at: Option<SystemTime>,
+}
+
+/// Signs an access token exactly as the token endpoint would, with the key in `tls_dir`.
+pub fn mint_access_token(tls_dir: &Path, req: &AccessTokenRequest) -> Result<String, Error> {
+    let signer = tls::token_signer(tls_dir)?;
+    let iat = unix(req.issued_at);
+    let oid = derived_uuid(&format!("oid/{}", req.client_id.to_ascii_lowercase()));
+    let claims = json!({
+        "aud": req.audience, "iss": format!("https://sts.windows.net/{}/", req.tenant_id),
+        "iat": iat, "nbf": iat, "exp": iat + req.ttl.as_secs() as i64,
+        "appid": req.client_id, "azp": req.client_id, "appidacr": "1", "idtyp": "app",
+        "oid": oid, "sub": oid, "tid": req.tenant_id, "ver": "1.0",
+    });
+    signer.sign(&claims).map_err(|e| Error::Token(e.to_string()))
+}
+
+/// Entry points for the fuzz targets; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a seed from arbitrary bytes.
+    pub fn seed(data: &[u8]) {
+        if let Ok(s) = std::str::from_utf8(data) {
+            let _ = crate::Seed::from_yaml(s);
+        }
+    }
+
+    /// Decodes arbitrary text as a JWT and tries to verify it with a fixed key.
+    pub fn jwt(data: &[u8]) {
+        if let Ok(s) = std::str::from_utf8(data) {
+            if let Ok(jwt) = crate::jwt::decode(s) {
+                let _ = jwt.audiences();
+                let _ = jwt.verify(&crate::jwt::VerifyKey::Es256(vec![4; 65]));
+                let _ = jwt.verify(&crate::jwt::VerifyKey::Rs256(vec![0x30, 0]));
+            }
+            let _ = crate::jwt::VerifyKey::from_pem(s);
+        }
+        let _ = crate::jwt::VerifyKey::from_spki_der(data);
+    }
+
+    /// Parses arbitrary bytes as a token-endpoint form.
+    pub fn token_form(data: &[u8]) {
+        let _ = crate::entra::parse_form(data);
+    }
+}

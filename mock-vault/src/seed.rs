@@ -1,0 +1,555 @@
+//! The seed: tenant, identities, federated credentials, vaults, access lists and secrets.
+//!
+//! YAML is parsed once into plain serde structs that refuse unknown fields, then checked
+//! and turned into the typed [`Seed`]. Every error names the field path (`vaults[0].secrets[1].name`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::jwt::VerifyKey;
+
+/// The demo seed, documented in the file itself (`mock-vault/demo-seed.yaml`):
+///
+/// ```yaml
+#[doc = include_str!("../demo-seed.yaml")]
+/// ```
+pub const DEMO_SEED_YAML: &str = include_str!("../demo-seed.yaml");
+
+/// Issuer of the dev service-account tokens minted by [`crate::mint_service_account_token`].
+pub const DEV_ISSUER: &str = "https://oidc.kvmount.local";
+
+/// Audience Entra requires in a federated client assertion.
+pub const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Why a seed was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// The YAML did not parse, or a field was missing, unknown or of the wrong type.
+    #[error("seed: {0}")]
+    Yaml(String),
+    /// A field parsed but holds a value the mock does not accept.
+    #[error("seed: {field}: {message}")]
+    Invalid {
+        /// Path of the field, e.g. `vaults[0].secrets[1].name`.
+        field: String,
+        /// What was wrong and what is accepted.
+        message: String,
+    },
+    /// A file named by the seed (or the seed file itself) could not be read.
+    #[error("seed: cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SeedError {
+    SeedError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// A Key Vault secret permission, as granted in an access-policy entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// Read a secret value (`GET /secrets/{name}[/{version}]`).
+    Get,
+    /// List secrets, versions and deleted secrets (also `GET /deletedsecrets/{name}`).
+    List,
+    /// Create a new version (`PUT`) or update attributes (`PATCH`).
+    Set,
+    /// Soft-delete a secret.
+    Delete,
+    /// Recover a soft-deleted secret.
+    Recover,
+    /// Purge a soft-deleted secret.
+    Purge,
+}
+
+impl Permission {
+    /// The name Key Vault uses (`get`, `list`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Get => "get",
+            Permission::List => "list",
+            Permission::Set => "set",
+            Permission::Delete => "delete",
+            Permission::Recover => "recover",
+            Permission::Purge => "purge",
+        }
+    }
+
+    const ALL: [Permission; 6] = [
+        Permission::Get,
+        Permission::List,
+        Permission::Set,
+        Permission::Delete,
+        Permission::Recover,
+        Permission::Purge,
+    ];
+
+    fn parse(s: &str) -> Option<Vec<Permission>> {
+        if s.eq_ignore_ascii_case("all") {
+            return Some(Self::ALL.to_vec());
+        }
+        Self::ALL.iter().find(|p| p.as_str().eq_ignore_ascii_case(s)).map(|p| vec![*p])
+    }
+}
+
+/// A parsed, checked seed. Build with [`Seed::from_yaml`], [`Seed::from_file`] or [`Seed::demo`].
+#[derive(Clone)]
+pub struct Seed {
+    pub(crate) tenant_id: String,
+    pub(crate) identities: Vec<Identity>,
+    pub(crate) issuers: Vec<IssuerSeed>,
+    pub(crate) vaults: Vec<VaultSeed>,
+}
+
+impl fmt::Debug for Seed {
+    // Names only: the seed holds secret values and client secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Seed")
+            .field("tenant_id", &self.tenant_id)
+            .field("identities", &self.identities.iter().map(|i| &i.name).collect::<Vec<_>>())
+            .field("vaults", &self.vaults.iter().map(|v| &v.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An Entra application (service principal) the token endpoint knows.
+#[derive(Clone)]
+pub(crate) struct Identity {
+    pub name: String,
+    pub client_id: String,
+    pub client_secret: Option<Zeroizing<String>>,
+    pub federated: Vec<FederatedCredential>,
+}
+
+impl Identity {
+    /// A stable object id for the service principal, derived from the client id.
+    pub fn object_id(&self) -> String {
+        crate::derived_uuid(&format!("oid/{}", self.client_id))
+    }
+}
+
+/// A federated identity credential: which issuer/subject may sign in as the identity.
+#[derive(Clone, Debug)]
+pub(crate) struct FederatedCredential {
+    pub issuer: String,
+    pub subject: String,
+    pub audiences: Vec<String>,
+}
+
+/// An extra token issuer (e.g. a real cluster's service-account issuer) and its public key.
+#[derive(Clone)]
+pub(crate) struct IssuerSeed {
+    pub issuer: String,
+    pub key: VerifyKey,
+}
+
+#[derive(Clone)]
+pub(crate) struct VaultSeed {
+    pub name: String,
+    /// `None`: every identity may get and list everything; nobody may write.
+    pub access: Option<Vec<AccessEntry>>,
+    pub secrets: Vec<SecretSeed>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct AccessEntry {
+    pub identity: String,
+    /// Glob patterns over `secret/<name>`.
+    pub objects: Vec<String>,
+    pub permissions: BTreeSet<Permission>,
+}
+
+#[derive(Clone)]
+pub(crate) struct SecretSeed {
+    pub name: String,
+    /// Oldest first.
+    pub versions: Vec<Zeroizing<String>>,
+    pub content_type: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub enabled: bool,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+}
+
+// ---- raw YAML shapes ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSeed {
+    tenant_id: String,
+    #[serde(default)]
+    identities: Vec<RawIdentity>,
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    vaults: Vec<RawVault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawIdentity {
+    name: String,
+    client_id: String,
+    client_secret: Option<String>,
+    #[serde(default)]
+    federated: Vec<RawFederated>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFederated {
+    issuer: String,
+    subject: String,
+    audiences: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawIssuer {
+    issuer: String,
+    public_key_file: Option<PathBuf>,
+    public_key_pem: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawVault {
+    name: String,
+    access: Option<Vec<RawAccess>>,
+    #[serde(default)]
+    secrets: Vec<RawSecret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAccess {
+    identity: String,
+    objects: Vec<String>,
+    permissions: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSecret {
+    name: String,
+    versions: Vec<String>,
+    content_type: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    enabled: Option<bool>,
+    nbf: Option<i64>,
+    exp: Option<i64>,
+}
+
+impl Seed {
+    /// The built-in demo seed (see [`DEMO_SEED_YAML`] for its contents).
+    pub fn demo() -> Seed {
+        match Seed::from_yaml(DEMO_SEED_YAML) {
+            Ok(seed) => seed,
+            // The demo seed is a file in this crate, checked by the `demo_seed_parses` test.
+            Err(e) => unreachable!("built-in demo seed is invalid: {e}"),
+        }
+    }
+
+    /// Parses a seed; relative `publicKeyFile` paths are resolved against the current directory.
+    pub fn from_yaml(yaml: &str) -> Result<Seed, SeedError> {
+        Self::parse(yaml, None)
+    }
+
+    /// Reads and parses a seed file; relative `publicKeyFile` paths are resolved against its folder.
+    pub fn from_file(path: &Path) -> Result<Seed, SeedError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SeedError::Read { path: path.to_owned(), source })?;
+        let text = Zeroizing::new(text);
+        Self::parse(&text, path.parent())
+    }
+
+    /// The tenant id.
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+
+    /// Vault names, in seed order (the first is the default vault).
+    pub fn vault_names(&self) -> Vec<&str> {
+        self.vaults.iter().map(|v| v.name.as_str()).collect()
+    }
+
+    /// `(name, client id)` of every identity.
+    pub fn identities(&self) -> Vec<(&str, &str)> {
+        self.identities.iter().map(|i| (i.name.as_str(), i.client_id.as_str())).collect()
+    }
+
+    /// The client id of the identity called `name`.
+    pub fn client_id(&self, name: &str) -> Option<&str> {
+        self.identities.iter().find(|i| i.name == name).map(|i| i.client_id.as_str())
+    }
+
+    fn parse(yaml: &str, base: Option<&Path>) -> Result<Seed, SeedError> {
+        let raw: RawSeed = serde_yaml::from_str(yaml).map_err(|e| SeedError::Yaml(e.to_string()))?;
+        check_guid("tenantId", &raw.tenant_id)?;
+
+        let mut identities = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut client_ids = BTreeSet::new();
+        for (i, id) in raw.identities.into_iter().enumerate() {
+            let at = format!("identities[{i}]");
+            check_name(&format!("{at}.name"), &id.name)?;
+            if !names.insert(id.name.clone()) {
+                return Err(invalid(format!("{at}.name"), format!("duplicate identity name {:?}", id.name)));
+            }
+            check_guid(&format!("{at}.clientId"), &id.client_id)?;
+            if !client_ids.insert(id.client_id.to_ascii_lowercase()) {
+                return Err(invalid(format!("{at}.clientId"), "duplicate clientId"));
+            }
+            if id.client_secret.as_deref() == Some("") {
+                return Err(invalid(format!("{at}.clientSecret"), "must not be empty (leave it out instead)"));
+            }
+            let mut federated = Vec::new();
+            for (j, f) in id.federated.into_iter().enumerate() {
+                let fat = format!("{at}.federated[{j}]");
+                check_https_url(&format!("{fat}.issuer"), &f.issuer)?;
+                if f.subject.is_empty() {
+                    return Err(invalid(format!("{fat}.subject"), "must not be empty"));
+                }
+                let audiences = f.audiences.unwrap_or_else(|| vec![FEDERATION_AUDIENCE.to_string()]);
+                if audiences.is_empty() {
+                    return Err(invalid(format!("{fat}.audiences"), "must list at least one audience"));
+                }
+                federated.push(FederatedCredential { issuer: f.issuer, subject: f.subject, audiences });
+            }
+            identities.push(Identity {
+                name: id.name,
+                client_id: id.client_id.to_ascii_lowercase(),
+                client_secret: id.client_secret.map(Zeroizing::new),
+                federated,
+            });
+        }
+
+        let mut issuers = Vec::new();
+        for (i, iss) in raw.issuers.into_iter().enumerate() {
+            let at = format!("issuers[{i}]");
+            check_https_url(&format!("{at}.issuer"), &iss.issuer)?;
+            let pem = match (iss.public_key_file, iss.public_key_pem) {
+                (Some(file), None) => {
+                    let path = match base {
+                        Some(base) if file.is_relative() => base.join(&file),
+                        _ => file,
+                    };
+                    std::fs::read_to_string(&path).map_err(|source| SeedError::Read { path, source })?
+                }
+                (None, Some(pem)) => pem,
+                _ => {
+                    return Err(invalid(at, "give exactly one of publicKeyFile or publicKeyPem"));
+                }
+            };
+            let key = VerifyKey::from_pem(&pem)
+                .map_err(|e| invalid(format!("{at}.publicKey"), e.to_string()))?;
+            issuers.push(IssuerSeed { issuer: iss.issuer, key });
+        }
+
+        let mut vaults = Vec::new();
+        let mut vault_names = BTreeSet::new();
+        for (i, v) in raw.vaults.into_iter().enumerate() {
+            let at = format!("vaults[{i}]");
+            check_vault_name(&format!("{at}.name"), &v.name)?;
+            if !vault_names.insert(v.name.to_ascii_lowercase()) {
+                return Err(invalid(format!("{at}.name"), format!("duplicate vault name {:?}", v.name)));
+            }
+            let access = match v.access {
+                None => None,
+                Some(entries) => {
+                    let mut out = Vec::new();
+                    for (j, a) in entries.into_iter().enumerate() {
+                        let aat = format!("{at}.access[{j}]");
+                        if !names.contains(&a.identity) {
+                            return Err(invalid(
+                                format!("{aat}.identity"),
+                                format!("no identity named {:?} in identities", a.identity),
+                            ));
+                        }
+                        for (k, o) in a.objects.iter().enumerate() {
+                            check_object_pattern(&format!("{aat}.objects[{k}]"), o)?;
+                        }
+                        let mut permissions = BTreeSet::new();
+                        match a.permissions {
+                            None => {
+                                permissions.insert(Permission::Get);
+                                permissions.insert(Permission::List);
+                            }
+                            Some(list) => {
+                                for (k, p) in list.iter().enumerate() {
+                                    let parsed = Permission::parse(p).ok_or_else(|| {
+                                        invalid(
+                                            format!("{aat}.permissions[{k}]"),
+                                            format!("unknown permission {p:?}; accepted: get, list, set, delete, recover, purge, all"),
+                                        )
+                                    })?;
+                                    permissions.extend(parsed);
+                                }
+                            }
+                        }
+                        out.push(AccessEntry { identity: a.identity, objects: a.objects, permissions });
+                    }
+                    Some(out)
+                }
+            };
+            let mut secrets = Vec::new();
+            let mut secret_names = BTreeSet::new();
+            for (j, s) in v.secrets.into_iter().enumerate() {
+                let sat = format!("{at}.secrets[{j}]");
+                check_secret_name(&format!("{sat}.name"), &s.name)?;
+                if !secret_names.insert(s.name.to_ascii_lowercase()) {
+                    return Err(invalid(format!("{sat}.name"), format!("duplicate secret name {:?}", s.name)));
+                }
+                if s.versions.is_empty() {
+                    return Err(invalid(format!("{sat}.versions"), "must hold at least one value (oldest first)"));
+                }
+                for (k, value) in s.versions.iter().enumerate() {
+                    if value.len() > crate::keyvault::MAX_VALUE_BYTES {
+                        return Err(invalid(
+                            format!("{sat}.versions[{k}]"),
+                            format!("value is longer than Key Vault's limit of {} bytes", crate::keyvault::MAX_VALUE_BYTES),
+                        ));
+                    }
+                }
+                if let (Some(nbf), Some(exp)) = (s.nbf, s.exp) {
+                    if nbf >= exp {
+                        return Err(invalid(format!("{sat}.exp"), "must be later than nbf"));
+                    }
+                }
+                secrets.push(SecretSeed {
+                    name: s.name,
+                    versions: s.versions.into_iter().map(Zeroizing::new).collect(),
+                    content_type: s.content_type,
+                    tags: s.tags,
+                    enabled: s.enabled.unwrap_or(true),
+                    nbf: s.nbf,
+                    exp: s.exp,
+                });
+            }
+            vaults.push(VaultSeed { name: v.name, access, secrets });
+        }
+        if vaults.is_empty() {
+            return Err(invalid("vaults", "the seed must declare at least one vault"));
+        }
+        Ok(Seed { tenant_id: raw.tenant_id.to_ascii_lowercase(), identities, issuers, vaults })
+    }
+}
+
+fn check_guid(field: &str, value: &str) -> Result<(), SeedError> {
+    let ok = value.len() == 36
+        && value.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{value:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")))
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), SeedError> {
+    if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(invalid(field, format!("{value:?} must be 1-64 characters of [A-Za-z0-9._-]")));
+    }
+    Ok(())
+}
+
+fn check_vault_name(field: &str, value: &str) -> Result<(), SeedError> {
+    let ok = (3..=24).contains(&value.len())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && value.starts_with(|c: char| c.is_ascii_alphabetic())
+        && !value.ends_with('-')
+        && !value.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{value:?} is not a Key Vault name: 3-24 characters of [A-Za-z0-9-], starting with a letter, no trailing or double hyphen"),
+        ))
+    }
+}
+
+pub(crate) fn is_secret_name(value: &str) -> bool {
+    (1..=127).contains(&value.len()) && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn check_secret_name(field: &str, value: &str) -> Result<(), SeedError> {
+    if is_secret_name(value) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{value:?} is not a secret name: 1-127 characters of [A-Za-z0-9-]")))
+    }
+}
+
+fn check_object_pattern(field: &str, value: &str) -> Result<(), SeedError> {
+    let Some((kind, name)) = value.split_once('/') else {
+        return Err(invalid(field, format!("{value:?} must look like secret/<name or glob>, e.g. secret/* or secret/db-*")));
+    };
+    if !matches!(kind, "secret" | "*") {
+        return Err(invalid(field, format!("object type {kind:?} is not served by the mock; use secret/...")));
+    }
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*' || c == '?') {
+        return Err(invalid(field, format!("{name:?} must be a secret name or a glob of [A-Za-z0-9-*?]")));
+    }
+    Ok(())
+}
+
+fn check_https_url(field: &str, value: &str) -> Result<(), SeedError> {
+    match url::Url::parse(value) {
+        Ok(u) if u.scheme() == "https" => Ok(()),
+        _ => Err(invalid(field, format!("{value:?} must be an https:// URL"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_seed_parses() {
+        let seed = Seed::from_yaml(DEMO_SEED_YAML).expect("demo seed");
+        assert_eq!(seed.tenant_id(), "00000000-0000-0000-0000-000000000001");
+        assert_eq!(seed.vault_names(), vec!["demo"]);
+        assert_eq!(seed.client_id("app-b"), Some("00000000-0000-0000-0000-00000000000b"));
+    }
+
+    fn err(yaml: &str) -> String {
+        match Seed::from_yaml(yaml) {
+            Ok(_) => panic!("accepted: {yaml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err("tenantId: 00000000-0000-0000-0000-000000000001\nvaults:\n  - name: demo\n    secrets:\n      - { name: a, versions: [x], colour: red }\n");
+        assert!(e.contains("colour"), "{e}");
+        assert!(e.contains("vaults[0].secrets[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let t = "tenantId: 00000000-0000-0000-0000-000000000001\n";
+        assert!(err("tenantId: nope\nvaults: [{name: demo}]").contains("tenantId"));
+        assert!(err(&format!("{t}vaults: [{{name: x}}]")).contains("vaults[0].name"));
+        assert!(err(&format!("{t}vaults: [{{name: demo, secrets: [{{name: a_b, versions: [v]}}]}}]")).contains("vaults[0].secrets[0].name"));
+        assert!(err(&format!("{t}vaults: [{{name: demo, secrets: [{{name: a, versions: []}}]}}]")).contains("vaults[0].secrets[0].versions"));
+        assert!(err(&format!("{t}vaults: [{{name: demo, access: [{{identity: ghost, objects: [secret/*]}}]}}]")).contains("vaults[0].access[0].identity"));
+        assert!(err(&format!("{t}identities: [{{name: a, clientId: 00000000-0000-0000-0000-00000000000a}}]\nvaults: [{{name: demo, access: [{{identity: a, objects: [secret/*], permissions: [fly]}}]}}]")).contains("vaults[0].access[0].permissions[0]"));
+        assert!(err(&format!("{t}identities: [{{name: a, clientId: 00000000-0000-0000-0000-00000000000a}}]\nvaults: [{{name: demo, access: [{{identity: a, objects: [key/x]}}]}}]")).contains("vaults[0].access[0].objects[0]"));
+        assert!(err(t).contains("vaults"));
+        assert!(err("[1, 2").starts_with("seed:"));
+    }
+}
