@@ -624,15 +624,32 @@ impl AtomicWriter {
             .st_dev;
         let tmp = c"..data_tmp";
         // Whatever sits at ..data_tmp (a leftover link, a planted file) is ours to replace.
-        fsops::remove_entry_at(self.dir.as_fd(), tmp, dev, 0)
-            .map_err(|e| VolumeError::io("remove", self.at(DATA_DIR_TMP_NAME), e))?;
-        fs::symlinkat(name, &self.dir, DATA_DIR_TMP_NAME)
-            .map_err(|e| VolumeError::io("symlinkat", self.at(DATA_DIR_TMP_NAME), e))?;
-        if let Err(e) = fs::renameat(&self.dir, DATA_DIR_TMP_NAME, &self.dir, DATA_DIR_NAME) {
-            let _ = fs::unlinkat(&self.dir, DATA_DIR_TMP_NAME, AtFlags::empty());
-            return Err(VolumeError::io("renameat", self.at(DATA_DIR_NAME), e));
+        // If something is put back in between, or ..data does not name our payload after the
+        // rename (someone swapped ..data_tmp under us), go again.
+        for _ in 0..8 {
+            fsops::remove_entry_at(self.dir.as_fd(), tmp, dev, 0)
+                .map_err(|e| VolumeError::io("remove", self.at(DATA_DIR_TMP_NAME), e))?;
+            match fs::symlinkat(name, &self.dir, DATA_DIR_TMP_NAME) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(VolumeError::io("symlinkat", self.at(DATA_DIR_TMP_NAME), e)),
+            }
+            if let Err(e) = fs::renameat(&self.dir, DATA_DIR_TMP_NAME, &self.dir, DATA_DIR_NAME) {
+                let _ = fs::unlinkat(&self.dir, DATA_DIR_TMP_NAME, AtFlags::empty());
+                return Err(VolumeError::io("renameat", self.at(DATA_DIR_NAME), e));
+            }
+            match fsops::read_link_at(&self.dir, DATA_DIR_NAME) {
+                Ok(l) if l.as_bytes() == name.as_bytes() => return Ok(()),
+                _ => {
+                    tracing::warn!(target_dir = %self.target.display(), "..data changed under the writer; switching again")
+                }
+            }
         }
-        Ok(())
+        Err(VolumeError::io(
+            "switch ..data",
+            self.at(DATA_DIR_NAME),
+            Errno::AGAIN,
+        ))
     }
 
     /// Makes every top-level name a link `name -> ..data/name`; removes visible links into
