@@ -185,7 +185,7 @@ fn links_planted_inside_the_payload() {
     fs::remove_file(payload.join("a")).unwrap();
     symlink(canaries[1].dir.join("file"), payload.join("a")).unwrap();
     fs::remove_dir_all(payload.join("sub")).unwrap();
-    symlink(&canaries[1].dir.join("sub"), payload.join("sub")).unwrap();
+    symlink(canaries[1].dir.join("sub"), payload.join("sub")).unwrap();
     // The identical-content check must not read through them, and rewrites.
     assert!(w.write(&files, &o()).unwrap().changed);
     check_all(&canaries);

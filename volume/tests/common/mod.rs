@@ -92,12 +92,13 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v as char);
+            i += 4;
+            continue;
         }
         out.push(b[i] as char);
         i += 1;
@@ -132,11 +133,14 @@ pub fn mounts_below(root: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Path -> (bytes, mtime, mtime_nsec, inode).
+type Snapshot = BTreeMap<String, (Vec<u8>, i64, i64, u64)>;
+
 /// A directory with known files. `check` asserts that no file changed, none appeared or
 /// vanished, and the directory itself was not modified.
 pub struct Canary {
     pub dir: PathBuf,
-    snapshot: BTreeMap<String, (Vec<u8>, i64, i64, u64)>,
+    snapshot: Snapshot,
     dir_mtime: (i64, i64),
 }
 
@@ -161,7 +165,7 @@ impl Canary {
         c
     }
 
-    fn take(&self) -> (BTreeMap<String, (Vec<u8>, i64, i64, u64)>, (i64, i64)) {
+    fn take(&self) -> (Snapshot, (i64, i64)) {
         let mut snap = BTreeMap::new();
         walk(&self.dir, "", &mut snap);
         let md = fs::symlink_metadata(&self.dir).unwrap();
@@ -179,7 +183,7 @@ impl Canary {
     }
 }
 
-fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, (Vec<u8>, i64, i64, u64)>) {
+fn walk(dir: &Path, prefix: &str, out: &mut Snapshot) {
     for e in fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let name = format!("{prefix}{}", e.file_name().to_string_lossy());
