@@ -31,6 +31,12 @@ use crate::server::{BoundSocket, serve_provider, unix_channel};
 /// The demo class: two secrets from the demo seed, one with its own file mode.
 const DEMO_OBJECTS: &str = "array:\n  - |\n    objectName: db-password\n    objectType: secret\n    filePermission: \"0600\"\n  - |\n    objectName: api-key\n    objectType: secret\n";
 
+/// Identity `app-a` of the demo seed (`mock-vault/demo-seed.yaml`): federated with
+/// `system:serviceaccount:team-a:app`, allowed to read and write the `demo` vault.
+const DEMO_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000000a";
+/// app-a's client secret in the demo seed (a demo value, not a real credential).
+const DEMO_CLIENT_SECRET: &str = "app-a-password";
+
 /// A pod of the demo: its identity and where its volume is.
 struct Pod {
     name: &'static str,
@@ -91,12 +97,13 @@ fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(code) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
-                out.push(code as char);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(code) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(code as char);
+            i += 4;
+            continue;
         }
         out.push(bytes[i] as char);
         i += 1;
@@ -140,7 +147,10 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     println!("kvmount dev: the life cycle of a secret on one node, with a local Key Vault");
     println!("    work directory {} (removed at the end)", root.display());
 
-    step(1, "start the mock Key Vault (TLS, challenge auth, Entra token endpoint)");
+    step(
+        1,
+        "start the mock Key Vault (TLS, challenge auth, Entra token endpoint)",
+    );
     let tls_dir = root.join("tls");
     let seed = Seed::demo();
     let mock = kvmount_mock_vault::start(MockVaultConfig {
@@ -151,10 +161,21 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     })
     .await
     .context("starting the mock vault")?;
-    println!("    Key Vault  {}  (served at {})", mock.vault_url("demo"), mock.base_url());
-    println!("    Entra ID   {}/{}/oauth2/v2.0/token", mock.base_url(), mock.tenant_id());
+    println!(
+        "    Key Vault  {}  (served at {})",
+        mock.vault_url("demo"),
+        mock.base_url()
+    );
+    println!(
+        "    Entra ID   {}/{}/oauth2/v2.0/token",
+        mock.base_url(),
+        mock.tenant_id()
+    );
 
-    step(2, "start the provider API on a Unix socket (what the upstream driver calls)");
+    step(
+        2,
+        "start the provider API on a Unix socket (what the upstream driver calls)",
+    );
     let connector = Connector::new(ConnectorConfig {
         keyvault_dns_suffix: mock.dns_suffix().to_owned(),
         authority_host: url::Url::parse(&mock.base_url())?,
@@ -194,20 +215,28 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     let pod_a = Pod::new(root, "pod-a");
     let pod_b = Pod::new(root, "pod-b");
     let outcome = async {
-        step(3, "pod A (namespace team-a, service account app) mounts class app-secrets");
+        step(
+            3,
+            "pod A (namespace team-a, service account app) mounts class app-secrets",
+        );
         publish(&mut client, &mock, &tls_dir, &pod_a).await?;
         show_stats(&mock, "after pod A");
 
         step(4, "pod B on the same node mounts the same class");
         publish(&mut client, &mock, &tls_dir, &pod_b).await?;
         show_stats(&mock, "after pod B");
-        println!("    (this release fetches per Mount; the shared node cache comes with the node plugin)");
+        println!(
+            "    (this release fetches per Mount; the shared node cache comes with the node plugin)"
+        );
 
         step(5, "rotate db-password through the Key Vault API");
         let new_version = rotate(&connector, &mock, "db-password", "rotated-value").await?;
         println!("    db-password now has version {new_version}");
 
-        step(6, "the driver's rotation calls Mount again for each pod; files switch atomically");
+        step(
+            6,
+            "the driver's rotation calls Mount again for each pod; files switch atomically",
+        );
         publish(&mut client, &mock, &tls_dir, &pod_a).await?;
         publish(&mut client, &mock, &tls_dir, &pod_b).await?;
         for pod in [&pod_a, &pod_b] {
@@ -220,12 +249,19 @@ async fn play(root: &Path) -> anyhow::Result<()> {
 
         step(7, "pod A leaves: its volume is unmounted and removed");
         unpublish(&pod_a)?;
-        println!("    pod B still reads: db-password = {:?}", std::fs::read_to_string(pod_b.target.join("db-password"))?);
+        println!(
+            "    pod B still reads: db-password = {:?}",
+            std::fs::read_to_string(pod_b.target.join("db-password"))?
+        );
 
         step(8, "pod B leaves: the node holds nothing");
         unpublish(&pod_b)?;
         let left = mounts_under(root);
-        let dirs: Vec<_> = [&pod_a, &pod_b].iter().filter(|p| p.target.exists()).map(|p| p.target.clone()).collect();
+        let dirs: Vec<_> = [&pod_a, &pod_b]
+            .iter()
+            .filter(|p| p.target.exists())
+            .map(|p| p.target.clone())
+            .collect();
         println!("    mounts left under the work directory: {}", left.len());
         println!("    volume directories left: {}", dirs.len());
         if !left.is_empty() || !dirs.is_empty() {
@@ -250,7 +286,9 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     }
     mock.shutdown().await;
     outcome?;
-    println!("\ndone: every volume unmounted, the socket removed, the work directory removed next.");
+    println!(
+        "\ndone: every volume unmounted, the socket removed, the work directory removed next."
+    );
     Ok(())
 }
 
@@ -272,7 +310,11 @@ async fn publish(
                 gid: None,
             },
         )?;
-        println!("    {}: tmpfs mounted at {}", pod.name, pod.target.display());
+        println!(
+            "    {}: tmpfs mounted at {}",
+            pod.name,
+            pod.target.display()
+        );
     }
     let token = SecretString::new(kvmount_mock_vault::mint_service_account_token(
         tls_dir,
@@ -284,15 +326,13 @@ async fn publish(
             issuer: None,
             pod_name: Some(pod.name.into()),
             pod_uid: Some(pod.uid.clone()),
+            issued_at: None,
         },
     )?);
     let tokens = serde_json::json!({
         WORKLOAD_IDENTITY_AUDIENCE: {"token": token.expose(), "expirationTimestamp": "2099-01-01T00:00:00Z"}
     });
-    let client_id = mock
-        .client_id("app-a")
-        .context("the demo seed has identity app-a")?
-        .to_owned();
+    let client_id = DEMO_CLIENT_ID.to_owned();
     let attributes: HashMap<&str, String> = HashMap::from([
         ("keyvaultName", "demo".to_owned()),
         ("tenantID", mock.tenant_id().to_owned()),
@@ -336,7 +376,11 @@ async fn publish(
         pod.name,
         response.files.len(),
         versions.join(", "),
-        if outcome.changed { "written atomically (..data switched)" } else { "unchanged, nothing rewritten" }
+        if outcome.changed {
+            "written atomically (..data switched)"
+        } else {
+            "unchanged, nothing rewritten"
+        }
     );
     show_files(&pod.target)?;
     Ok(())
@@ -376,14 +420,15 @@ fn unpublish(pod: &Pod) -> anyhow::Result<()> {
 }
 
 /// Sets a new version of `name` with the official SDK, as app-a (which may write in the demo seed).
-async fn rotate(connector: &Connector, mock: &MockVault, name: &str, value: &str) -> anyhow::Result<String> {
-    let client_id = mock.client_id("app-a").context("demo identity app-a")?.to_owned();
-    let secret = mock
-        .client_secret("app-a")
-        .context("demo identity app-a has a client secret")?;
+async fn rotate(
+    connector: &Connector,
+    mock: &MockVault,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<String> {
     let auth = Auth::ServicePrincipal {
-        client_id,
-        client_secret: SecretString::new(secret.to_owned()),
+        client_id: DEMO_CLIENT_ID.to_owned(),
+        client_secret: SecretString::new(DEMO_CLIENT_SECRET.to_owned()),
     };
     let credential = connector.credential(mock.tenant_id(), &auth)?;
     let client = connector.secret_client("demo", Arc::clone(&credential))?;
@@ -402,5 +447,7 @@ fn show_stats(mock: &MockVault, when: &str) {
     let gets = stats.count(Some("demo"), Some("secret.get"), None, Some(200));
     let tokens = stats.count(None, Some("token"), None, Some(200));
     let challenges = stats.count(Some("demo"), None, None, Some(401));
-    println!("    Key Vault requests {when}: {gets} secret GETs, {tokens} token requests, {challenges} auth challenges");
+    println!(
+        "    Key Vault requests {when}: {gets} secret GETs, {tokens} token requests, {challenges} auth challenges"
+    );
 }

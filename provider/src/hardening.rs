@@ -4,7 +4,9 @@
 /// size limit to zero. Failures are logged later by the caller's logger only as warnings: the
 /// daemon still works, with weaker guarantees.
 pub fn harden_process() {
-    if let Err(err) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+    if let Err(err) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
         eprintln!("kvmount: warning: cannot mark the process non-dumpable: {err}");
     }
     let zero = rustix::process::Rlimit {

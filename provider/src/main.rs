@@ -6,7 +6,10 @@ use kvmount_provider::cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     kvmount_provider::hardening::harden_process();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("kvmount-provider: cannot start the async runtime: {err}");

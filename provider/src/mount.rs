@@ -94,9 +94,12 @@ impl Mounter {
             target = %input.target_path,
             "mount"
         );
-        let objects = tokio::time::timeout(self.deadline, kvmount_vault::fetch_all(&self.connector, &params))
-            .await
-            .map_err(|_| MountError::Deadline(self.deadline))??;
+        let objects = tokio::time::timeout(
+            self.deadline,
+            kvmount_vault::fetch_all(&self.connector, &params),
+        )
+        .await
+        .map_err(|_| MountError::Deadline(self.deadline))??;
         for object in &objects {
             tracing::info!(object = %object.id, version = %object.version, pod = %params.pod.name, "object ready");
         }

@@ -34,12 +34,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> ServeError + '_ {
-    move |source| ServeError::Io {
-        path: path.to_owned(),
-        op,
-        source,
-    }
+fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> ServeError + use<> {
+    let path = path.to_owned();
+    move |source| ServeError::Io { path, op, source }
 }
 
 /// A bound socket that is removed when dropped.
@@ -129,7 +126,10 @@ pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Erro
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;

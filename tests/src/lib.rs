@@ -19,7 +19,10 @@ pub const WI_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 /// Path of a workspace binary (built by `tests/run.sh` before `cargo test`).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    if let Ok(path) = std::env::var(format!("KVMOUNT_{}_BIN", name.replace('-', "_").to_uppercase())) {
+    if let Ok(path) = std::env::var(format!(
+        "KVMOUNT_{}_BIN",
+        name.replace('-', "_").to_uppercase()
+    )) {
         return PathBuf::from(path);
     }
     // target/debug/deps/<test-binary> -> target/debug/<name>
@@ -45,12 +48,17 @@ pub struct Vault {
 impl Vault {
     /// Starts the mock with `seed` (the demo seed when `None`).
     pub async fn start(seed: Option<Seed>) -> Self {
-        let dir = tempfile::Builder::new().prefix("kvmount-test-vault.").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("kvmount-test-vault.")
+            .tempdir()
+            .expect("tempdir");
         let mut config = MockVaultConfig::new(dir.path().join("tls"));
         if let Some(seed) = seed {
             config.seed = seed;
         }
-        let mock = kvmount_mock_vault::start(config).await.expect("mock vault starts");
+        let mock = kvmount_mock_vault::start(config)
+            .await
+            .expect("mock vault starts");
         Self { mock, dir }
     }
 
@@ -101,7 +109,10 @@ impl Provider {
 
     /// Like [`Provider::start`], with the socket at `socket` when given.
     pub fn start_at(socket: Option<PathBuf>, flags: &[String]) -> Self {
-        let dir = tempfile::Builder::new().prefix("kvmount-test-provider.").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("kvmount-test-provider.")
+            .tempdir()
+            .expect("tempdir");
         let socket = socket.unwrap_or_else(|| dir.path().join("providers/kvmount.sock"));
         let mut child = Command::new(workspace_bin("kvmount-provider"))
             .arg("serve")
@@ -116,8 +127,14 @@ impl Provider {
             .expect("spawn kvmount-provider serve");
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -144,10 +161,18 @@ impl Provider {
     fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.socket.exists() || !self.output().contains("serving provider API") {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("kvmount-provider exited with {status}:\n{}", self.output());
             }
-            assert!(Instant::now() < deadline, "socket never appeared:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "socket never appeared:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -164,7 +189,9 @@ impl Provider {
 
     /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -228,16 +255,27 @@ impl DriverRequest {
             ("objects".to_owned(), objects.to_owned()),
             ("secretProviderClass".to_owned(), "app-secrets".to_owned()),
             ("csi.storage.k8s.io/pod.name".to_owned(), pod.to_owned()),
-            ("csi.storage.k8s.io/pod.namespace".to_owned(), namespace.to_owned()),
-            ("csi.storage.k8s.io/pod.uid".to_owned(), format!("uid-{pod}")),
-            ("csi.storage.k8s.io/serviceAccount.name".to_owned(), "app".to_owned()),
+            (
+                "csi.storage.k8s.io/pod.namespace".to_owned(),
+                namespace.to_owned(),
+            ),
+            (
+                "csi.storage.k8s.io/pod.uid".to_owned(),
+                format!("uid-{pod}"),
+            ),
+            (
+                "csi.storage.k8s.io/serviceAccount.name".to_owned(),
+                "app".to_owned(),
+            ),
             ("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned()),
         ]);
         Self {
             attributes,
             secrets: HashMap::new(),
             permission: "420".into(),
-            target_path: format!("/var/lib/kubelet/pods/uid-{pod}/volumes/kubernetes.io~csi/secrets/mount"),
+            target_path: format!(
+                "/var/lib/kubelet/pods/uid-{pod}/volumes/kubernetes.io~csi/secrets/mount"
+            ),
         }
     }
 
@@ -245,8 +283,10 @@ impl DriverRequest {
     pub fn workload_identity(mut self, client_id: &str, token: &str) -> Self {
         self.attributes.insert("clientID".into(), client_id.into());
         let tokens = serde_json::json!({WI_AUDIENCE: {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}});
-        self.attributes
-            .insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens.to_string());
+        self.attributes.insert(
+            "csi.storage.k8s.io/serviceAccount.tokens".into(),
+            tokens.to_string(),
+        );
         self
     }
 

@@ -4,7 +4,10 @@ use std::process::Command;
 
 #[test]
 fn dev_plays_the_life_cycle_and_leaves_nothing() {
-    let tmp = tempfile::Builder::new().prefix("kvmount-test-dev.").tempdir().expect("tempdir");
+    let tmp = tempfile::Builder::new()
+        .prefix("kvmount-test-dev.")
+        .tempdir()
+        .expect("tempdir");
     let output = Command::new(kvmount_tests::workspace_bin("kvmount-provider"))
         .arg("dev")
         .env("TMPDIR", tmp.path())
@@ -15,13 +18,27 @@ fn dev_plays_the_life_cycle_and_leaves_nothing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "dev failed:\n{stdout}\n{stderr}");
     for expected in [
-        "[1]", "[8]", "pod-a", "pod-b", "0600", "db-password", "api-key",
-        "\"rotated-value\"", "mounts left under the work directory: 0", "volume directories left: 0",
+        "[1]",
+        "[8]",
+        "pod-a",
+        "pod-b",
+        "0600",
+        "db-password",
+        "api-key",
+        "\"rotated-value\"",
+        "mounts left under the work directory: 0",
+        "volume directories left: 0",
         "secret GETs",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
-    assert!(kvmount_tests::mounts_under(tmp.path()).is_empty(), "mounts left");
+    assert!(
+        kvmount_tests::mounts_under(tmp.path()).is_empty(),
+        "mounts left"
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read").collect();
     assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
 }

@@ -24,12 +24,18 @@ fn two_secrets() -> String {
 async fn version_and_a_driver_shaped_mount_over_the_socket() {
     let vault = Vault::start(None).await;
     let provider = Provider::start(&vault.provider_flags());
-    let mode = std::fs::metadata(&provider.socket).expect("socket").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&provider.socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "provider socket mode");
     let mut client = provider.client().await;
 
     let version = client
-        .version(VersionRequest { version: "v1alpha1".into() })
+        .version(VersionRequest {
+            version: "v1alpha1".into(),
+        })
         .await
         .expect("Version")
         .into_inner();
@@ -38,9 +44,15 @@ async fn version_and_a_driver_shaped_mount_over_the_socket() {
     assert_eq!(version.version, "v1alpha1");
 
     let token = vault.sa_token("team-a", "app");
-    let request = DriverRequest::new("demo", vault.mock.tenant_id(), &two_secrets(), "team-a", "pod-1")
-        .workload_identity(APP_A, &token)
-        .build();
+    let request = DriverRequest::new(
+        "demo",
+        vault.mock.tenant_id(),
+        &two_secrets(),
+        "team-a",
+        "pod-1",
+    )
+    .workload_identity(APP_A, &token)
+    .build();
     let response = client.mount(request).await.expect("Mount").into_inner();
     assert!(response.error.is_none());
     let files: Vec<(&str, i32, &[u8])> = response
@@ -62,13 +74,25 @@ async fn version_and_a_driver_shaped_mount_over_the_socket() {
         .collect();
     let db_version = kvmount_mock_vault::seeded_version("demo", "db-password", 1);
     let api_version = kvmount_mock_vault::seeded_version("demo", "api-key", 0);
-    assert_eq!(ids, vec![("secret/db-password", db_version.as_str()), ("secret/api-key", api_version.as_str())]);
+    assert_eq!(
+        ids,
+        vec![
+            ("secret/db-password", db_version.as_str()),
+            ("secret/api-key", api_version.as_str())
+        ]
+    );
 
     // The service principal path, and a pinned older version.
     let request = DriverRequest::new(
         "demo",
         vault.mock.tenant_id(),
-        &objects(&[object("db-password", &format!("objectVersion: {}\n", kvmount_mock_vault::seeded_version("demo", "db-password", 0)))]),
+        &objects(&[object(
+            "db-password",
+            &format!(
+                "objectVersion: {}\n",
+                kvmount_mock_vault::seeded_version("demo", "db-password", 0)
+            ),
+        )]),
         "team-a",
         "pod-2",
     )
@@ -80,13 +104,21 @@ async fn version_and_a_driver_shaped_mount_over_the_socket() {
     // The driver does the writing: the provider must not touch target_path.
     assert!(!std::path::Path::new("/var/lib/kubelet/pods/uid-pod-1").exists());
     let stats = vault.mock.stats();
-    assert_eq!(stats.count(Some("demo"), Some("secret.get"), Some("secret/db-password"), Some(200)), 2);
+    assert_eq!(
+        stats.count(
+            Some("demo"),
+            Some("secret.get"),
+            Some("secret/db-password"),
+            Some(200)
+        ),
+        2
+    );
 }
 
 #[tokio::test]
 async fn encodings_are_decoded_before_writing() {
     let seed = kvmount_mock_vault::Seed::from_yaml(
-        "tenantId: t1\nidentities:\n  - { name: sp, clientId: c1, clientSecret: s3cret-pass }\nvaults:\n  - name: enc\n    secrets:\n      - { name: b64, versions: [\"AAEC/w==\"] }\n      - { name: hexed, versions: [\"00ff10\"] }\n",
+        "tenantId: 00000000-0000-0000-0000-0000000000e1\nidentities:\n  - { name: sp, clientId: 00000000-0000-0000-0000-0000000000c1, clientSecret: s3cret-pass }\nvaults:\n  - name: enc\n    secrets:\n      - { name: b64, versions: [\"AAEC/w==\"] }\n      - { name: hexed, versions: [\"00ff10\"] }\n",
     )
     .expect("seed");
     let vault = Vault::start(Some(seed)).await;
@@ -94,12 +126,15 @@ async fn encodings_are_decoded_before_writing() {
     let mut client = provider.client().await;
     let request = DriverRequest::new(
         "enc",
-        "t1",
-        &objects(&[object("b64", "objectEncoding: base64\n"), object("hexed", "objectEncoding: hex\n")]),
+        "00000000-0000-0000-0000-0000000000e1",
+        &objects(&[
+            object("b64", "objectEncoding: base64\n"),
+            object("hexed", "objectEncoding: hex\n"),
+        ]),
         "ns",
         "p",
     )
-    .service_principal("c1", "s3cret-pass")
+    .service_principal("00000000-0000-0000-0000-0000000000c1", "s3cret-pass")
     .build();
     let response = client.mount(request).await.expect("Mount").into_inner();
     assert_eq!(response.files[0].contents, vec![0u8, 1, 2, 255]);
@@ -114,8 +149,14 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     let mut client = provider.client().await;
     let tenant = vault.mock.tenant_id().to_owned();
     let good = || {
-        DriverRequest::new("demo", &tenant, &objects(&[object("db-password", "")]), "team-a", "p")
-            .service_principal(APP_A, "app-a-password")
+        DriverRequest::new(
+            "demo",
+            &tenant,
+            &objects(&[object("db-password", "")]),
+            "team-a",
+            "p",
+        )
+        .service_principal(APP_A, "app-a-password")
     };
     let with_objects = |yaml: String| good().attr("objects", &yaml);
     let mut cases: Vec<(&str, kvmount_proto::provider::MountRequest, &str)> = vec![];
@@ -134,24 +175,60 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     let mut no_tenant = good();
     no_tenant.attributes.remove("tenantID");
     cases.push(("missing tenantID", no_tenant.build(), "tenantID"));
-    cases.push(("objects not YAML", with_objects("array: [unclosed".into()).build(), "objects"));
-    cases.push(("objects without array", with_objects("items: []".into()).build(), "objects"));
-    cases.push(("unknown objectType", with_objects(objects(&["objectName: a\nobjectType: blob\n".into()])).build(), "objects[0].objectType"));
-    cases.push(("unknown encoding", with_objects(objects(&[object("a", "objectEncoding: utf-16\n")])).build(), "objects[0].objectEncoding"));
-    cases.push(("alias with ..", with_objects(objects(&[object("a", "objectAlias: ../../etc/x\n")])).build(), "objects[0].objectAlias"));
-    cases.push(("absolute alias", with_objects(objects(&[object("a", "objectAlias: /etc/passwd\n")])).build(), "objects[0].objectAlias"));
+    cases.push((
+        "objects not YAML",
+        with_objects("array: [unclosed".into()).build(),
+        "objects",
+    ));
+    cases.push((
+        "objects without array",
+        with_objects("items: []".into()).build(),
+        "objects",
+    ));
+    cases.push((
+        "unknown objectType",
+        with_objects(objects(&["objectName: a\nobjectType: blob\n".into()])).build(),
+        "objects[0].objectType",
+    ));
+    cases.push((
+        "unknown encoding",
+        with_objects(objects(&[object("a", "objectEncoding: utf-16\n")])).build(),
+        "objects[0].objectEncoding",
+    ));
+    cases.push((
+        "alias with ..",
+        with_objects(objects(&[object("a", "objectAlias: ../../etc/x\n")])).build(),
+        "objects[0].objectAlias",
+    ));
+    cases.push((
+        "absolute alias",
+        with_objects(objects(&[object("a", "objectAlias: /etc/passwd\n")])).build(),
+        "objects[0].objectAlias",
+    ));
     let long = "x".repeat(256);
-    cases.push(("alias over 255 bytes", with_objects(objects(&[object("a", &format!("objectAlias: {long}\n"))])).build(), "objects[0].objectAlias"));
+    cases.push((
+        "alias over 255 bytes",
+        with_objects(objects(&[object("a", &format!("objectAlias: {long}\n"))])).build(),
+        "objects[0].objectAlias",
+    ));
     cases.push((
         "two objects, one file",
         with_objects(objects(&[object("a", ""), object("b", "objectAlias: a\n")])).build(),
         "objects[1]",
     ));
-    cases.push(("bad filePermission", with_objects(objects(&[object("a", "filePermission: \"0999\"\n")])).build(), "objects[0].filePermission"));
+    cases.push((
+        "bad filePermission",
+        with_objects(objects(&[object("a", "filePermission: \"0999\"\n")])).build(),
+        "objects[0].filePermission",
+    ));
     let mut bad_permission = good().build();
     bad_permission.permission = "rw-r--r--".into();
     cases.push(("bad permission", bad_permission, "permission"));
-    cases.push(("pod identity", good().attr("usePodIdentity", "true").build(), "usePodIdentity"));
+    cases.push((
+        "pod identity",
+        good().attr("usePodIdentity", "true").build(),
+        "usePodIdentity",
+    ));
     let mut no_identity = good();
     no_identity.secrets.clear();
     cases.push(("no identity at all", no_identity.build(), "clientID"));
@@ -169,11 +246,20 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
             "{what}: message {:?} does not name {field}",
             status.message()
         );
-        assert!(!status.message().contains("app-a-password"), "{what} echoed a secret");
+        assert!(
+            !status.message().contains("app-a-password"),
+            "{what} echoed a secret"
+        );
     }
     assert!(count >= 18);
     // Nothing reached Key Vault for any of them.
-    assert_eq!(vault.mock.stats().count(Some("demo"), Some("secret.get"), None, None), 0);
+    assert_eq!(
+        vault
+            .mock
+            .stats()
+            .count(Some("demo"), Some("secret.get"), None, None),
+        0
+    );
 }
 
 #[tokio::test]
@@ -183,41 +269,72 @@ async fn key_vault_errors_map_to_clear_statuses() {
     let mut client = provider.client().await;
     let tenant = vault.mock.tenant_id().to_owned();
     let req = |objs: String, ns: &str, client_id: &str, token: &str| {
-        DriverRequest::new("demo", &tenant, &objs, ns, "p").workload_identity(client_id, token).build()
+        DriverRequest::new("demo", &tenant, &objs, ns, "p")
+            .workload_identity(client_id, token)
+            .build()
     };
     let token_a = vault.sa_token("team-a", "app");
     let token_b = vault.sa_token("team-b", "app");
 
     // A missing object fails the whole Mount (all or nothing), naming the object.
     let status = client
-        .mount(req(objects(&[object("db-password", ""), object("no-such-secret", "")]), "team-a", APP_A, &token_a))
+        .mount(req(
+            objects(&[object("db-password", ""), object("no-such-secret", "")]),
+            "team-a",
+            APP_A,
+            &token_a,
+        ))
         .await
         .expect_err("missing object");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    assert!(status.message().contains("secret/no-such-secret"), "{}", status.message());
+    assert!(
+        status.message().contains("secret/no-such-secret"),
+        "{}",
+        status.message()
+    );
 
     // app-b is not in the vault's access list: 403 -> PERMISSION_DENIED.
     let status = client
-        .mount(req(objects(&[object("db-password", "")]), "team-b", APP_B, &token_b))
+        .mount(req(
+            objects(&[object("db-password", "")]),
+            "team-b",
+            APP_B,
+            &token_b,
+        ))
         .await
         .expect_err("forbidden");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     // A token whose subject is not federated with the identity: Entra refuses it.
     let status = client
-        .mount(req(objects(&[object("db-password", "")]), "team-b", APP_A, &token_b))
+        .mount(req(
+            objects(&[object("db-password", "")]),
+            "team-b",
+            APP_A,
+            &token_b,
+        ))
         .await
         .expect_err("wrong federation");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().contains("AADSTS70021"), "{}", status.message());
+    assert!(
+        status.message().contains("AADSTS70021"),
+        "{}",
+        status.message()
+    );
     assert!(!status.message().contains(&token_b));
 
     // A wrong client secret.
     let status = client
         .mount(
-            DriverRequest::new("demo", &tenant, &objects(&[object("db-password", "")]), "team-a", "p")
-                .service_principal(APP_A, "not-the-password")
-                .build(),
+            DriverRequest::new(
+                "demo",
+                &tenant,
+                &objects(&[object("db-password", "")]),
+                "team-a",
+                "p",
+            )
+            .service_principal(APP_A, "not-the-password")
+            .build(),
         )
         .await
         .expect_err("bad secret");
@@ -226,7 +343,12 @@ async fn key_vault_errors_map_to_clear_statuses() {
 
     // A disabled secret: Key Vault answers 403 Forbidden (SecretDisabled).
     let status = client
-        .mount(req(objects(&[object("disabled-secret", "")]), "team-a", APP_A, &token_a))
+        .mount(req(
+            objects(&[object("disabled-secret", "")]),
+            "team-a",
+            APP_A,
+            &token_a,
+        ))
         .await
         .expect_err("disabled");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -242,11 +364,19 @@ async fn key_vault_errors_map_to_clear_statuses() {
         }])
         .expect("faults");
     let status = client
-        .mount(req(objects(&[object("db-password", "")]), "team-a", APP_A, &token_a))
+        .mount(req(
+            objects(&[object("db-password", "")]),
+            "team-a",
+            APP_A,
+            &token_a,
+        ))
         .await
         .expect_err("throttled");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let throttled = vault.mock.stats().count(Some("demo"), Some("secret.get"), None, Some(429));
+    let throttled = vault
+        .mock
+        .stats()
+        .count(Some("demo"), Some("secret.get"), None, Some(429));
     assert!((2..=6).contains(&throttled), "retried {throttled} times");
 
     // A few 503s, then the vault recovers: the Mount succeeds.
@@ -261,7 +391,12 @@ async fn key_vault_errors_map_to_clear_statuses() {
         }])
         .expect("faults");
     client
-        .mount(req(objects(&[object("db-password", "")]), "team-a", APP_A, &token_a))
+        .mount(req(
+            objects(&[object("db-password", "")]),
+            "team-a",
+            APP_A,
+            &token_a,
+        ))
         .await
         .expect("recovers after 503s");
     vault.mock.clear_faults();
@@ -275,14 +410,23 @@ async fn an_unreachable_vault_is_unavailable() {
     let addr = closed.local_addr().expect("addr");
     drop(closed);
     let mut flags = vault.provider_flags();
-    let pos = flags.iter().position(|f| f == "--resolve").expect("resolve flag");
+    let pos = flags
+        .iter()
+        .position(|f| f == "--resolve")
+        .expect("resolve flag");
     flags[pos + 1] = format!("*.{}={addr}", vault.mock.dns_suffix());
     flags.extend(["--max-retries".into(), "1".into()]);
     let provider = Provider::start(&flags);
     let mut client = provider.client().await;
-    let request = DriverRequest::new("demo", vault.mock.tenant_id(), &objects(&[object("db-password", "")]), "team-a", "p")
-        .service_principal(APP_A, "app-a-password")
-        .build();
+    let request = DriverRequest::new(
+        "demo",
+        vault.mock.tenant_id(),
+        &objects(&[object("db-password", "")]),
+        "team-a",
+        "p",
+    )
+    .service_principal(APP_A, "app-a-password")
+    .build();
     let status = client.mount(request).await.expect_err("unreachable");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
@@ -298,34 +442,78 @@ async fn nothing_secret_in_logs_at_trace_level() {
     let vault = Vault::start(Some(seed)).await;
     let mut flags = vault.provider_flags();
     flags.extend(["--log-level".into(), "trace".into()]);
-    let mut provider = Provider::start(&flags);
+    let provider = Provider::start(&flags);
     let mut client = provider.client().await;
     let token = vault.sa_token("ns", "app");
     let tenant = vault.mock.tenant_id().to_owned();
-    let objs = objects(&[object("canary", ""), object("canary-b64", "objectEncoding: base64\n")]);
-    let wi = DriverRequest::new("logs", &tenant, &objs, "ns", "p").workload_identity("00000000-0000-0000-0000-00000000000c", &token);
-    let sp = DriverRequest::new("logs", &tenant, &objs, "ns", "p").service_principal("00000000-0000-0000-0000-00000000000c", "canary-client-secret-7f3a");
+    let objs = objects(&[
+        object("canary", ""),
+        object("canary-b64", "objectEncoding: base64\n"),
+    ]);
+    let wi = DriverRequest::new("logs", &tenant, &objs, "ns", "p")
+        .workload_identity("00000000-0000-0000-0000-00000000000c", &token);
+    let sp = DriverRequest::new("logs", &tenant, &objs, "ns", "p").service_principal(
+        "00000000-0000-0000-0000-00000000000c",
+        "canary-client-secret-7f3a",
+    );
     client.mount(wi.build()).await.expect("WI mount");
     client.mount(sp.build()).await.expect("SP mount");
     // Failure paths: missing object, bad encoding, wrong secret, bad JSON, throttling.
-    let _ = client.mount(wi.clone().attr("objects", &objects(&[object("nope", "")])).build()).await;
-    let _ = client.mount(wi.clone().attr("objects", &objects(&[object("canary", "objectEncoding: hex\n")])).build()).await;
+    let _ = client
+        .mount(
+            wi.clone()
+                .attr("objects", &objects(&[object("nope", "")]))
+                .build(),
+        )
+        .await;
+    let _ = client
+        .mount(
+            wi.clone()
+                .attr(
+                    "objects",
+                    &objects(&[object("canary", "objectEncoding: hex\n")]),
+                )
+                .build(),
+        )
+        .await;
     let mut wrong = sp.clone();
-    wrong.secrets.insert("clientsecret".into(), "canary-wrong-secret-2b7e".into());
+    wrong
+        .secrets
+        .insert("clientsecret".into(), "canary-wrong-secret-2b7e".into());
     let _ = client.mount(wrong.build()).await;
     let mut broken = wi.build();
     broken.attributes.push_str("canary-garbage");
     let _ = client.mount(broken).await;
     vault
         .mock
-        .set_faults(vec![FaultRule { route: Some("secret.get".into()), status: Some(503), times: Some(30), ..Default::default() }])
+        .set_faults(vec![FaultRule {
+            route: Some("secret.get".into()),
+            status: Some(503),
+            times: Some(30),
+            ..Default::default()
+        }])
         .expect("faults");
     let _ = client.mount(wi.build()).await;
     vault.mock.clear_faults();
     drop(client);
-    assert!(provider.terminate(), "clean exit on SIGTERM");
+    // Terminate off the runtime thread: the client's connection task must run to close.
+    let (clean, provider) = tokio::task::spawn_blocking(move || {
+        let mut provider = provider;
+        (provider.terminate(), provider)
+    })
+    .await
+    .expect("join");
     let output = provider.output();
-    assert!(output.contains("TRACE") || output.contains("DEBUG"), "trace logging was on:\n{}", &output[..output.len().min(2000)]);
+    assert!(
+        clean,
+        "clean exit on SIGTERM:\n{}",
+        &output[output.len().saturating_sub(3000)..]
+    );
+    assert!(
+        output.contains("TRACE") || output.contains("DEBUG"),
+        "trace logging was on:\n{}",
+        &output[..output.len().min(2000)]
+    );
     for needle in [
         "canary-value",
         "Y2FuYXJ5LWI2NC12YWx1ZQ",
@@ -352,22 +540,41 @@ async fn socket_life_cycle_and_graceful_drain() {
     assert!(stale.exists());
     let mut provider = Provider::start_at(Some(stale.clone()), &vault.provider_flags());
     let socket = stale.clone();
-    let channel = kvmount_provider::server::unix_channel(&socket).await.expect("connect to replaced socket");
-    let mut client = kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient::new(channel);
+    let channel = kvmount_provider::server::unix_channel(&socket)
+        .await
+        .expect("connect to replaced socket");
+    let mut client =
+        kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient::new(channel);
     vault
         .mock
-        .set_faults(vec![FaultRule { route: Some("secret.get".into()), latency_ms: Some(1500), ..Default::default() }])
+        .set_faults(vec![FaultRule {
+            route: Some("secret.get".into()),
+            latency_ms: Some(1500),
+            ..Default::default()
+        }])
         .expect("faults");
-    let request = DriverRequest::new("demo", vault.mock.tenant_id(), &objects(&[object("db-password", "")]), "team-a", "p")
-        .service_principal(APP_A, "app-a-password")
-        .build();
+    let request = DriverRequest::new(
+        "demo",
+        vault.mock.tenant_id(),
+        &objects(&[object("db-password", "")]),
+        "team-a",
+        "p",
+    )
+    .service_principal(APP_A, "app-a-password")
+    .build();
     let in_flight = tokio::spawn(async move { client.mount(request).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = provider.pid();
     let terminated = tokio::task::spawn_blocking(move || provider.terminate());
-    let response = in_flight.await.expect("task").expect("in-flight Mount completes during drain");
+    let response = in_flight
+        .await
+        .expect("task")
+        .expect("in-flight Mount completes during drain");
     assert_eq!(response.into_inner().files[0].contents, b"current-value");
-    assert!(terminated.await.expect("join"), "exit 0 after SIGTERM (pid {pid})");
+    assert!(
+        terminated.await.expect("join"),
+        "exit 0 after SIGTERM (pid {pid})"
+    );
     assert!(!socket.exists(), "socket removed on shutdown");
     vault.mock.clear_faults();
 }
@@ -385,5 +592,8 @@ fn refuses_to_replace_a_regular_file() {
         .expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a socket"));
-    assert_eq!(std::fs::read_to_string(&path).expect("still there"), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("still there"),
+        "keep me"
+    );
 }

@@ -12,14 +12,24 @@ fn connector(vault: &Vault) -> Connector {
         keyvault_dns_suffix: vault.mock.dns_suffix().into(),
         authority_host: url::Url::parse(&vault.mock.base_url()).expect("url"),
         extra_roots_pem: std::fs::read(vault.mock.ca_path()).expect("ca"),
-        resolve: vec![ResolveRule::parse(&format!("*.{}={}", vault.mock.dns_suffix(), vault.mock.addr())).expect("rule")],
+        resolve: vec![
+            ResolveRule::parse(&format!(
+                "*.{}={}",
+                vault.mock.dns_suffix(),
+                vault.mock.addr()
+            ))
+            .expect("rule"),
+        ],
         ..ConnectorConfig::default()
     })
     .expect("connector")
 }
 
 fn attrs(pairs: &[(&str, String)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 #[tokio::test]
@@ -41,22 +51,43 @@ async fn challenge_then_token_then_secret_with_both_credentials() {
         0o644,
     )
     .expect("params");
-    let rendered = fetch_all(&connector, &wi).await.expect("workload identity fetch");
+    let rendered = fetch_all(&connector, &wi)
+        .await
+        .expect("workload identity fetch");
     assert_eq!(rendered[0].files[0].contents.expose(), b"current-value");
     assert_eq!(rendered[1].files[0].contents.expose(), b"demo-api-key-0001");
     let stats = vault.mock.stats();
     // The SDK sends the first request without a token on purpose and gets the challenge.
-    assert!(stats.count(Some("demo"), None, None, Some(401)) >= 1, "{stats:?}");
-    assert_eq!(stats.count(None, Some("token"), None, Some(200)), 1, "one token for both objects");
+    assert!(
+        stats.count(Some("demo"), None, None, Some(401)) >= 1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.count(None, Some("token"), None, Some(200)),
+        1,
+        "one token for both objects"
+    );
 
     let sp = mount_params(
-        &attrs(&[("keyvaultName", "demo".into()), ("tenantID", tenant), ("objects", objs)]),
-        &attrs(&[("clientid", "00000000-0000-0000-0000-00000000000a".into()), ("clientsecret", "app-a-password".into())]),
+        &attrs(&[
+            ("keyvaultName", "demo".into()),
+            ("tenantID", tenant),
+            ("objects", objs),
+        ]),
+        &attrs(&[
+            ("clientid", "00000000-0000-0000-0000-00000000000a".into()),
+            ("clientsecret", "app-a-password".into()),
+        ]),
         0o644,
     )
     .expect("params");
-    let rendered = fetch_all(&connector, &sp).await.expect("service principal fetch");
-    assert_eq!(rendered[0].version, kvmount_mock_vault::seeded_version("demo", "db-password", 1));
+    let rendered = fetch_all(&connector, &sp)
+        .await
+        .expect("service principal fetch");
+    assert_eq!(
+        rendered[0].version,
+        kvmount_mock_vault::seeded_version("demo", "db-password", 1)
+    );
 }
 
 #[tokio::test]
@@ -65,7 +96,14 @@ async fn an_untrusted_certificate_is_refused() {
     let connector = Connector::new(ConnectorConfig {
         keyvault_dns_suffix: vault.mock.dns_suffix().into(),
         authority_host: url::Url::parse(&vault.mock.base_url()).expect("url"),
-        resolve: vec![ResolveRule::parse(&format!("*.{}={}", vault.mock.dns_suffix(), vault.mock.addr())).expect("rule")],
+        resolve: vec![
+            ResolveRule::parse(&format!(
+                "*.{}={}",
+                vault.mock.dns_suffix(),
+                vault.mock.addr()
+            ))
+            .expect("rule"),
+        ],
         max_retries: 0,
         ..ConnectorConfig::default()
     })
@@ -76,10 +114,15 @@ async fn an_untrusted_certificate_is_refused() {
             ("tenantID", vault.mock.tenant_id().into()),
             ("objects", objects(&[object("db-password", "")])),
         ]),
-        &attrs(&[("clientid", "00000000-0000-0000-0000-00000000000a".into()), ("clientsecret", "app-a-password".into())]),
+        &attrs(&[
+            ("clientid", "00000000-0000-0000-0000-00000000000a".into()),
+            ("clientsecret", "app-a-password".into()),
+        ]),
         0o644,
     )
     .expect("params");
-    let err = fetch_all(&connector, &params).await.expect_err("no CA, no connection");
+    let err = fetch_all(&connector, &params)
+        .await
+        .expect_err("no CA, no connection");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }

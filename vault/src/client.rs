@@ -42,16 +42,18 @@ pub struct ResolveRule {
 impl ResolveRule {
     /// Parses `HOST=ADDR` or `*.SUFFIX=ADDR`, where ADDR is an IP or `IP:PORT`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (host, addr) = text
-            .split_once('=')
-            .ok_or_else(|| format!("--resolve {text:?}: expected HOST=ADDR, e.g. *.vault.localhost=127.0.0.1:8443"))?;
+        let (host, addr) = text.split_once('=').ok_or_else(|| {
+            format!("--resolve {text:?}: expected HOST=ADDR, e.g. *.vault.localhost=127.0.0.1:8443")
+        })?;
         let host = host.trim().to_ascii_lowercase();
         let (wildcard, host) = match host.strip_prefix("*.") {
             Some(suffix) => (true, suffix.to_owned()),
             None => (false, host),
         };
         if host.is_empty() || host.contains('*') || host.contains('/') {
-            return Err(format!("--resolve {text:?}: HOST must be a name like demo.vault.azure.net or *.vault.azure.net"));
+            return Err(format!(
+                "--resolve {text:?}: HOST must be a name like demo.vault.azure.net or *.vault.azure.net"
+            ));
         }
         let addr = addr.trim();
         let addr = match addr.parse::<SocketAddr>() {
@@ -59,7 +61,9 @@ impl ResolveRule {
             Err(_) => addr
                 .parse::<IpAddr>()
                 .map(|ip| SocketAddr::new(ip, 0))
-                .map_err(|_| format!("--resolve {text:?}: ADDR must be an IP address or IP:PORT"))?,
+                .map_err(|_| {
+                    format!("--resolve {text:?}: ADDR must be an IP address or IP:PORT")
+                })?,
         };
         Ok(Self {
             host,
@@ -87,16 +91,19 @@ struct OverrideResolver {
 
 impl reqwest::dns::Resolve for OverrideResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let rule = self.rules.iter().find(|r| r.matches(name.as_str())).cloned();
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.matches(name.as_str()))
+            .cloned();
         let host = name.as_str().to_owned();
         Box::pin(async move {
             if let Some(rule) = rule {
                 let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(rule.addr));
                 return Ok(addrs);
             }
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
             Ok(addrs)
         })
@@ -141,7 +148,9 @@ pub enum ConfigError {
     #[error("--ca-file: not a PEM certificate bundle: {0}")]
     CaFile(String),
     /// The authority host is not an https URL.
-    #[error("--authority-host {0:?}: must be an https URL such as https://login.microsoftonline.com")]
+    #[error(
+        "--authority-host {0:?}: must be an https URL such as https://login.microsoftonline.com"
+    )]
     AuthorityHost(String),
     /// The HTTP client could not be built.
     #[error("building the HTTP client failed: {0}")]
@@ -176,7 +185,10 @@ impl std::fmt::Debug for StaticAssertion {
 
 #[async_trait::async_trait]
 impl ClientAssertion for StaticAssertion {
-    async fn secret(&self, _options: Option<ClientMethodOptions<'_>>) -> azure_core::Result<String> {
+    async fn secret(
+        &self,
+        _options: Option<ClientMethodOptions<'_>>,
+    ) -> azure_core::Result<String> {
         Ok(self.0.expose().to_owned())
     }
 }
@@ -185,7 +197,9 @@ impl Connector {
     /// Builds the shared HTTP client.
     pub fn new(config: ConnectorConfig) -> Result<Self, ConfigError> {
         if config.authority_host.scheme() != "https" {
-            return Err(ConfigError::AuthorityHost(config.authority_host.to_string()));
+            return Err(ConfigError::AuthorityHost(
+                config.authority_host.to_string(),
+            ));
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -205,7 +219,9 @@ impl Connector {
                 rules: Arc::new(config.resolve.clone()),
             }));
         }
-        let http = builder.build().map_err(|e| ConfigError::Http(e.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|e| ConfigError::Http(e.to_string()))?;
         Ok(Self {
             http,
             config: Arc::new(config),
@@ -224,7 +240,12 @@ impl Connector {
 
     fn client_options(&self) -> ClientOptions {
         let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = self.config.authority_host.as_str().trim_end_matches('/').to_owned();
+        cloud.authority_host = self
+            .config
+            .authority_host
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
         let budget = self.config.request_budget.as_secs() as i64;
         ClientOptions {
             transport: Some(Transport::new(Arc::new(self.http.clone()))),
@@ -240,9 +261,16 @@ impl Connector {
     }
 
     /// A credential for `auth` in `tenant`.
-    pub fn credential(&self, tenant: &str, auth: &Auth) -> Result<Arc<dyn TokenCredential>, VaultError> {
+    pub fn credential(
+        &self,
+        tenant: &str,
+        auth: &Auth,
+    ) -> Result<Arc<dyn TokenCredential>, VaultError> {
         let scrub_failure = |e: azure_core::Error| {
-            VaultError::new(ErrorKind::InvalidArgument, format!("credential setup: {}", VaultError::from_sdk(&e, &[])))
+            VaultError::new(
+                ErrorKind::InvalidArgument,
+                format!("credential setup: {}", VaultError::from_sdk(&e, &[])),
+            )
         };
         match auth {
             Auth::WorkloadIdentity { client_id, token } => {
@@ -287,8 +315,9 @@ impl Connector {
             client_options: self.client_options(),
             ..Default::default()
         };
-        SecretClient::new(&self.vault_url(vault), credential, Some(options))
-            .map_err(|e| VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}")))
+        SecretClient::new(&self.vault_url(vault), credential, Some(options)).map_err(|e| {
+            VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}"))
+        })
     }
 }
 
@@ -307,18 +336,32 @@ pub async fn get_secret(
         .get_secret(name, Some(options))
         .await
         .map_err(|e| VaultError::from_sdk(&e, scrub))?;
-    let secret = response
-        .into_model()
-        .map_err(|e| VaultError::new(ErrorKind::Internal, format!("secret {name}: unreadable answer from Key Vault: {}", VaultError::from_sdk(&e, scrub))))?;
+    let secret = response.into_model().map_err(|e| {
+        VaultError::new(
+            ErrorKind::Internal,
+            format!(
+                "secret {name}: unreadable answer from Key Vault: {}",
+                VaultError::from_sdk(&e, scrub)
+            ),
+        )
+    })?;
     let value = secret.value.map(SecretString::new).ok_or_else(|| {
-        VaultError::new(ErrorKind::Internal, format!("secret {name}: Key Vault returned no value"))
+        VaultError::new(
+            ErrorKind::Internal,
+            format!("secret {name}: Key Vault returned no value"),
+        )
     })?;
     let version = secret
         .id
         .as_deref()
         .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
         .map(str::to_owned)
-        .ok_or_else(|| VaultError::new(ErrorKind::Internal, format!("secret {name}: Key Vault returned no id")))?;
+        .ok_or_else(|| {
+            VaultError::new(
+                ErrorKind::Internal,
+                format!("secret {name}: Key Vault returned no id"),
+            )
+        })?;
     Ok(FetchedSecret {
         value,
         version,

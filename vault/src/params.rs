@@ -252,7 +252,9 @@ pub fn parse_default_mode(permission: &str) -> Result<u32, ParamError> {
         .map_err(|_| {
             ParamError::new(
                 "permission",
-                format!("{text:?} is not a decimal file mode; accepted: 0 to 511, e.g. \"420\" for 0644"),
+                format!(
+                    "{text:?} is not a decimal file mode; accepted: 0 to 511, e.g. \"420\" for 0644"
+                ),
             )
         })?;
     if mode > 0o777 {
@@ -275,7 +277,9 @@ pub fn parse_file_permission(field: &str, text: &str) -> Result<u32, ParamError>
     {
         return Err(ParamError::new(
             field,
-            format!("{text:?} is not an octal file mode; accepted: 3 or 4 octal digits from 0000 to 0777, e.g. \"0600\""),
+            format!(
+                "{text:?} is not an octal file mode; accepted: 3 or 4 octal digits from 0000 to 0777, e.g. \"0600\""
+            ),
         ));
     }
     let mode = u32::from_str_radix(digits, 8)
@@ -283,7 +287,9 @@ pub fn parse_file_permission(field: &str, text: &str) -> Result<u32, ParamError>
     if mode > 0o777 {
         return Err(ParamError::new(
             field,
-            format!("{text:?} sets bits above 0777 (setuid, setgid or sticky); accepted: 0000 to 0777"),
+            format!(
+                "{text:?} sets bits above 0777 (setuid, setgid or sticky); accepted: 0000 to 0777"
+            ),
         ));
     }
     Ok(mode)
@@ -314,7 +320,9 @@ pub fn validate_vault_name(name: &str) -> Result<(), ParamError> {
     if !(3..=24).contains(&name.len()) || !ok_chars {
         return Err(ParamError::new(
             "keyvaultName",
-            format!("{name:?} is not a Key Vault name; accepted: 3 to 24 characters of letters, digits and '-'"),
+            format!(
+                "{name:?} is not a Key Vault name; accepted: 3 to 24 characters of letters, digits and '-'"
+            ),
         ));
     }
     Ok(())
@@ -330,7 +338,9 @@ fn validate_tenant(tenant: &str) -> Result<(), ParamError> {
     if !ok {
         return Err(ParamError::new(
             "tenantID",
-            format!("{tenant:?} is not a tenant; accepted: a tenant GUID or a domain such as contoso.onmicrosoft.com"),
+            format!(
+                "{tenant:?} is not a tenant; accepted: a tenant GUID or a domain such as contoso.onmicrosoft.com"
+            ),
         ));
     }
     Ok(())
@@ -342,7 +352,9 @@ fn validate_object_name(field: &str, name: &str) -> Result<(), ParamError> {
     if name.is_empty() || name.len() > 127 || !ok_chars {
         return Err(ParamError::new(
             field,
-            format!("{name:?} is not a Key Vault object name; accepted: 1 to 127 characters of letters, digits and '-'"),
+            format!(
+                "{name:?} is not a Key Vault object name; accepted: 1 to 127 characters of letters, digits and '-'"
+            ),
         ));
     }
     Ok(())
@@ -354,7 +366,9 @@ fn validate_version(field: &str, version: &str) -> Result<(), ParamError> {
     if version.len() > 64 || !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ParamError::new(
             field,
-            format!("{version:?} is not a version id; accepted: empty, \"latest\", or a version such as 6f8d1a2b3c4d5e6f7a8b9c0d1e2f3a4b"),
+            format!(
+                "{version:?} is not a version id; accepted: empty, \"latest\", or a version such as 6f8d1a2b3c4d5e6f7a8b9c0d1e2f3a4b"
+            ),
         ));
     }
     Ok(())
@@ -369,7 +383,10 @@ pub fn validate_file_path(field: &str, path: &str) -> Result<(), ParamError> {
         if element.len() > MAX_NAME_BYTES {
             return Err(ParamError::new(
                 field,
-                format!("a path element is {} bytes; accepted: at most {MAX_NAME_BYTES}", element.len()),
+                format!(
+                    "a path element is {} bytes; accepted: at most {MAX_NAME_BYTES}",
+                    element.len()
+                ),
             ));
         }
     }
@@ -405,9 +422,7 @@ struct RawObject {
 }
 
 fn trimmed(value: Option<String>) -> Option<String> {
-    value
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 /// Parses the `objects` parameter: YAML with an `array` of YAML strings, one per object.
@@ -538,7 +553,10 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         }
         Some(serde_yaml::Value::Number(n)) => {
             // An unquoted 0600 is read by YAML 1.1 as octal and by YAML 1.2 as 600: take the digits.
-            Some(parse_file_permission(&field("filePermission"), &n.to_string())?)
+            Some(parse_file_permission(
+                &field("filePermission"),
+                &n.to_string(),
+            )?)
         }
         Some(_) => {
             return Err(ParamError::new(
@@ -574,7 +592,9 @@ fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
         if let Some(other) = seen.insert(path, spec.index) {
             return Err(ParamError::new(
                 format!("objects[{}]", spec.index),
-                format!("writes file {path:?}, which objects[{other}] writes too; give one of them a different objectAlias"),
+                format!(
+                    "writes file {path:?}, which objects[{other}] writes too; give one of them a different objectAlias"
+                ),
             ));
         }
     }
@@ -585,7 +605,9 @@ fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
         {
             return Err(ParamError::new(
                 format!("objects[{other}]"),
-                format!("writes {nested:?} inside {path:?}, which objects[{index}] writes as a file"),
+                format!(
+                    "writes {nested:?} inside {path:?}, which objects[{index}] writes as a file"
+                ),
             ));
         }
     }
@@ -612,7 +634,9 @@ fn workload_identity_token(
             "must be JSON of the form {\"<audience>\":{\"token\":\"<jwt>\",\"expirationTimestamp\":\"...\"}}",
         )
     })?;
-    let token = tokens.remove(WORKLOAD_IDENTITY_AUDIENCE).map(|t| SecretString::new(t.token));
+    let token = tokens
+        .remove(WORKLOAD_IDENTITY_AUDIENCE)
+        .map(|t| SecretString::new(t.token));
     for (_, mut other) in tokens.drain() {
         zeroize::Zeroize::zeroize(&mut other.token);
     }
@@ -657,7 +681,9 @@ pub fn mount_params(
     {
         return Err(ParamError::new(
             "cloudName",
-            format!("{cloud:?} is not supported by this kvmount release; accepted: AzurePublicCloud (other clouds: set the daemon's --keyvault-dns-suffix and --authority-host)"),
+            format!(
+                "{cloud:?} is not supported by this kvmount release; accepted: AzurePublicCloud (other clouds: set the daemon's --keyvault-dns-suffix and --authority-host)"
+            ),
         ));
     }
     let keyvault_name = get(attributes, "keyvaultName")
@@ -667,7 +693,10 @@ pub fn mount_params(
     let tenant_id = get(attributes, "tenantID")
         .or_else(|| get(attributes, "tenantId"))
         .ok_or_else(|| {
-            ParamError::new("tenantID", "is required: the Entra tenant ID of the Key Vault")
+            ParamError::new(
+                "tenantID",
+                "is required: the Entra tenant ID of the Key Vault",
+            )
         })?
         .to_owned();
     validate_tenant(&tenant_id)?;
@@ -728,7 +757,9 @@ pub fn mount_params(
     let objects = parse_objects(objects_text)?;
     let pod = PodInfo {
         name: get(attributes, POD_NAME).unwrap_or_default().to_owned(),
-        namespace: get(attributes, POD_NAMESPACE).unwrap_or_default().to_owned(),
+        namespace: get(attributes, POD_NAMESPACE)
+            .unwrap_or_default()
+            .to_owned(),
         uid: get(attributes, POD_UID).unwrap_or_default().to_owned(),
         service_account: get(attributes, POD_SERVICE_ACCOUNT)
             .unwrap_or_default()
@@ -788,7 +819,9 @@ mod tests {
             (TOKENS_ATTRIBUTE, tokens),
         ]);
         let p = mount_params(&a, &HashMap::new(), 0o644).expect("valid");
-        assert!(matches!(p.auth, Auth::WorkloadIdentity { ref token, .. } if token.expose() == "canary-jwt"));
+        assert!(
+            matches!(p.auth, Auth::WorkloadIdentity { ref token, .. } if token.expose() == "canary-jwt")
+        );
         let mut a2 = a.clone();
         a2.remove(TOKENS_ATTRIBUTE);
         let s = attrs(&[(TOKENS_ATTRIBUTE, tokens)]);
@@ -806,11 +839,31 @@ mod tests {
             ("objects", OBJECTS),
         ];
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-            (vec![("tenantID", "t"), ("objects", OBJECTS)], "keyvaultName"),
-            (vec![("keyvaultName", "demo"), ("objects", OBJECTS)], "tenantID"),
-            (vec![("keyvaultName", "x"), ("tenantID", "t"), ("objects", OBJECTS)], "keyvaultName"),
+            (
+                vec![("tenantID", "t"), ("objects", OBJECTS)],
+                "keyvaultName",
+            ),
+            (
+                vec![("keyvaultName", "demo"), ("objects", OBJECTS)],
+                "tenantID",
+            ),
+            (
+                vec![
+                    ("keyvaultName", "x"),
+                    ("tenantID", "t"),
+                    ("objects", OBJECTS),
+                ],
+                "keyvaultName",
+            ),
             (vec![("keyvaultName", "demo"), ("tenantID", "t")], "objects"),
-            (vec![("keyvaultName", "demo"), ("tenantID", "t"), ("objects", "array: [")], "objects"),
+            (
+                vec![
+                    ("keyvaultName", "demo"),
+                    ("tenantID", "t"),
+                    ("objects", "array: ["),
+                ],
+                "objects",
+            ),
             (vec![("usePodIdentity", "true")], "usePodIdentity"),
         ];
         for (pairs, field) in cases {
@@ -835,24 +888,63 @@ mod tests {
             ("objectName: a\nobjectType: blob\n", "objects[0].objectType"),
             ("objectName: a\n", "objects[0].objectType"),
             ("objectType: secret\n", "objects[0].objectName"),
-            ("objectName: a\nobjectType: secret\nobjectEncoding: rot13\n", "objects[0].objectEncoding"),
-            ("objectName: a\nobjectType: secret\nobjectAlias: ../x\n", "objects[0].objectAlias"),
-            ("objectName: a\nobjectType: secret\nobjectAlias: a/../../x\n", "objects[0].objectAlias"),
-            ("objectName: a\nobjectType: secret\nobjectAlias: /etc/passwd\n", "objects[0].objectAlias"),
-            ("objectName: a\nobjectType: secret\nobjectAlias: ..data\n", "objects[0].objectAlias"),
-            ("objectName: a\nobjectType: secret\nfilePermission: \"0999\"\n", "objects[0].filePermission"),
-            ("objectName: a\nobjectType: secret\nfilePermission: \"4755\"\n", "objects[0].filePermission"),
-            ("objectName: a\nobjectType: secret\nfilePermission: rw\n", "objects[0].filePermission"),
-            ("objectName: a\nobjectType: secret\nobjectAliass: b\n", "objects[0]"),
-            ("objectName: a\nobjectType: key\nobjectEncoding: hex\n", "objects[0].objectEncoding"),
-            ("objectName: a\nobjectType: cert\nobjectFormat: pfx\n", "objects[0].objectFormat"),
-            ("objectName: a_b\nobjectType: secret\n", "objects[0].objectName"),
+            (
+                "objectName: a\nobjectType: secret\nobjectEncoding: rot13\n",
+                "objects[0].objectEncoding",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nobjectAlias: ../x\n",
+                "objects[0].objectAlias",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nobjectAlias: a/../../x\n",
+                "objects[0].objectAlias",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nobjectAlias: /etc/passwd\n",
+                "objects[0].objectAlias",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nobjectAlias: ..data\n",
+                "objects[0].objectAlias",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nfilePermission: \"0999\"\n",
+                "objects[0].filePermission",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nfilePermission: \"4755\"\n",
+                "objects[0].filePermission",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nfilePermission: rw\n",
+                "objects[0].filePermission",
+            ),
+            (
+                "objectName: a\nobjectType: secret\nobjectAliass: b\n",
+                "objects[0]",
+            ),
+            (
+                "objectName: a\nobjectType: key\nobjectEncoding: hex\n",
+                "objects[0].objectEncoding",
+            ),
+            (
+                "objectName: a\nobjectType: cert\nobjectFormat: pfx\n",
+                "objects[0].objectFormat",
+            ),
+            (
+                "objectName: a_b\nobjectType: secret\n",
+                "objects[0].objectName",
+            ),
         ];
         for (body, field) in cases {
             let err = object_err(&one(body));
             assert_eq!(err.field, field, "{body}: {err}");
         }
-        let long = format!("objectName: a\nobjectType: secret\nobjectAlias: {}\n", "x".repeat(256));
+        let long = format!(
+            "objectName: a\nobjectType: secret\nobjectAlias: {}\n",
+            "x".repeat(256)
+        );
         assert_eq!(object_err(&one(&long)).field, "objects[0].objectAlias");
     }
 
@@ -879,7 +971,10 @@ mod tests {
         assert_eq!(objects[0].file_mode, Some(0o600));
         assert_eq!(objects[1].encoding, ObjectEncoding::Hex);
         assert_eq!(objects[1].file_mode, Some(0o640));
-        assert_eq!(objects[1].version.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            objects[1].version.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
     }
 
     #[test]
@@ -903,6 +998,10 @@ mod tests {
         assert!(!err.to_string().contains("canary"));
         let err = parse_string_map("secrets", r#"{"clientsecret": 12345}"#).expect_err("bad");
         assert!(!err.to_string().contains("12345"));
-        assert!(parse_string_map("attributes", "").expect("empty ok").is_empty());
+        assert!(
+            parse_string_map("attributes", "")
+                .expect("empty ok")
+                .is_empty()
+        );
     }
 }

@@ -31,7 +31,11 @@ impl CsiDriverProvider for ProviderService {
     ) -> Result<Response<VersionResponse>, Status> {
         let version = request.into_inner().version;
         Ok(Response::new(VersionResponse {
-            version: if version.is_empty() { "v1alpha1".into() } else { version },
+            version: if version.is_empty() {
+                "v1alpha1".into()
+            } else {
+                version
+            },
             runtime_name: RUNTIME_NAME.into(),
             runtime_version: env!("CARGO_PKG_VERSION").into(),
         }))
