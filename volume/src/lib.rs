@@ -104,9 +104,7 @@ pub fn remove_contents(target: &Path) -> Result<(), VolumeError> {
     }
     let _lock =
         fsops::DirLock::exclusive(dir.as_fd()).map_err(|e| VolumeError::io("flock", target, e))?;
-    let dev = fs::fstat(&dir)
-        .map_err(|e| VolumeError::io("fstat", target, e))?
-        .st_dev;
+    let dev = fsops::fs_id(dir.as_fd()).map_err(|e| VolumeError::io("fstat", target, e))?;
     fsops::clear_dir(dir.as_fd(), dev, 0).map_err(|e| match e {
         Errno::XDEV => VolumeError::CrossesMount {
             operation: OP,

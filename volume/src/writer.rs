@@ -221,7 +221,7 @@ fn type_name(t: FileType) -> &'static str {
 struct PayloadGuard<'a> {
     parent: BorrowedFd<'a>,
     name: &'a str,
-    dev: u64,
+    dev: fsops::FsId,
     armed: bool,
 }
 
@@ -305,9 +305,8 @@ impl AtomicWriter {
         let _lock = DirLock::exclusive(self.dir.as_fd())
             .map_err(|e| VolumeError::io("flock", &self.target, e))?;
         self.check_visible_names(&plan)?;
-        let dev = fs::fstat(&self.dir)
-            .map_err(|e| VolumeError::io("fstat", &self.target, e))?
-            .st_dev;
+        let dev = fsops::fs_id(self.dir.as_fd())
+            .map_err(|e| VolumeError::io("fstat", &self.target, e))?;
 
         let current = self.current_payload()?;
         if let Some(cur) = &current
@@ -619,9 +618,8 @@ impl AtomicWriter {
 
     /// `..data_tmp -> name`, then `rename(..data_tmp, ..data)`: the atomic switch.
     fn switch_data_link(&self, name: &str) -> Result<(), VolumeError> {
-        let dev = fs::fstat(&self.dir)
-            .map_err(|e| VolumeError::io("fstat", &self.target, e))?
-            .st_dev;
+        let dev = fsops::fs_id(self.dir.as_fd())
+            .map_err(|e| VolumeError::io("fstat", &self.target, e))?;
         let tmp = c"..data_tmp";
         // Whatever sits at ..data_tmp (a leftover link, a planted file) is ours to replace.
         // If something is put back in between, or ..data does not name our payload after the
@@ -714,7 +712,7 @@ impl AtomicWriter {
     }
 
     /// Removes payload directories other than `keep` and leftover temporary links.
-    fn remove_stale_payloads(&self, keep: &str, dev: u64) -> Result<(), VolumeError> {
+    fn remove_stale_payloads(&self, keep: &str, dev: fsops::FsId) -> Result<(), VolumeError> {
         let names = fsops::list_names(self.dir.as_fd())
             .map_err(|e| VolumeError::io("readdir", &self.target, e))?;
         for (name, utf8) in names {
