@@ -271,13 +271,13 @@ fn remove_contents_does_not_enter_a_bind_mount_of_the_same_filesystem() {
     let (target, canaries) = root.volume();
     // canaries[0] lives on the same tmpfs as the target: same st_dev, other mount.
     fs::create_dir(target.join("bind")).unwrap();
-    rustix::mount::mount_bind(&canaries[0].dir, &target.join("bind")).unwrap();
+    rustix::mount::mount_bind(&canaries[0].dir, target.join("bind")).unwrap();
     let w = AtomicWriter::open(&target).unwrap();
     w.write(&[spec("a", 0o644, b"x")], &o()).unwrap();
     drop(w);
     let err = remove_contents(&target).unwrap_err();
     assert!(matches!(err, VolumeError::CrossesMount { .. }), "{err}");
-    rustix::mount::unmount(&target.join("bind"), rustix::mount::UnmountFlags::empty()).unwrap();
+    rustix::mount::unmount(target.join("bind"), rustix::mount::UnmountFlags::empty()).unwrap();
     check_all(&canaries);
     remove_contents(&target).unwrap();
     assert!(names(&target).is_empty());
