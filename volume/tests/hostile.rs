@@ -283,3 +283,14 @@ fn remove_contents_does_not_enter_a_bind_mount_of_the_same_filesystem() {
     assert!(names(&target).is_empty());
     check_all(&canaries);
 }
+
+/// ... and a read of a canary file (atime, strictatime on the test tmpfs).
+#[test]
+#[should_panic(expected = "changed")]
+fn canary_detects_a_read() {
+    let root = TestRoot::new();
+    let (_target, canaries) = root.volume();
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let _ = fs::read(canaries[0].dir.join("file")).unwrap();
+    canaries[0].check();
+}
