@@ -5,6 +5,11 @@
 //! After each write: on success the published files are exactly the requested ones with the
 //! requested bytes; on error the previously published set is unchanged. A canary beside the
 //! target never changes.
+//!
+//! The tmpfs is never unmounted by the harness (libFuzzer exits without cleanup), so run it in
+//! a private mount namespace, where the mount goes away with the process:
+//! `unshare -m --propagation private cargo +nightly fuzz run volume_writer`
+//! (the empty `/tmp/kvmount-fuzz-<pid>` directory stays behind).
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -25,14 +30,23 @@ fn env() -> &'static Env {
     ENV.get_or_init(|| {
         let base = std::env::temp_dir().join(format!("kvmount-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&base).expect("create base");
-        let opts = TmpfsOptions { size_bytes: 16 << 20, mode: 0o755, uid: None, gid: None };
+        let opts = TmpfsOptions {
+            size_bytes: 16 << 20,
+            mode: 0o755,
+            uid: None,
+            gid: None,
+        };
         mount_tmpfs(&base, &opts).expect("mount tmpfs (run as root)");
         let target = base.join("target");
         std::fs::create_dir(&target).expect("create target");
         let canary = base.join("canary");
         std::fs::write(&canary, b"canary").expect("canary");
         let writer = AtomicWriter::open(&target).expect("open writer");
-        Env { target, canary, writer }
+        Env {
+            target,
+            canary,
+            writer,
+        }
     })
 }
 
@@ -40,13 +54,21 @@ fuzz_target!(|data: &[u8]| {
     let env = env();
     let mut specs = Vec::new();
     for record in data.split(|b| *b == 0xff).take(32) {
-        let Some((&mode, rest)) = record.split_first() else { continue };
+        let Some((&mode, rest)) = record.split_first() else {
+            continue;
+        };
         let (path, contents) = match rest.iter().position(|b| *b == 0) {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, &[][..]),
         };
-        let Ok(path) = std::str::from_utf8(path) else { return };
-        specs.push(FileSpec { path, mode: u32::from(mode) * 2, contents });
+        let Ok(path) = std::str::from_utf8(path) else {
+            return;
+        };
+        specs.push(FileSpec {
+            path,
+            mode: u32::from(mode) * 2,
+            contents,
+        });
     }
     let before = env.writer.current_files().expect("list");
     match env.writer.write(&specs, &Ownership::default()) {
@@ -55,7 +77,11 @@ fuzz_target!(|data: &[u8]| {
             let got = env.writer.current_files().expect("list");
             assert_eq!(got, want.keys().map(|p| p.to_string()).collect::<Vec<_>>());
             for (p, c) in want {
-                assert_eq!(std::fs::read(env.target.join(p)).expect("read back"), c, "{p:?}");
+                assert_eq!(
+                    std::fs::read(env.target.join(p)).expect("read back"),
+                    c,
+                    "{p:?}"
+                );
             }
         }
         Err(_) => {

@@ -21,6 +21,28 @@ pub(crate) const TMPFS_MAGIC: u64 = 0x0102_1994;
 /// The statfs magic of ramfs.
 pub(crate) const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
+/// Which mounted filesystem an fd is on: the device, and the mount id where the kernel tells
+/// it (Linux 5.8+), which also tells apart a bind mount of the same filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FsId {
+    dev: u64,
+    mnt_id: Option<u64>,
+}
+
+/// The [`FsId`] of `fd`.
+pub(crate) fn fs_id(fd: BorrowedFd<'_>) -> Result<FsId> {
+    let dev = fs::fstat(fd)?.st_dev;
+    let mnt_id = match fs::statx(fd, c"", AtFlags::EMPTY_PATH, fs::StatxFlags::MNT_ID) {
+        Ok(stx)
+            if fs::StatxFlags::from_bits_retain(stx.stx_mask).contains(fs::StatxFlags::MNT_ID) =>
+        {
+            Some(stx.stx_mnt_id)
+        }
+        _ => None,
+    };
+    Ok(FsId { dev, mnt_id })
+}
+
 /// Opens the directory `name` in `dir` without following a symlink (`ELOOP`/`ENOTDIR` otherwise).
 pub(crate) fn open_dir_at<Fd: AsFd>(dir: Fd, name: &str) -> Result<OwnedFd> {
     fs::openat(
@@ -86,13 +108,13 @@ fn list_raw_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
 /// Removes the entry `name` in `dir`, whatever it is, without following a symlink.
 ///
 /// A symlink or file is unlinked; a directory is emptied recursively (each level opened with
-/// `O_NOFOLLOW | O_DIRECTORY`) and then removed. A directory on another filesystem than `dev`
-/// (a nested mount) is not entered: the error is `EXDEV`. A missing entry is fine. If the entry is
-/// swapped while we work on it (file to directory or back), the removal is retried.
+/// `O_NOFOLLOW | O_DIRECTORY`) and then removed. A directory on another mount than
+/// `mount` (a nested mount, a bind mount too) is not entered: the error is `EXDEV`. A missing
+/// entry is fine. If the entry is swapped while we work on it (file to directory or back), the removal is retried.
 pub(crate) fn remove_entry_at(
     dir: BorrowedFd<'_>,
     name: &CStr,
-    dev: u64,
+    mount: FsId,
     depth: usize,
 ) -> Result<()> {
     if depth > MAX_DEPTH {
@@ -116,10 +138,10 @@ pub(crate) fn remove_entry_at(
             Err(Errno::LOOP) | Err(Errno::NOTDIR) => continue,
             Err(e) => return Err(e),
         };
-        if fs::fstat(&child)?.st_dev != dev {
+        if fs_id(child.as_fd())? != mount {
             return Err(Errno::XDEV);
         }
-        clear_dir(child.as_fd(), dev, depth + 1)?;
+        clear_dir(child.as_fd(), mount, depth + 1)?;
         match fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
             Ok(()) | Err(Errno::NOENT) => return Ok(()),
             // Something was added meanwhile, or the entry was swapped: go again.
@@ -132,14 +154,14 @@ pub(crate) fn remove_entry_at(
 }
 
 /// Removes everything inside the open directory `dir` (see [`remove_entry_at`]).
-pub(crate) fn clear_dir(dir: BorrowedFd<'_>, dev: u64, depth: usize) -> Result<()> {
+pub(crate) fn clear_dir(dir: BorrowedFd<'_>, mount: FsId, depth: usize) -> Result<()> {
     for _ in 0..MAX_RETRIES {
         let names = list_raw_names(dir)?;
         if names.is_empty() {
             return Ok(());
         }
         for name in &names {
-            remove_entry_at(dir, name, dev, depth)?;
+            remove_entry_at(dir, name, mount, depth)?;
         }
     }
     Err(Errno::AGAIN)

@@ -221,7 +221,7 @@ fn type_name(t: FileType) -> &'static str {
 struct PayloadGuard<'a> {
     parent: BorrowedFd<'a>,
     name: &'a str,
-    dev: u64,
+    mount: fsops::FsId,
     armed: bool,
 }
 
@@ -233,7 +233,7 @@ impl Drop for PayloadGuard<'_> {
         let Ok(name) = CString::new(self.name) else {
             return;
         };
-        if let Err(e) = fsops::remove_entry_at(self.parent, &name, self.dev, 0) {
+        if let Err(e) = fsops::remove_entry_at(self.parent, &name, self.mount, 0) {
             tracing::warn!(dir = self.name, error = %e, "could not remove a half-built payload directory");
         }
     }
@@ -305,9 +305,8 @@ impl AtomicWriter {
         let _lock = DirLock::exclusive(self.dir.as_fd())
             .map_err(|e| VolumeError::io("flock", &self.target, e))?;
         self.check_visible_names(&plan)?;
-        let dev = fs::fstat(&self.dir)
-            .map_err(|e| VolumeError::io("fstat", &self.target, e))?
-            .st_dev;
+        let mount = fsops::fs_id(self.dir.as_fd())
+            .map_err(|e| VolumeError::io("fstat", &self.target, e))?;
 
         let current = self.current_payload()?;
         if let Some(cur) = &current
@@ -325,7 +324,7 @@ impl AtomicWriter {
         let mut guard = PayloadGuard {
             parent: self.dir.as_fd(),
             name: &name,
-            dev,
+            mount,
             armed: true,
         };
         for spec in &plan.files {
@@ -336,7 +335,7 @@ impl AtomicWriter {
         guard.armed = false;
 
         self.reconcile_visible_links(&plan)?;
-        self.remove_stale_payloads(&name, dev)?;
+        self.remove_stale_payloads(&name, mount)?;
         tracing::debug!(target_dir = %self.target.display(), payload = %name, files = plan.files.len(), "payload published");
         Ok(WriteOutcome {
             changed: true,
@@ -619,15 +618,14 @@ impl AtomicWriter {
 
     /// `..data_tmp -> name`, then `rename(..data_tmp, ..data)`: the atomic switch.
     fn switch_data_link(&self, name: &str) -> Result<(), VolumeError> {
-        let dev = fs::fstat(&self.dir)
-            .map_err(|e| VolumeError::io("fstat", &self.target, e))?
-            .st_dev;
+        let mount = fsops::fs_id(self.dir.as_fd())
+            .map_err(|e| VolumeError::io("fstat", &self.target, e))?;
         let tmp = c"..data_tmp";
         // Whatever sits at ..data_tmp (a leftover link, a planted file) is ours to replace.
         // If something is put back in between, or ..data does not name our payload after the
         // rename (someone swapped ..data_tmp under us), go again.
         for _ in 0..8 {
-            fsops::remove_entry_at(self.dir.as_fd(), tmp, dev, 0)
+            fsops::remove_entry_at(self.dir.as_fd(), tmp, mount, 0)
                 .map_err(|e| VolumeError::io("remove", self.at(DATA_DIR_TMP_NAME), e))?;
             match fs::symlinkat(name, &self.dir, DATA_DIR_TMP_NAME) {
                 Ok(()) => {}
@@ -714,7 +712,7 @@ impl AtomicWriter {
     }
 
     /// Removes payload directories other than `keep` and leftover temporary links.
-    fn remove_stale_payloads(&self, keep: &str, dev: u64) -> Result<(), VolumeError> {
+    fn remove_stale_payloads(&self, keep: &str, mount: fsops::FsId) -> Result<(), VolumeError> {
         let names = fsops::list_names(self.dir.as_fd())
             .map_err(|e| VolumeError::io("readdir", &self.target, e))?;
         for (name, utf8) in names {
@@ -729,7 +727,7 @@ impl AtomicWriter {
             }
             let c =
                 not_utf8_or_nul(&name).map_err(|e| VolumeError::io("remove", self.at(&name), e))?;
-            fsops::remove_entry_at(self.dir.as_fd(), &c, dev, 0).map_err(|e| match e {
+            fsops::remove_entry_at(self.dir.as_fd(), &c, mount, 0).map_err(|e| match e {
                 Errno::XDEV => VolumeError::CrossesMount {
                     operation: "remove old payload",
                     path: self.at(&name),

@@ -264,3 +264,33 @@ fn canary_detects_a_new_entry() {
     fs::write(c.dir.join("new"), b"").unwrap();
     c.check();
 }
+
+#[test]
+fn remove_contents_does_not_enter_a_bind_mount_of_the_same_filesystem() {
+    let root = TestRoot::new();
+    let (target, canaries) = root.volume();
+    // canaries[0] lives on the same tmpfs as the target: same st_dev, other mount.
+    fs::create_dir(target.join("bind")).unwrap();
+    rustix::mount::mount_bind(&canaries[0].dir, target.join("bind")).unwrap();
+    let w = AtomicWriter::open(&target).unwrap();
+    w.write(&[spec("a", 0o644, b"x")], &o()).unwrap();
+    drop(w);
+    let err = remove_contents(&target).unwrap_err();
+    assert!(matches!(err, VolumeError::CrossesMount { .. }), "{err}");
+    rustix::mount::unmount(target.join("bind"), rustix::mount::UnmountFlags::empty()).unwrap();
+    check_all(&canaries);
+    remove_contents(&target).unwrap();
+    assert!(names(&target).is_empty());
+    check_all(&canaries);
+}
+
+/// ... and a read of a canary file (atime, strictatime on the test tmpfs).
+#[test]
+#[should_panic(expected = "changed")]
+fn canary_detects_a_read() {
+    let root = TestRoot::new();
+    let (_target, canaries) = root.volume();
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let _ = fs::read(canaries[0].dir.join("file")).unwrap();
+    canaries[0].check();
+}

@@ -42,7 +42,10 @@ impl TestRoot {
             "kvmount-test",
             &p,
             "tmpfs",
-            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            // strictatime: every read of a canary file on it shows in its atime.
+            rustix::mount::MountFlags::NOSUID
+                | rustix::mount::MountFlags::NODEV
+                | rustix::mount::MountFlags::STRICTATIME,
             data.as_c_str(),
         )
         .unwrap();
@@ -133,8 +136,9 @@ pub fn mounts_below(root: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Path -> (bytes, mtime, mtime_nsec, inode).
-type Snapshot = BTreeMap<String, (Vec<u8>, i64, i64, u64)>;
+/// Path -> (bytes, mtime, mtime_nsec, inode, atime, atime_nsec); atime only for files, which
+/// the snapshot reads with `O_NOATIME` so that only someone else's read changes it.
+type Snapshot = BTreeMap<String, (Vec<u8>, i64, i64, u64, i64, i64)>;
 
 /// A directory with known files. `check` asserts that no file changed, none appeared or
 /// vanished, and the directory itself was not modified.
@@ -191,18 +195,43 @@ fn walk(dir: &Path, prefix: &str, out: &mut Snapshot) {
         if md.is_dir() {
             out.insert(
                 format!("{name}/"),
-                (Vec::new(), md.mtime(), md.mtime_nsec(), md.ino()),
+                (Vec::new(), md.mtime(), md.mtime_nsec(), md.ino(), 0, 0),
             );
             walk(&e.path(), &format!("{name}/"), out);
         } else {
             let bytes = if md.is_file() {
-                fs::read(e.path()).unwrap()
+                read_noatime(&e.path())
             } else {
                 Vec::new()
             };
-            out.insert(name, (bytes, md.mtime(), md.mtime_nsec(), md.ino()));
+            let atime = (md.atime(), md.atime_nsec());
+            out.insert(
+                name,
+                (
+                    bytes,
+                    md.mtime(),
+                    md.mtime_nsec(),
+                    md.ino(),
+                    atime.0,
+                    atime.1,
+                ),
+            );
         }
     }
+}
+
+fn read_noatime(p: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let fd = rustix::fs::openat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOATIME | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let mut v = Vec::new();
+    fs::File::from(fd).read_to_end(&mut v).unwrap();
+    v
 }
 
 pub fn check_all(canaries: &[Canary]) {
