@@ -75,40 +75,9 @@ impl Drop for WorkDir {
     }
 }
 
-/// Mount points at or below `root`, from /proc/self/mountinfo.
+/// Mount points at or below `root` (empty if mountinfo cannot be read).
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(root))
-        .collect();
-    // Deepest first, so nested mounts come off before their parents.
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
-fn unescape_mountinfo(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let bytes = field.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(code) = u8::from_str_radix(&field[i + 1..i + 4], 8)
-        {
-            out.push(code as char);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i] as char);
-        i += 1;
-    }
-    out
+    kvmount_volume::mounts_under(root).unwrap_or_default()
 }
 
 /// Runs the demo.

@@ -26,7 +26,7 @@ use rustix::fs::{self, Mode, OFlags};
 use rustix::io::Errno;
 
 pub use error::{ErrorKind, VolumeError};
-pub use mount::{TmpfsOptions, is_mount_point, mount_tmpfs, teardown, unmount};
+pub use mount::{TmpfsOptions, is_mount_point, mount_tmpfs, mounts_under, teardown, unmount};
 pub use path::{MAX_ELEMENT_BYTES, MAX_PATH_BYTES, PathError, validate_relative_path};
 pub use writer::{
     AtomicWriter, DATA_DIR_NAME, DATA_DIR_TMP_NAME, FileSpec, Ownership, WriteOutcome,

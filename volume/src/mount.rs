@@ -136,6 +136,20 @@ fn mount_points(mountinfo: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
         .filter_map(|line| line.split(' ').nth(4).map(unescape_mountinfo))
 }
 
+/// The mount points at or below `root` (as given, not canonicalised), deepest first so they
+/// can be unmounted in order, from `/proc/self/mountinfo`.
+pub fn mounts_under(root: &Path) -> Result<Vec<PathBuf>, VolumeError> {
+    use std::os::unix::ffi::OsStringExt;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| VolumeError::std_io("list mounts", "/proc/self/mountinfo", e))?;
+    let mut found: Vec<PathBuf> = mount_points(&info)
+        .map(|raw| PathBuf::from(std::ffi::OsString::from_vec(raw)))
+        .filter(|p| p.starts_with(root))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(found)
+}
+
 /// Whether `target` is a mount point: its device differs from its parent's, or
 /// `/proc/self/mountinfo` lists it (which also catches bind mounts within one filesystem).
 ///
