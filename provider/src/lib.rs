@@ -6,6 +6,7 @@
 //! - [`server`]: Unix-socket serving, shutdown and a client channel helper;
 //! - [`cli`]: command-line flags; [`dev`]: the one-machine life cycle.
 
+pub mod cache;
 pub mod cli;
 pub mod dev;
 pub mod grpc;
@@ -13,3 +14,5 @@ pub mod hardening;
 pub mod logging;
 pub mod mount;
 pub mod server;
+pub mod state;
+pub mod volumes;

@@ -159,9 +159,16 @@ pub enum ConfigError {
 
 /// The daemon's way to Key Vault: one HTTP client shared by every mount (connection reuse),
 /// credentials and clients made per mount.
+///
+/// Each vault gets its own HTTP client (its own connection pool), dropped by
+/// [`Connector::forget_vault`] when nothing on the node uses the vault any more: closing those
+/// connections frees the TLS buffers that held the vault's answers.
 #[derive(Clone)]
 pub struct Connector {
-    http: reqwest::Client,
+    /// For Entra ID token requests.
+    auth_http: reqwest::Client,
+    /// Per-vault clients, created on first use.
+    vault_http: Arc<std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>>,
     config: Arc<ConnectorConfig>,
 }
 
@@ -194,38 +201,46 @@ impl ClientAssertion for StaticAssertion {
 }
 
 impl Connector {
-    /// Builds the shared HTTP client.
+    /// Checks the configuration and builds the Entra ID HTTP client.
     pub fn new(config: ConnectorConfig) -> Result<Self, ConfigError> {
         if config.authority_host.scheme() != "https" {
-            return Err(ConfigError::AuthorityHost(
-                config.authority_host.to_string(),
-            ));
+            return Err(ConfigError::AuthorityHost(config.authority_host.to_string()));
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("kvmount/", env!("CARGO_PKG_VERSION")));
-        if !config.extra_roots_pem.is_empty() {
-            let certs = reqwest::Certificate::from_pem_bundle(&config.extra_roots_pem)
-                .map_err(|e| ConfigError::CaFile(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ConfigError::CaFile("no certificate found".into()));
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
-        if !config.resolve.is_empty() {
-            builder = builder.dns_resolver(Arc::new(OverrideResolver {
-                rules: Arc::new(config.resolve.clone()),
-            }));
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ConfigError::Http(e.to_string()))?;
+        let auth_http = build_http(&config)?;
         Ok(Self {
-            http,
+            auth_http,
+            vault_http: Arc::default(),
             config: Arc::new(config),
         })
+    }
+
+    /// The HTTP client for `vault`, created on first use.
+    fn vault_http(&self, vault: &str) -> Result<reqwest::Client, ConfigError> {
+        let mut clients = self
+            .vault_http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(vault) {
+            return Ok(client.clone());
+        }
+        let client = build_http(&self.config)?;
+        clients.insert(vault.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Drops the HTTP client of `vault`; its connections close once no request uses them.
+    pub fn forget_vault(&self, vault: &str) {
+        self.vault_http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(vault);
+    }
+
+    /// The OAuth scope for Key Vault tokens: `https://<dns suffix without port>/.default`.
+    pub fn token_scope(&self) -> String {
+        let suffix = &self.config.keyvault_dns_suffix;
+        let host = suffix.split(':').next().unwrap_or(suffix);
+        format!("https://{host}/.default")
     }
 
     /// The configuration in use.
@@ -238,7 +253,7 @@ impl Connector {
         format!("https://{vault}.{}/", self.config.keyvault_dns_suffix)
     }
 
-    fn client_options(&self) -> ClientOptions {
+    fn client_options(&self, http: reqwest::Client) -> ClientOptions {
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = self
             .config
@@ -248,7 +263,7 @@ impl Connector {
             .to_owned();
         let budget = self.config.request_budget.as_secs() as i64;
         ClientOptions {
-            transport: Some(Transport::new(Arc::new(self.http.clone()))),
+            transport: Some(Transport::new(Arc::new(http))),
             cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
             retry: RetryOptions::exponential(ExponentialRetryOptions {
                 initial_delay: azure_core::time::Duration::milliseconds(250),
@@ -275,7 +290,7 @@ impl Connector {
         match auth {
             Auth::WorkloadIdentity { client_id, token } => {
                 let options = ClientAssertionCredentialOptions {
-                    client_options: self.client_options(),
+                    client_options: self.client_options(self.auth_http.clone()),
                 };
                 let credential = ClientAssertionCredential::new(
                     tenant.to_owned(),
@@ -291,7 +306,7 @@ impl Connector {
                 client_secret,
             } => {
                 let options = ClientSecretCredentialOptions {
-                    client_options: self.client_options(),
+                    client_options: self.client_options(self.auth_http.clone()),
                 };
                 let credential = ClientSecretCredential::new(
                     tenant,
@@ -311,14 +326,54 @@ impl Connector {
         vault: &str,
         credential: Arc<dyn TokenCredential>,
     ) -> Result<SecretClient, VaultError> {
+        let http = self
+            .vault_http(vault)
+            .map_err(|e| VaultError::new(ErrorKind::Internal, e.to_string()))?;
         let options = SecretClientOptions {
-            client_options: self.client_options(),
+            client_options: self.client_options(http),
             ..Default::default()
         };
         SecretClient::new(&self.vault_url(vault), credential, Some(options)).map_err(|e| {
             VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}"))
         })
     }
+}
+
+/// Builds an HTTP client with the configured roots and host overrides.
+fn build_http(config: &ConnectorConfig) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("kvmount/", env!("CARGO_PKG_VERSION")));
+    if !config.extra_roots_pem.is_empty() {
+        let certs = reqwest::Certificate::from_pem_bundle(&config.extra_roots_pem)
+            .map_err(|e| ConfigError::CaFile(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ConfigError::CaFile("no certificate found".into()));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    if !config.resolve.is_empty() {
+        builder = builder.dns_resolver(Arc::new(OverrideResolver {
+            rules: Arc::new(config.resolve.clone()),
+        }));
+    }
+    builder.build().map_err(|e| ConfigError::Http(e.to_string()))
+}
+
+/// Asks `credential` for a Key Vault token: proof that these credentials are valid for their
+/// identity right now (the SDK credential caches the token until shortly before expiry).
+pub async fn check_credential(
+    credential: &Arc<dyn TokenCredential>,
+    scope: &str,
+    scrub: &[&str],
+) -> Result<(), VaultError> {
+    credential
+        .get_token(&[scope], None)
+        .await
+        .map(drop)
+        .map_err(|e| VaultError::from_sdk(&e, scrub))
 }
 
 /// Reads one secret (newest when `version` is `None`).

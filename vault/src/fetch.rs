@@ -48,14 +48,25 @@ impl ObjectError {
 }
 
 /// The strings no message may contain for this mount.
-fn scrub_list(auth: &Auth) -> Vec<&str> {
+pub fn scrub_list(auth: &Auth) -> Vec<&str> {
     match auth {
         Auth::WorkloadIdentity { token, .. } => vec![token.expose()],
         Auth::ServicePrincipal { client_secret, .. } => vec![client_secret.expose()],
     }
 }
 
+/// An object read from Key Vault and rendered (per encoding and format), before the volume's
+/// choices (file name, mode) are applied.
+#[derive(Debug, Clone)]
+pub struct FetchedObject {
+    /// The Key Vault version that was read.
+    pub version: String,
+    /// The rendered bytes.
+    pub contents: SecretBytes,
+}
+
 /// Fetches and renders every object in `params`, concurrently; the first failure fails all.
+/// One credential and one client for the whole mount; no caching across calls.
 pub async fn fetch_all(
     connector: &Connector,
     params: &MountParams,
@@ -75,23 +86,24 @@ pub async fn fetch_all(
         let client = &client;
         let scrub = &scrub;
         async move {
-            fetch_one(client, spec, params.default_mode, scrub)
+            let fetched = fetch_object(client, spec, scrub)
                 .await
                 .map_err(|error| ObjectError {
                     object: spec.id(),
                     error,
-                })
+                })?;
+            Ok(rendered_object(spec, &fetched, params.default_mode))
         }
     });
     try_join_all(fetches).await
 }
 
-async fn fetch_one(
+/// Reads one object and renders its bytes.
+pub async fn fetch_object(
     client: &azure_security_keyvault_secrets::SecretClient,
     spec: &ObjectSpec,
-    default_mode: u32,
     scrub: &[&str],
-) -> Result<RenderedObject, VaultError> {
+) -> Result<FetchedObject, VaultError> {
     if spec.object_type != ObjectType::Secret {
         return Err(VaultError::new(
             ErrorKind::Unimplemented,
@@ -106,13 +118,18 @@ async fn fetch_one(
     tracing::debug!(object = %spec.id(), version = %fetched.version, "fetched");
     let version = fetched.version.clone();
     let contents = render_secret(spec, fetched)?;
-    Ok(RenderedObject {
+    Ok(FetchedObject { version, contents })
+}
+
+/// The files of `object` as the volume will show them (alias, mode).
+pub fn rendered_object(spec: &ObjectSpec, object: &FetchedObject, default_mode: u32) -> RenderedObject {
+    RenderedObject {
         id: spec.id(),
-        version,
+        version: object.version.clone(),
         files: vec![RenderedFile {
             path: spec.file_name().to_owned(),
             mode: spec.file_mode.unwrap_or(default_mode),
-            contents,
+            contents: object.contents.clone(),
         }],
-    })
+    }
 }

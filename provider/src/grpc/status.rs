@@ -4,6 +4,7 @@ use kvmount_vault::ErrorKind;
 use tonic::{Code, Status};
 
 use crate::mount::MountError;
+use crate::volumes::VolumeError;
 
 fn code(kind: ErrorKind) -> Code {
     match kind {
@@ -27,5 +28,30 @@ impl From<MountError> for Status {
             MountError::Object(object) => Status::new(code(object.kind()), err.to_string()),
             MountError::Deadline(_) => Status::deadline_exceeded(err.to_string()),
         }
+    }
+}
+
+fn volume_code(kind: kvmount_volume::ErrorKind) -> Code {
+    match kind {
+        kvmount_volume::ErrorKind::InvalidArgument => Code::InvalidArgument,
+        kvmount_volume::ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        kvmount_volume::ErrorKind::PermissionDenied => Code::PermissionDenied,
+        kvmount_volume::ErrorKind::NotFound => Code::NotFound,
+        _ => Code::Internal,
+    }
+}
+
+impl From<VolumeError> for Status {
+    fn from(err: VolumeError) -> Self {
+        let code = match &err {
+            VolumeError::InvalidArgument(_) | VolumeError::Param(_) => Code::InvalidArgument,
+            VolumeError::AlreadyExists(_) => Code::AlreadyExists,
+            VolumeError::Aborted(_) => Code::Aborted,
+            VolumeError::Class(class) => code(class.kind),
+            VolumeError::Fetch(object) => code(object.kind()),
+            VolumeError::Volume(volume) => volume_code(volume.kind()),
+            VolumeError::State(_) => Code::Internal,
+        };
+        Status::new(code, err.to_string())
     }
 }

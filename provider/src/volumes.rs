@@ -1,0 +1,415 @@
+//! Published volumes (the CSI node plugin's domain): a fresh tmpfs per pod volume, files
+//! written with the atomic writer from the node cache, fsGroup ownership, idempotent publish
+//! and unpublish, and recovery after a restart. Plain Rust types; `grpc/node.rs` wraps it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kvmount_vault::params::{self, POD_NAME, POD_NAMESPACE, POD_UID, TOKENS_ATTRIBUTE};
+use kvmount_vault::{ObjectError, ParamError};
+use kvmount_volume::{AtomicWriter, FileSpec, Ownership, TmpfsOptions};
+use zeroize::Zeroize;
+
+use crate::cache::NodeCache;
+use crate::state::{StateError, StateStore, VolumeRecord};
+
+/// Volume attribute naming the group that owns the files (fsGroup style).
+pub const FS_GROUP_ATTRIBUTE: &str = "fsGroup";
+/// Volume attribute naming a SecretProviderClass in the pod's namespace.
+pub const CLASS_ATTRIBUTE: &str = "secretProviderClass";
+/// Class providers kvmount serves (`spec.provider`).
+pub const ACCEPTED_PROVIDERS: [&str; 2] = ["kvmount", "azure"];
+
+/// A SecretProviderClass as the lookup returns it.
+#[derive(Debug, Clone)]
+pub struct ClassParameters {
+    /// `spec.provider`.
+    pub provider: String,
+    /// `spec.parameters`.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A class lookup failure, already classified.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ClassError {
+    /// Classification.
+    pub kind: kvmount_vault::ErrorKind,
+    /// For the user.
+    pub message: String,
+}
+
+/// Where SecretProviderClasses come from (the Kubernetes API in production).
+#[tonic::async_trait]
+pub trait ClassLookup: Send + Sync {
+    /// The class `name` in `namespace`.
+    async fn get(&self, namespace: &str, name: &str) -> Result<ClassParameters, ClassError>;
+}
+
+/// A NodePublishVolume, as plain data. Secret-bearing maps are zeroed on drop.
+pub struct PublishRequest {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// Where to mount.
+    pub target_path: String,
+    /// Must be true.
+    pub readonly: bool,
+    /// The capability: `None` when absent; `Some(true)` for a mount volume, `Some(false)` for block.
+    pub mount_capability: Option<bool>,
+    /// `volume_capability.mount.volume_mount_group`, if kubelet sent one.
+    pub mount_group: Option<String>,
+    /// The volume context (attributes, pod info, tokens).
+    pub context: HashMap<String, String>,
+    /// Node-publish secrets.
+    pub secrets: HashMap<String, String>,
+}
+
+impl Drop for PublishRequest {
+    fn drop(&mut self) {
+        for value in self.context.values_mut().chain(self.secrets.values_mut()) {
+            value.zeroize();
+        }
+    }
+}
+
+/// Why a publish or unpublish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A required field is missing or wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A class parameter is wrong.
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// The target is published with other parameters.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Another operation on this target is running.
+    #[error("an operation on {0} is already running; retry")]
+    Aborted(String),
+    /// The SecretProviderClass lookup failed.
+    #[error("secretProviderClass: {0}")]
+    Class(#[from] ClassError),
+    /// Key Vault or Entra failed.
+    #[error(transparent)]
+    Fetch(#[from] ObjectError),
+    /// Mounting or writing failed.
+    #[error(transparent)]
+    Volume(#[from] kvmount_volume::VolumeError),
+    /// The state file could not be written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Tuning of published volumes.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeConfig {
+    /// tmpfs size limit per volume, bytes.
+    pub tmpfs_bytes: u64,
+}
+
+/// The published volumes of this node.
+pub struct Volumes {
+    cache: Arc<NodeCache>,
+    classes: Option<Arc<dyn ClassLookup>>,
+    state: StateStore,
+    config: VolumeConfig,
+    records: Mutex<BTreeMap<String, VolumeRecord>>,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Marks a target busy for the lifetime of the guard.
+struct Busy<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    target: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.target);
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Checks a target path: absolute, no `..`, not `/`.
+fn validate_target(target: &str) -> Result<PathBuf, VolumeError> {
+    let path = Path::new(target);
+    if target.is_empty() {
+        return Err(VolumeError::InvalidArgument("target_path is required".into()));
+    }
+    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) || path.parent().is_none() {
+        return Err(VolumeError::InvalidArgument(format!(
+            "target_path {target:?}: must be an absolute path without '..' elements"
+        )));
+    }
+    Ok(path.to_owned())
+}
+
+/// SHA-256 (hex) of the attributes that define the volume's content: everything but the
+/// tokens (kubelet renews them) and the pod's own identity fields.
+fn attributes_digest(attributes: &HashMap<String, String>, fs_group: Option<u32>) -> String {
+    let mut keys: Vec<&String> = attributes.keys().filter(|k| k.as_str() != TOKENS_ATTRIBUTE).collect();
+    keys.sort();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for key in keys {
+        ctx.update(key.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(attributes[key].as_bytes());
+        ctx.update(&[0]);
+    }
+    ctx.update(format!("{fs_group:?}").as_bytes());
+    hex::encode(ctx.finish().as_ref())
+}
+
+impl Volumes {
+    /// Opens the state, and recovers what a previous run left (see [`Volumes::recover`]).
+    pub fn new(
+        cache: Arc<NodeCache>,
+        classes: Option<Arc<dyn ClassLookup>>,
+        state: StateStore,
+        config: VolumeConfig,
+    ) -> Self {
+        Self {
+            cache,
+            classes,
+            state,
+            config,
+            records: Mutex::default(),
+            busy: Mutex::default(),
+        }
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VolumeRecord>> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn save(&self) -> Result<(), StateError> {
+        let records: Vec<VolumeRecord> = self.records().values().cloned().collect();
+        self.state.save(&records)
+    }
+
+    fn claim(&self, target: &str) -> Result<Busy<'_>, VolumeError> {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        if !busy.insert(target.to_owned()) {
+            return Err(VolumeError::Aborted(target.to_owned()));
+        }
+        Ok(Busy {
+            set: &self.busy,
+            target: target.to_owned(),
+        })
+    }
+
+    /// Re-adopts the volumes a previous run published: targets that are still tmpfs mounts
+    /// keep their files and get their cache references back (the entries fill again on the
+    /// next publish, which brings fresh credentials); targets that are gone or no longer
+    /// mounted are cleaned up. Returns (adopted, cleaned).
+    pub fn recover(&self) -> Result<(usize, usize), VolumeError> {
+        let mut adopted = 0;
+        let mut cleaned = 0;
+        for record in self.state.load()? {
+            let target = PathBuf::from(&record.target_path);
+            let live = validate_target(&record.target_path).is_ok()
+                && kvmount_volume::is_mount_point(&target).unwrap_or(false)
+                && kvmount_volume::memory_fs_kind(&target).is_ok();
+            if live {
+                self.cache.retain(&record.target_path, record.keys.clone());
+                tracing::info!(target = %record.target_path, pod = %record.pod_name, namespace = %record.pod_namespace, "re-adopted a published volume");
+                self.records().insert(record.target_path.clone(), record);
+                adopted += 1;
+            } else {
+                if let Err(err) = kvmount_volume::teardown(&target) {
+                    tracing::warn!(target = %record.target_path, error = %err, "could not clean up a stale target");
+                }
+                tracing::info!(target = %record.target_path, pod = %record.pod_name, "dropped a stale volume");
+                cleaned += 1;
+            }
+        }
+        self.save()?;
+        Ok((adopted, cleaned))
+    }
+
+    /// NodePublishVolume.
+    pub async fn publish(&self, request: PublishRequest) -> Result<(), VolumeError> {
+        if request.volume_id.is_empty() {
+            return Err(VolumeError::InvalidArgument("volume_id is required".into()));
+        }
+        let target = validate_target(&request.target_path)?;
+        match request.mount_capability {
+            None => return Err(VolumeError::InvalidArgument("volume_capability is required".into())),
+            Some(false) => {
+                return Err(VolumeError::InvalidArgument(
+                    "volume_capability: block volumes are not supported; accepted: a mount volume".into(),
+                ));
+            }
+            Some(true) => {}
+        }
+        if !request.readonly {
+            return Err(VolumeError::InvalidArgument(
+                "readonly must be true: secrets volumes are read-only (set readOnly: true on the pod's csi volume)".into(),
+            ));
+        }
+        let fs_group = fs_group(&request)?;
+        let _busy = self.claim(&request.target_path)?;
+        let digest = attributes_digest(&request.context, fs_group);
+        let existing = self.records().get(&request.target_path).cloned();
+        if let Some(existing) = &existing
+            && (existing.volume_id != request.volume_id || existing.attributes_digest != digest)
+        {
+            return Err(VolumeError::AlreadyExists(format!(
+                "target_path {}: already published for volume {} with other parameters",
+                request.target_path, existing.volume_id
+            )));
+        }
+        let (attributes, class) = self.attributes(&request).await?;
+        let params = params::mount_params(&attributes, &request.secrets, 0o644)?;
+        let (objects, keys) = self.cache.fetch(&params).await?;
+
+        let mounted_here = !kvmount_volume::is_mount_point(&target)?;
+        if mounted_here {
+            if !target.exists() {
+                std::fs::create_dir(&target).map_err(|e| {
+                    VolumeError::InvalidArgument(format!("target_path {}: cannot create: {e}", target.display()))
+                })?;
+            }
+            kvmount_volume::mount_tmpfs(
+                &target,
+                &TmpfsOptions {
+                    size_bytes: self.config.tmpfs_bytes,
+                    mode: 0o750,
+                    uid: None,
+                    gid: fs_group,
+                },
+            )?;
+        }
+        let written = (|| {
+            let writer = AtomicWriter::open(&target)?;
+            let specs: Vec<FileSpec<'_>> = objects
+                .iter()
+                .flat_map(|o| o.files.iter())
+                .map(|f| FileSpec {
+                    path: &f.path,
+                    mode: f.mode,
+                    contents: f.contents.expose(),
+                })
+                .collect();
+            writer.write(&specs, &Ownership { uid: None, gid: fs_group })
+        })();
+        let outcome = match written {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                if mounted_here {
+                    let _ = kvmount_volume::teardown(&target);
+                }
+                return Err(err.into());
+            }
+        };
+        drop(objects);
+        self.cache.retain(&request.target_path, keys.clone());
+        let record = VolumeRecord {
+            volume_id: request.volume_id.clone(),
+            target_path: request.target_path.clone(),
+            pod_name: request.context.get(POD_NAME).cloned().unwrap_or_default(),
+            pod_namespace: request.context.get(POD_NAMESPACE).cloned().unwrap_or_default(),
+            pod_uid: request.context.get(POD_UID).cloned().unwrap_or_default(),
+            class,
+            attributes_digest: digest,
+            fs_group,
+            versions: BTreeMap::new(),
+            keys,
+            refreshed_at: now_secs(),
+        };
+        tracing::info!(
+            target = %request.target_path,
+            pod = %record.pod_name,
+            namespace = %record.pod_namespace,
+            class = record.class.as_deref().unwrap_or(""),
+            changed = outcome.changed,
+            files = outcome.files_written,
+            "published"
+        );
+        self.records().insert(request.target_path.clone(), record);
+        self.save()?;
+        crate::hardening::scrub_stack();
+        Ok(())
+    }
+
+    /// The parameter map: the class's parameters (when the volume names one), overwritten
+    /// key by key by the volume context, as the upstream driver merges them.
+    async fn attributes(
+        &self,
+        request: &PublishRequest,
+    ) -> Result<(HashMap<String, String>, Option<String>), VolumeError> {
+        let mut attributes = HashMap::new();
+        let class = request.context.get(CLASS_ATTRIBUTE).map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+        if let Some(name) = &class {
+            let namespace = request.context.get(POD_NAMESPACE).map(String::as_str).unwrap_or("");
+            if namespace.is_empty() {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "{POD_NAMESPACE} is required to look up secretProviderClass {name:?} (set podInfoOnMount: true on the CSIDriver)"
+                )));
+            }
+            let Some(classes) = &self.classes else {
+                return Err(VolumeError::Class(ClassError {
+                    kind: kvmount_vault::ErrorKind::Unavailable,
+                    message: format!("cannot look up {name:?}: the daemon has no Kubernetes API access (run in a cluster or pass --kubeconfig)"),
+                }));
+            };
+            let found = classes.get(namespace, name).await?;
+            if !ACCEPTED_PROVIDERS.iter().any(|p| found.provider.eq_ignore_ascii_case(p)) {
+                return Err(VolumeError::Class(ClassError {
+                    kind: kvmount_vault::ErrorKind::InvalidArgument,
+                    message: format!(
+                        "{namespace}/{name}: spec.provider is {:?}; accepted: kvmount or azure",
+                        found.provider
+                    ),
+                }));
+            }
+            attributes.extend(found.parameters);
+        }
+        for (key, value) in &request.context {
+            attributes.insert(key.clone(), value.clone());
+        }
+        Ok((attributes, class))
+    }
+
+    /// NodeUnpublishVolume: remove the files, unmount, remove the directory; OK for a target
+    /// that is unknown, already gone, or left from before a restart.
+    pub fn unpublish(&self, volume_id: &str, target_path: &str) -> Result<(), VolumeError> {
+        if volume_id.is_empty() {
+            return Err(VolumeError::InvalidArgument("volume_id is required".into()));
+        }
+        let target = validate_target(target_path)?;
+        let _busy = self.claim(target_path)?;
+        kvmount_volume::teardown(&target)?;
+        let erased = self.cache.release(target_path);
+        let known = self.records().remove(target_path);
+        if let Some(record) = &known {
+            tracing::info!(target = %target_path, pod = %record.pod_name, namespace = %record.pod_namespace, erased, "unpublished");
+        }
+        self.save()?;
+        crate::hardening::scrub_stack();
+        Ok(())
+    }
+
+    /// The published volumes.
+    pub fn list(&self) -> Vec<VolumeRecord> {
+        self.records().values().cloned().collect()
+    }
+}
+
+/// The files' group: `volume_capability.mount.volume_mount_group`, else the `fsGroup` attribute.
+fn fs_group(request: &PublishRequest) -> Result<Option<u32>, VolumeError> {
+    let (field, text) = match (&request.mount_group, request.context.get(FS_GROUP_ATTRIBUTE)) {
+        (Some(g), _) if !g.trim().is_empty() => ("volume_capability.mount.volume_mount_group", g.as_str()),
+        (_, Some(g)) if !g.trim().is_empty() => (FS_GROUP_ATTRIBUTE, g.as_str()),
+        _ => return Ok(None),
+    };
+    text.trim().parse::<u32>().map(Some).map_err(|_| {
+        VolumeError::InvalidArgument(format!("{field}: {text:?} is not a group id; accepted: a number from 0 to 4294967295"))
+    })
+}
