@@ -1,1 +1,30 @@
-fn main() {}
+//! `kvmount-provider`: see `kvmount_provider::cli`.
+
+use clap::Parser;
+use kvmount_provider::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    kvmount_provider::hardening::harden_process();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("kvmount-provider: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => args.run().await,
+            Command::MockVault(args) => kvmount_mock_vault::run_cli(args).await,
+            Command::Dev(args) => kvmount_provider::dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kvmount-provider: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,302 @@
-//! test helpers
+//! Helpers for kvmount's multi-process integration tests: a mock vault in the test process,
+//! `kvmount-provider serve` as a real child process on a real Unix socket, and builders for
+//! driver-shaped requests. Every guard cleans up on drop, also when a test fails.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvmount_mock_vault::{MockVault, MockVaultConfig, Seed, ServiceAccountTokenRequest};
+use kvmount_proto::provider::MountRequest;
+use kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient;
+use tonic::transport::Channel;
+
+/// Audience of workload-identity tokens.
+pub const WI_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Path of a workspace binary (built by `tests/run.sh` before `cargo test`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(format!("KVMOUNT_{}_BIN", name.replace('-', "_").to_uppercase())) {
+        return PathBuf::from(path);
+    }
+    // target/debug/deps/<test-binary> -> target/debug/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --workspace --bins, as tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A mock vault running in the test process, with its TLS directory.
+pub struct Vault {
+    /// The running mock.
+    pub mock: MockVault,
+    /// Holds the TLS dir (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl Vault {
+    /// Starts the mock with `seed` (the demo seed when `None`).
+    pub async fn start(seed: Option<Seed>) -> Self {
+        let dir = tempfile::Builder::new().prefix("kvmount-test-vault.").tempdir().expect("tempdir");
+        let mut config = MockVaultConfig::new(dir.path().join("tls"));
+        if let Some(seed) = seed {
+            config.seed = seed;
+        }
+        let mock = kvmount_mock_vault::start(config).await.expect("mock vault starts");
+        Self { mock, dir }
+    }
+
+    /// The TLS dir (CA and issuer keys).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// A workload-identity token for `namespace`/`service_account`, signed by the dev issuer.
+    pub fn sa_token(&self, namespace: &str, service_account: &str) -> String {
+        kvmount_mock_vault::mint_service_account_token(
+            &self.tls_dir(),
+            &ServiceAccountTokenRequest::new(namespace, service_account),
+        )
+        .expect("mint token")
+    }
+
+    /// The flags that point `kvmount-provider serve` at this mock.
+    pub fn provider_flags(&self) -> Vec<String> {
+        vec![
+            "--keyvault-dns-suffix".into(),
+            self.mock.dns_suffix().into(),
+            "--authority-host".into(),
+            self.mock.base_url(),
+            "--ca-file".into(),
+            self.mock.ca_path().display().to_string(),
+            "--resolve".into(),
+            format!("*.{}={}", self.mock.dns_suffix(), self.mock.addr()),
+        ]
+    }
+}
+
+/// `kvmount-provider serve` as a child process; killed and its socket dir removed on drop.
+pub struct Provider {
+    child: Option<Child>,
+    /// The provider socket.
+    pub socket: PathBuf,
+    dir: tempfile::TempDir,
+    output: Arc<Mutex<String>>,
+}
+
+impl Provider {
+    /// Starts `serve` with `flags` plus `--provider-socket` in a fresh temp dir, and waits
+    /// until it serves.
+    pub fn start(flags: &[String]) -> Self {
+        Self::start_at(None, flags)
+    }
+
+    /// Like [`Provider::start`], with the socket at `socket` when given.
+    pub fn start_at(socket: Option<PathBuf>, flags: &[String]) -> Self {
+        let dir = tempfile::Builder::new().prefix("kvmount-test-provider.").tempdir().expect("tempdir");
+        let socket = socket.unwrap_or_else(|| dir.path().join("providers/kvmount.sock"));
+        let mut child = Command::new(workspace_bin("kvmount-provider"))
+            .arg("serve")
+            .arg("--provider-socket")
+            .arg(&socket)
+            .args(flags)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvmount-provider serve");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().expect("output lock");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        let mut provider = Self {
+            child: Some(child),
+            socket,
+            dir,
+            output,
+        };
+        provider.wait_for_socket();
+        provider
+    }
+
+    fn wait_for_socket(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() || !self.output().contains("serving provider API") {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("kvmount-provider exited with {status}:\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "socket never appeared:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process printed so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output lock").clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                // Give the reader threads a moment to drain the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A gRPC client on the socket.
+    pub async fn client(&self) -> CsiDriverProviderClient<Channel> {
+        let channel = kvmount_provider::server::unix_channel(&self.socket)
+            .await
+            .expect("connect to the provider socket");
+        CsiDriverProviderClient::new(channel)
+    }
+
+    /// The socket's directory (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Builds a MountRequest the way the upstream driver does.
+#[derive(Clone)]
+pub struct DriverRequest {
+    /// The attribute map (class parameters, volume attributes, pod info).
+    pub attributes: HashMap<String, String>,
+    /// The nodePublishSecretRef data.
+    pub secrets: HashMap<String, String>,
+    /// The permission field.
+    pub permission: String,
+    /// Target path.
+    pub target_path: String,
+}
+
+impl DriverRequest {
+    /// A class for vault `vault` with `objects` YAML, for pod `pod` in `namespace`.
+    pub fn new(vault: &str, tenant: &str, objects: &str, namespace: &str, pod: &str) -> Self {
+        let attributes = HashMap::from([
+            ("keyvaultName".to_owned(), vault.to_owned()),
+            ("tenantID".to_owned(), tenant.to_owned()),
+            ("objects".to_owned(), objects.to_owned()),
+            ("secretProviderClass".to_owned(), "app-secrets".to_owned()),
+            ("csi.storage.k8s.io/pod.name".to_owned(), pod.to_owned()),
+            ("csi.storage.k8s.io/pod.namespace".to_owned(), namespace.to_owned()),
+            ("csi.storage.k8s.io/pod.uid".to_owned(), format!("uid-{pod}")),
+            ("csi.storage.k8s.io/serviceAccount.name".to_owned(), "app".to_owned()),
+            ("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned()),
+        ]);
+        Self {
+            attributes,
+            secrets: HashMap::new(),
+            permission: "420".into(),
+            target_path: format!("/var/lib/kubelet/pods/uid-{pod}/volumes/kubernetes.io~csi/secrets/mount"),
+        }
+    }
+
+    /// Workload identity: `clientID` plus the kubelet token attribute.
+    pub fn workload_identity(mut self, client_id: &str, token: &str) -> Self {
+        self.attributes.insert("clientID".into(), client_id.into());
+        let tokens = serde_json::json!({WI_AUDIENCE: {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}});
+        self.attributes
+            .insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens.to_string());
+        self
+    }
+
+    /// Service principal through nodePublishSecretRef.
+    pub fn service_principal(mut self, client_id: &str, secret: &str) -> Self {
+        self.secrets.insert("clientid".into(), client_id.into());
+        self.secrets.insert("clientsecret".into(), secret.into());
+        self
+    }
+
+    /// Sets one attribute.
+    pub fn attr(mut self, key: &str, value: &str) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// The wire message.
+    pub fn build(&self) -> MountRequest {
+        MountRequest {
+            attributes: serde_json::to_string(&self.attributes).expect("json"),
+            secrets: serde_json::to_string(&self.secrets).expect("json"),
+            target_path: self.target_path.clone(),
+            permission: self.permission.clone(),
+            current_object_version: vec![],
+        }
+    }
+}
+
+/// One object's YAML.
+pub fn object(name: &str, extra: &str) -> String {
+    let mut s = format!("objectName: {name}\nobjectType: secret\n");
+    s.push_str(extra);
+    s
+}
+
+/// The `objects` parameter from per-object YAML documents.
+pub fn objects(docs: &[String]) -> String {
+    let mut s = String::from("array:\n");
+    for doc in docs {
+        s.push_str("  - |\n");
+        for line in doc.lines() {
+            s.push_str("    ");
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Mount points under `root`, from /proc/self/mountinfo.
+pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    kvmount_provider::dev::mounts_under(root)
+}

@@ -1,1 +1,21 @@
-//! placeholder
+//! Reading objects from Azure Key Vault for kvmount.
+//!
+//! - [`params`]: the SecretProviderClass parameter model (Azure provider names), parsed once;
+//! - [`client`]: the official Azure SDK client, credentials, host overrides and extra roots;
+//! - [`fetch`] and [`render`]: fetching a mount's objects concurrently and rendering file bytes;
+//! - [`secret`]: memory types that zero on drop and never print their contents.
+//!
+//! This crate knows nothing about gRPC or files on disk.
+
+pub mod client;
+pub mod error;
+pub mod fetch;
+pub mod params;
+pub mod render;
+pub mod secret;
+
+pub use client::{Connector, ConnectorConfig, ResolveRule};
+pub use error::{ErrorKind, VaultError};
+pub use fetch::{ObjectError, RenderedFile, RenderedObject, fetch_all};
+pub use params::{Auth, MountParams, ObjectSpec, ParamError};
+pub use secret::{SecretBytes, SecretString};

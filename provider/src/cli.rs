@@ -1,0 +1,139 @@
+//! Command-line interface of `kvmount-provider`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kvmount_vault::client::{DEFAULT_AUTHORITY_HOST, DEFAULT_KEYVAULT_DNS_SUFFIX};
+use kvmount_vault::{Connector, ConnectorConfig, ResolveRule};
+
+use crate::grpc::provider::ProviderService;
+use crate::logging::{self, LogFormat};
+use crate::mount::Mounter;
+use crate::server::{BoundSocket, serve_provider, shutdown_signal};
+
+/// Default provider socket: where the upstream driver looks for provider `kvmount`.
+pub const DEFAULT_PROVIDER_SOCKET: &str = "/var/run/secrets-store-csi-providers/kvmount.sock";
+
+/// kvmount node daemon: Azure Key Vault secrets as tmpfs files in Kubernetes pods.
+#[derive(Debug, Parser)]
+#[command(name = "kvmount-provider", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Secrets Store CSI Driver provider API on a Unix socket.
+    Serve(ServeArgs),
+    /// Run a local Azure Key Vault (TLS, challenge auth, token endpoint) for dev and tests.
+    MockVault(kvmount_mock_vault::MockVaultArgs),
+    /// Show the whole life cycle of a secret on this machine (mock vault, real tmpfs mounts).
+    Dev(DevArgs),
+}
+
+/// Logging flags.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter, e.g. `info`, `debug`, `kvmount_provider=trace` (RUST_LOG overrides).
+    #[arg(long, default_value = "info", env = "KVMOUNT_LOG_LEVEL")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the logger.
+    pub fn init(&self) {
+        logging::init(&self.log_level, self.log_format);
+    }
+}
+
+/// Where Key Vault and Entra ID are.
+#[derive(Debug, Clone, Args)]
+pub struct VaultArgs {
+    /// Key Vault DNS suffix: vault NAME is https://NAME.SUFFIX/.
+    #[arg(long, default_value = DEFAULT_KEYVAULT_DNS_SUFFIX)]
+    pub keyvault_dns_suffix: String,
+    /// Entra ID authority host (https).
+    #[arg(long, default_value = DEFAULT_AUTHORITY_HOST)]
+    pub authority_host: String,
+    /// Extra trusted root certificates (PEM), added to the system roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// HOST=ADDR or *.SUFFIX=ADDR (ADDR is IP or IP:PORT): connect there instead of using DNS.
+    /// Repeatable. For private endpoints and the mock vault; no /etc/hosts edits needed.
+    #[arg(long = "resolve", value_name = "HOST=ADDR")]
+    pub resolve: Vec<String>,
+    /// Retries of a throttled or failed Key Vault request.
+    #[arg(long, default_value_t = 4)]
+    pub max_retries: u32,
+}
+
+impl VaultArgs {
+    /// The connector configuration these flags describe.
+    pub fn connector_config(&self) -> anyhow::Result<ConnectorConfig> {
+        let authority_host = url::Url::parse(&self.authority_host)
+            .with_context(|| format!("--authority-host {:?}: not a URL", self.authority_host))?;
+        let extra_roots_pem = match &self.ca_file {
+            Some(path) => std::fs::read(path)
+                .with_context(|| format!("--ca-file {}: cannot read", path.display()))?,
+            None => Vec::new(),
+        };
+        let resolve = self
+            .resolve
+            .iter()
+            .map(|r| ResolveRule::parse(r).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ConnectorConfig {
+            keyvault_dns_suffix: self.keyvault_dns_suffix.trim_matches('.').to_owned(),
+            authority_host,
+            extra_roots_pem,
+            resolve,
+            max_retries: self.max_retries,
+            ..ConnectorConfig::default()
+        })
+    }
+}
+
+/// `serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Unix socket for the provider API.
+    #[arg(long, default_value = DEFAULT_PROVIDER_SOCKET)]
+    pub provider_socket: PathBuf,
+    /// Deadline for fetching all objects of one Mount, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub mount_timeout_seconds: u64,
+    /// Key Vault location.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl ServeArgs {
+    /// Runs the daemon until SIGTERM/SIGINT.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.log.init();
+        let connector = Connector::new(self.vault.connector_config()?)?;
+        let mounter = Mounter::new(connector, Duration::from_secs(self.mount_timeout_seconds));
+        let socket = BoundSocket::bind(&self.provider_socket)?;
+        serve_provider(socket, ProviderService::new(mounter), shutdown_signal()).await?;
+        Ok(())
+    }
+}
+
+/// `dev` flags (none are needed).
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Logging (quiet by default: the narration goes to stdout).
+    #[arg(long, default_value = "warn", env = "KVMOUNT_LOG_LEVEL")]
+    pub log_level: String,
+}

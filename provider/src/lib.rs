@@ -1,0 +1,15 @@
+//! kvmount's node daemon: the provider API for the upstream Secrets Store CSI Driver, the
+//! laptop `dev` life cycle, and the mock vault subcommand.
+//!
+//! - [`mount`]: the domain (one Mount in, files and versions out), no gRPC types;
+//! - [`grpc`]: generated-service wrappers and the one place errors become statuses;
+//! - [`server`]: Unix-socket serving, shutdown and a client channel helper;
+//! - [`cli`]: command-line flags; [`dev`]: the one-machine life cycle.
+
+pub mod cli;
+pub mod dev;
+pub mod grpc;
+pub mod hardening;
+pub mod logging;
+pub mod mount;
+pub mod server;

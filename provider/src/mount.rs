@@ -1,0 +1,105 @@
+//! The provider's domain: turn one Mount (attributes, secrets, default mode) into files and
+//! object versions. Plain Rust types; the gRPC layer wraps it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kvmount_vault::params::{self, parse_default_mode, parse_string_map};
+use kvmount_vault::{Connector, ObjectError, ParamError, RenderedObject};
+use zeroize::Zeroize;
+
+/// What the upstream driver hands us, as plain strings.
+pub struct MountInput {
+    /// JSON object of strings: class parameters, volume attributes, pod info, tokens.
+    pub attributes: String,
+    /// JSON object of strings: nodePublishSecretRef data.
+    pub secrets: String,
+    /// JSON-encoded decimal default mode, e.g. "420".
+    pub permission: String,
+    /// Where the driver will write the files (for logs only; we never write there).
+    pub target_path: String,
+}
+
+impl Drop for MountInput {
+    fn drop(&mut self) {
+        self.attributes.zeroize();
+        self.secrets.zeroize();
+    }
+}
+
+/// Why a Mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A parameter or request field is wrong.
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// Key Vault or Entra ID failed for an object.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// The mount did not finish within its deadline.
+    #[error("fetching the objects did not finish within {0:?}")]
+    Deadline(Duration),
+}
+
+/// One successful Mount: the files and the versions read.
+#[derive(Debug)]
+pub struct MountOutput {
+    /// Rendered objects in class order.
+    pub objects: Vec<RenderedObject>,
+}
+
+/// Serves Mount calls with a shared connector.
+#[derive(Clone, Debug)]
+pub struct Mounter {
+    connector: Connector,
+    deadline: Duration,
+}
+
+/// Zeroes every value of a parsed map before it is dropped.
+struct ZeroOnDrop(HashMap<String, String>);
+
+impl Drop for ZeroOnDrop {
+    fn drop(&mut self) {
+        for (_, value) in self.0.iter_mut() {
+            value.zeroize();
+        }
+    }
+}
+
+impl Mounter {
+    /// A mounter that fetches through `connector`, giving each mount `deadline`.
+    pub fn new(connector: Connector, deadline: Duration) -> Self {
+        Self {
+            connector,
+            deadline,
+        }
+    }
+
+    /// Parses the request, fetches every object concurrently and renders the files.
+    pub async fn mount(&self, input: MountInput) -> Result<MountOutput, MountError> {
+        let attributes = ZeroOnDrop(parse_string_map("attributes", &input.attributes)?);
+        let secrets = ZeroOnDrop(parse_string_map("secrets", &input.secrets)?);
+        let default_mode = parse_default_mode(&input.permission)?;
+        let params = params::mount_params(&attributes.0, &secrets.0, default_mode)?;
+        drop(attributes);
+        drop(secrets);
+        tracing::info!(
+            pod = %params.pod.name,
+            namespace = %params.pod.namespace,
+            class = params.class_name.as_deref().unwrap_or(""),
+            vault = %params.keyvault_name,
+            auth = params.auth.mode(),
+            client_id = %params.auth.client_id(),
+            objects = params.objects.len(),
+            target = %input.target_path,
+            "mount"
+        );
+        let objects = tokio::time::timeout(self.deadline, kvmount_vault::fetch_all(&self.connector, &params))
+            .await
+            .map_err(|_| MountError::Deadline(self.deadline))??;
+        for object in &objects {
+            tracing::info!(object = %object.id, version = %object.version, pod = %params.pod.name, "object ready");
+        }
+        Ok(MountOutput { objects })
+    }
+}

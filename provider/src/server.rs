@@ -1,0 +1,141 @@
+//! Serving gRPC on a Unix socket: stale-socket removal, mode 0600, graceful drain, removal.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint, Server};
+
+use kvmount_proto::provider::csi_driver_provider_server::CsiDriverProviderServer;
+
+use crate::grpc::provider::ProviderService;
+
+/// Errors starting the socket server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket path exists and is not a socket: refusing to remove it.
+    #[error("{0}: exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// Creating, binding or securing the socket failed.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What we were doing.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> ServeError + '_ {
+    move |source| ServeError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+/// A bound socket that is removed when dropped.
+pub struct BoundSocket {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl BoundSocket {
+    /// Removes a stale socket at `path`, creates the parent directory, binds, and sets mode 0600.
+    pub fn bind(path: &Path) -> Result<Self, ServeError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                std::fs::remove_file(path).map_err(io_err(path, "remove stale socket"))?;
+            }
+            Ok(_) => return Err(ServeError::NotASocket(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path, "inspect")(e)),
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent, "create directory"))?;
+        }
+        // The socket file takes its mode from the umask at bind time: close the window in
+        // which it would be reachable by others, then set the mode explicitly as well.
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(old);
+        let listener = bound.map_err(io_err(path, "bind"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(path, "chmod 0600"))?;
+        Ok(Self {
+            path: path.to_owned(),
+            listener: Some(listener),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves the provider API on `socket` until `shutdown` resolves, then drains in-flight calls
+/// and removes the socket.
+pub async fn serve_provider(
+    mut socket: BoundSocket,
+    service: ProviderService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = socket
+        .take_listener()
+        .ok_or_else(|| ServeError::NotASocket(socket.path().to_owned()))?;
+    tracing::info!(socket = %socket.path().display(), "serving provider API");
+    Server::builder()
+        .add_service(CsiDriverProviderServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!(socket = %socket.path().display(), "provider API stopped");
+    drop(socket);
+    Ok(())
+}
+
+/// A gRPC channel over a Unix socket (used by `dev`, tests and `status`).
+pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    // The URI is required by the API but unused: every connection goes to the socket.
+    #[allow(clippy::expect_used)] // invariant: a constant, valid URI
+    let endpoint = Endpoint::try_from("http://[::1]:0").expect("constant URI");
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}

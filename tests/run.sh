@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every kvmount test: formatting and lints, the Rust unit and integration tests (real
+# tmpfs, real gRPC over Unix sockets, real TLS), then the outside clients (the official Python
+# Key Vault SDK against the mock vault). Needs root for the tmpfs tests. Safe to run twice in a
+# row: every test removes its mounts, processes and temp dirs, and this script sweeps leftovers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+sweep() {
+    # Leftovers of an interrupted run: kvmount mounts under the temp dir, test processes.
+    local tmp=${TMPDIR:-/tmp}
+    awk -v t="$tmp/" '$5 ~ "^"t"(kvmount|\\.tmp)" {print $5}' /proc/self/mountinfo 2>/dev/null \
+        | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    pkill -f "$root/target/debug/kvmount-provider" 2>/dev/null || true
+    pkill -f "$root/target/debug/examples/" 2>/dev/null || true
+}
+trap sweep EXIT
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: the tests mount tmpfs and need root" >&2
+    exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo build (binaries the process tests start)"
+cargo build --workspace --bins
+
+echo "== cargo test"
+cargo test --workspace --no-fail-fast
+
+echo "== Python Key Vault SDK against the mock vault"
+venv=$root/.venv
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python

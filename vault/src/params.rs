@@ -1,0 +1,908 @@
+//! The SecretProviderClass parameter model: what the upstream driver sends in
+//! `MountRequest.attributes` / `secrets` / `permission` (or what a CSI
+//! `volume_context` holds), parsed once into typed values.
+//!
+//! Parameter names are those of the Azure provider, so a class written for it
+//! works unchanged. Every error names the field and says what is accepted; no
+//! error ever contains a secret value or a token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::secret::SecretString;
+
+/// Audience of the service-account token used for workload identity.
+pub const WORKLOAD_IDENTITY_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// Attribute that carries kubelet's service-account tokens.
+pub const TOKENS_ATTRIBUTE: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+/// Attribute keys with pod information (set by the driver or kubelet).
+pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
+/// Pod namespace attribute.
+pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+/// Pod UID attribute.
+pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
+/// Service account name attribute.
+pub const POD_SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
+
+/// Longest objectAlias / objectName file element kubelet accepts.
+const MAX_NAME_BYTES: usize = 255;
+
+/// A parameter that could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ParamError {
+    /// The parameter, e.g. `keyvaultName` or `objects[1].objectAlias`.
+    pub field: String,
+    /// What is wrong and what is accepted. Never contains a secret.
+    pub problem: String,
+}
+
+impl ParamError {
+    /// A new error for `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The kinds of Key Vault object a class can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectType {
+    /// `secret`: a secret value.
+    Secret,
+    /// `key`: the public part of a key.
+    Key,
+    /// `cert`: a certificate.
+    Cert,
+}
+
+impl ObjectType {
+    /// The name used in classes and in `ObjectVersion.id`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Secret => "secret",
+            Self::Key => "key",
+            Self::Cert => "cert",
+        }
+    }
+}
+
+impl fmt::Display for ObjectType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a secret's value is decoded before it is written (`objectEncoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ObjectEncoding {
+    /// `utf-8` (default): the value as stored.
+    #[default]
+    Utf8,
+    /// `base64`: the value is standard base64; the decoded bytes are written.
+    Base64,
+    /// `hex`: the value is hex; the decoded bytes are written.
+    Hex,
+}
+
+/// `objectFormat`: how certificate-backed secrets are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ObjectFormat {
+    /// `pem` (default).
+    #[default]
+    Pem,
+    /// `pfx`: only for objectType secret.
+    Pfx,
+}
+
+/// One entry of the class's `objects` array.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectSpec {
+    /// Position in the `objects` array (for error messages).
+    pub index: usize,
+    /// `objectName`: the name in the vault.
+    pub name: String,
+    /// `objectType`.
+    pub object_type: ObjectType,
+    /// `objectVersion`; `None` means the newest version.
+    pub version: Option<String>,
+    /// `objectAlias`, the file name; `None` means the object name.
+    pub alias: Option<String>,
+    /// `objectEncoding`.
+    pub encoding: ObjectEncoding,
+    /// `objectFormat`.
+    pub format: ObjectFormat,
+    /// `filePermission`, as a mode; `None` means the mount's default mode.
+    pub file_mode: Option<u32>,
+}
+
+impl ObjectSpec {
+    /// The path of the file this object is written to, relative to the volume.
+    pub fn file_name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+
+    /// `ObjectVersion.id` as the Azure provider reports it: `<type>/<name>`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.object_type, self.name)
+    }
+
+    /// The field path used in errors, e.g. `objects[2]`.
+    pub fn field(&self, key: &str) -> String {
+        format!("objects[{}].{key}", self.index)
+    }
+}
+
+/// How the pod authenticates to Entra ID.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Workload identity: the pod's service-account token is the client assertion.
+    WorkloadIdentity {
+        /// Application (client) ID of the Entra identity (`clientID`).
+        client_id: String,
+        /// The service-account token for audience `api://AzureADTokenExchange`.
+        token: SecretString,
+    },
+    /// Service principal from the nodePublishSecretRef (`clientid` / `clientsecret`).
+    ServicePrincipal {
+        /// Application (client) ID.
+        client_id: String,
+        /// Client secret.
+        client_secret: SecretString,
+    },
+}
+
+impl Auth {
+    /// The Entra identity this credential authenticates as.
+    pub fn client_id(&self) -> &str {
+        match self {
+            Self::WorkloadIdentity { client_id, .. } | Self::ServicePrincipal { client_id, .. } => {
+                client_id
+            }
+        }
+    }
+
+    /// Short name for logs.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::WorkloadIdentity { .. } => "workload-identity",
+            Self::ServicePrincipal { .. } => "service-principal",
+        }
+    }
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("mode", &self.mode())
+            .field("client_id", &self.client_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pod information the driver or kubelet attaches (for logs and, later, cache bookkeeping).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Service account name.
+    pub service_account: String,
+}
+
+/// Everything a Mount needs, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountParams {
+    /// `keyvaultName`.
+    pub keyvault_name: String,
+    /// `tenantID` (or the older `tenantId`).
+    pub tenant_id: String,
+    /// How to authenticate.
+    pub auth: Auth,
+    /// The objects, in class order.
+    pub objects: Vec<ObjectSpec>,
+    /// Default file mode (from `MountRequest.permission`).
+    pub default_mode: u32,
+    /// The pod the mount is for.
+    pub pod: PodInfo,
+    /// `secretProviderClass`, when the driver names it.
+    pub class_name: Option<String>,
+}
+
+/// Parses a JSON object of strings (`MountRequest.attributes` or `.secrets`).
+///
+/// The error never repeats any part of the input: it may hold tokens.
+pub fn parse_string_map(field: &str, json: &str) -> Result<HashMap<String, String>, ParamError> {
+    if json.trim().is_empty() {
+        return Ok(HashMap::new());
+    }
+    serde_json::from_str::<HashMap<String, String>>(json).map_err(|err| {
+        ParamError::new(
+            field,
+            format!(
+                "must be a JSON object whose values are all strings ({} at line {} column {})",
+                match err.classify() {
+                    serde_json::error::Category::Syntax => "syntax error",
+                    serde_json::error::Category::Eof => "unexpected end of input",
+                    serde_json::error::Category::Data => "wrong type",
+                    serde_json::error::Category::Io => "read error",
+                },
+                err.line(),
+                err.column()
+            ),
+        )
+    })
+}
+
+/// Parses `MountRequest.permission`: a JSON-encoded decimal mode such as `"420"` (0644).
+pub fn parse_default_mode(permission: &str) -> Result<u32, ParamError> {
+    let text = permission.trim();
+    if text.is_empty() {
+        return Ok(0o644);
+    }
+    let mode: u32 = serde_json::from_str::<u32>(text)
+        .or_else(|_| text.trim_matches('"').parse::<u32>())
+        .map_err(|_| {
+            ParamError::new(
+                "permission",
+                format!("{text:?} is not a decimal file mode; accepted: 0 to 511, e.g. \"420\" for 0644"),
+            )
+        })?;
+    if mode > 0o777 {
+        return Err(ParamError::new(
+            "permission",
+            format!("{mode} is above 511 (0777); accepted: 0 to 511"),
+        ));
+    }
+    Ok(mode)
+}
+
+/// Parses a `filePermission` value: an octal string such as `"0600"` or `"640"`.
+pub fn parse_file_permission(field: &str, text: &str) -> Result<u32, ParamError> {
+    let digits = text.trim();
+    let digits = digits
+        .strip_prefix("0o")
+        .or_else(|| digits.strip_prefix("0O"))
+        .unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(ParamError::new(
+            field,
+            format!("{text:?} is not an octal file mode; accepted: 3 or 4 octal digits from 0000 to 0777, e.g. \"0600\""),
+        ));
+    }
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| ParamError::new(field, format!("{text:?} is not an octal file mode")))?;
+    if mode > 0o777 {
+        return Err(ParamError::new(
+            field,
+            format!("{text:?} sets bits above 0777 (setuid, setgid or sticky); accepted: 0000 to 0777"),
+        ));
+    }
+    Ok(mode)
+}
+
+/// Looks up `key` and trims it, treating empty as absent (the Azure provider does the same).
+fn get<'a>(map: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    map.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+fn parse_bool(map: &HashMap<String, String>, key: &str) -> Result<bool, ParamError> {
+    match get(map, key) {
+        None => Ok(false),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "t" | "yes" => Ok(true),
+            "false" | "0" | "f" | "no" => Ok(false),
+            _ => Err(ParamError::new(
+                key,
+                format!("{v:?} is not a boolean; accepted: \"true\" or \"false\""),
+            )),
+        },
+    }
+}
+
+/// Checks a vault name: 3-24 characters of `[-A-Za-z0-9]`, as Key Vault requires.
+pub fn validate_vault_name(name: &str) -> Result<(), ParamError> {
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !(3..=24).contains(&name.len()) || !ok_chars {
+        return Err(ParamError::new(
+            "keyvaultName",
+            format!("{name:?} is not a Key Vault name; accepted: 3 to 24 characters of letters, digits and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a tenant: a GUID or a domain name (what Entra accepts in the authority path).
+fn validate_tenant(tenant: &str) -> Result<(), ParamError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 256
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !ok {
+        return Err(ParamError::new(
+            "tenantID",
+            format!("{tenant:?} is not a tenant; accepted: a tenant GUID or a domain such as contoso.onmicrosoft.com"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Key Vault object name: 1-127 characters of `[-A-Za-z0-9]`.
+fn validate_object_name(field: &str, name: &str) -> Result<(), ParamError> {
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if name.is_empty() || name.len() > 127 || !ok_chars {
+        return Err(ParamError::new(
+            field,
+            format!("{name:?} is not a Key Vault object name; accepted: 1 to 127 characters of letters, digits and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a version id: Key Vault versions are 32 hex digits; we accept any short token of
+/// letters and digits so that the vault, not us, decides whether it exists.
+fn validate_version(field: &str, version: &str) -> Result<(), ParamError> {
+    if version.len() > 64 || !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ParamError::new(
+            field,
+            format!("{version:?} is not a version id; accepted: empty, \"latest\", or a version such as 6f8d1a2b3c4d5e6f7a8b9c0d1e2f3a4b"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a file path from objectAlias/objectName the way kubelet's atomic writer will.
+pub fn validate_file_path(field: &str, path: &str) -> Result<(), ParamError> {
+    if let Err(err) = kvmount_volume::validate_relative_path(path) {
+        return Err(ParamError::new(field, err.to_string()));
+    }
+    for element in path.split('/') {
+        if element.len() > MAX_NAME_BYTES {
+            return Err(ParamError::new(
+                field,
+                format!("a path element is {} bytes; accepted: at most {MAX_NAME_BYTES}", element.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ObjectsDocument {
+    array: Vec<String>,
+}
+
+/// One object as written in YAML. Unknown keys are refused so that a typo
+/// (`objectAliass`) does not silently write to another file.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawObject {
+    #[serde(default)]
+    object_name: Option<String>,
+    #[serde(default)]
+    object_type: Option<String>,
+    #[serde(default)]
+    object_version: Option<String>,
+    #[serde(default)]
+    object_version_history: Option<serde_yaml::Value>,
+    #[serde(default)]
+    object_alias: Option<String>,
+    #[serde(default)]
+    object_format: Option<String>,
+    #[serde(default)]
+    object_encoding: Option<String>,
+    #[serde(default)]
+    file_permission: Option<serde_yaml::Value>,
+}
+
+fn trimmed(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Parses the `objects` parameter: YAML with an `array` of YAML strings, one per object.
+pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
+    let document: ObjectsDocument = serde_yaml::from_str(objects).map_err(|err| {
+        ParamError::new(
+            "objects",
+            format!("is not YAML of the form `array: [<object YAML>, ...]` ({err})"),
+        )
+    })?;
+    if document.array.is_empty() {
+        return Err(ParamError::new(
+            "objects",
+            "the array is empty; accepted: at least one object",
+        ));
+    }
+    let mut specs = Vec::with_capacity(document.array.len());
+    for (index, text) in document.array.iter().enumerate() {
+        specs.push(parse_object(index, text)?);
+    }
+    check_distinct_files(&specs)?;
+    Ok(specs)
+}
+
+fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
+    let field = |key: &str| format!("objects[{index}].{key}");
+    let raw: RawObject = if text.trim().is_empty() {
+        RawObject::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|err| {
+            ParamError::new(
+                format!("objects[{index}]"),
+                format!("is not a YAML mapping of object fields ({err}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission"),
+            )
+        })?
+    };
+    let name = trimmed(raw.object_name)
+        .ok_or_else(|| ParamError::new(field("objectName"), "is required"))?;
+    validate_object_name(&field("objectName"), &name)?;
+    let object_type = match trimmed(raw.object_type).as_deref() {
+        Some("secret") => ObjectType::Secret,
+        Some("key") => ObjectType::Key,
+        Some("cert") => ObjectType::Cert,
+        Some(other) => {
+            return Err(ParamError::new(
+                field("objectType"),
+                format!("{other:?} is not an object type; accepted: secret, key, cert"),
+            ));
+        }
+        None => {
+            return Err(ParamError::new(
+                field("objectType"),
+                "is required; accepted: secret, key, cert",
+            ));
+        }
+    };
+    let version = trimmed(raw.object_version).filter(|v| !v.eq_ignore_ascii_case("latest"));
+    if let Some(v) = &version {
+        validate_version(&field("objectVersion"), v)?;
+    }
+    if let Some(history) = raw.object_version_history {
+        let n = match &history {
+            serde_yaml::Value::Number(n) => n.as_u64(),
+            serde_yaml::Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(0 | 1) => {}
+            Some(_) => {
+                return Err(ParamError::new(
+                    field("objectVersionHistory"),
+                    "values above 1 are not supported by this kvmount release; accepted: 0 or 1",
+                ));
+            }
+            None => {
+                return Err(ParamError::new(
+                    field("objectVersionHistory"),
+                    "is not a whole number; accepted: 0 or 1",
+                ));
+            }
+        }
+    }
+    let alias = trimmed(raw.object_alias);
+    let encoding = match trimmed(raw.object_encoding).map(|e| e.to_ascii_lowercase()) {
+        None => ObjectEncoding::Utf8,
+        Some(e) if object_type != ObjectType::Secret => {
+            return Err(ParamError::new(
+                field("objectEncoding"),
+                format!("{e:?} is only supported for objectType secret"),
+            ));
+        }
+        Some(e) => match e.as_str() {
+            "utf-8" | "utf8" => ObjectEncoding::Utf8,
+            "base64" => ObjectEncoding::Base64,
+            "hex" => ObjectEncoding::Hex,
+            _ => {
+                return Err(ParamError::new(
+                    field("objectEncoding"),
+                    format!("{e:?} is not an encoding; accepted: utf-8, base64, hex"),
+                ));
+            }
+        },
+    };
+    let format = match trimmed(raw.object_format).map(|f| f.to_ascii_lowercase()) {
+        None => ObjectFormat::Pem,
+        Some(f) => match f.as_str() {
+            "pem" => ObjectFormat::Pem,
+            "pfx" if object_type == ObjectType::Secret => ObjectFormat::Pfx,
+            "pfx" => {
+                return Err(ParamError::new(
+                    field("objectFormat"),
+                    "pfx is only supported for objectType secret",
+                ));
+            }
+            _ => {
+                return Err(ParamError::new(
+                    field("objectFormat"),
+                    format!("{f:?} is not a format; accepted: pem, pfx"),
+                ));
+            }
+        },
+    };
+    let file_mode = match raw.file_permission {
+        None => None,
+        Some(serde_yaml::Value::String(s)) if s.trim().is_empty() => None,
+        Some(serde_yaml::Value::String(s)) => {
+            Some(parse_file_permission(&field("filePermission"), &s)?)
+        }
+        Some(serde_yaml::Value::Number(n)) => {
+            // An unquoted 0600 is read by YAML 1.1 as octal and by YAML 1.2 as 600: take the digits.
+            Some(parse_file_permission(&field("filePermission"), &n.to_string())?)
+        }
+        Some(_) => {
+            return Err(ParamError::new(
+                field("filePermission"),
+                "is not an octal file mode; accepted: a string such as \"0600\"",
+            ));
+        }
+    };
+    let spec = ObjectSpec {
+        index,
+        name,
+        object_type,
+        version,
+        alias,
+        encoding,
+        format,
+        file_mode,
+    };
+    let path_field = if spec.alias.is_some() {
+        field("objectAlias")
+    } else {
+        field("objectName")
+    };
+    validate_file_path(&path_field, spec.file_name())?;
+    Ok(spec)
+}
+
+/// Refuses two objects that write the same file, or one file that another needs as a directory.
+fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for spec in specs {
+        let path = spec.file_name();
+        if let Some(other) = seen.insert(path, spec.index) {
+            return Err(ParamError::new(
+                format!("objects[{}]", spec.index),
+                format!("writes file {path:?}, which objects[{other}] writes too; give one of them a different objectAlias"),
+            ));
+        }
+    }
+    for (path, index) in &seen {
+        let prefix = format!("{path}/");
+        if let Some((nested, other)) = seen.range(prefix.as_str()..).next()
+            && nested.starts_with(&prefix)
+        {
+            return Err(ParamError::new(
+                format!("objects[{other}]"),
+                format!("writes {nested:?} inside {path:?}, which objects[{index}] writes as a file"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Finds the workload-identity token in the tokens attribute (from `attributes`, or from
+/// `secrets` where Kubernetes 1.35+ drivers may put it).
+fn workload_identity_token(
+    attributes: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+) -> Result<Option<SecretString>, ParamError> {
+    let Some(raw) = get(attributes, TOKENS_ATTRIBUTE).or_else(|| get(secrets, TOKENS_ATTRIBUTE))
+    else {
+        return Ok(None);
+    };
+    #[derive(Deserialize)]
+    struct Token {
+        token: String,
+    }
+    let mut tokens: HashMap<String, Token> = serde_json::from_str(raw).map_err(|_| {
+        ParamError::new(
+            TOKENS_ATTRIBUTE,
+            "must be JSON of the form {\"<audience>\":{\"token\":\"<jwt>\",\"expirationTimestamp\":\"...\"}}",
+        )
+    })?;
+    let token = tokens.remove(WORKLOAD_IDENTITY_AUDIENCE).map(|t| SecretString::new(t.token));
+    for (_, mut other) in tokens.drain() {
+        zeroize::Zeroize::zeroize(&mut other.token);
+    }
+    match token {
+        Some(t) if t.expose().trim().is_empty() => Err(ParamError::new(
+            TOKENS_ATTRIBUTE,
+            format!("the token for audience {WORKLOAD_IDENTITY_AUDIENCE} is empty"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Finds a key case-insensitively (the Azure provider accepts `clientid`, `clientId`, ...).
+fn get_ci<'a>(map: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    map.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Builds [`MountParams`] from the parameter map (class parameters merged with volume
+/// attributes and pod info), the node-publish secrets, and the default mode.
+pub fn mount_params(
+    attributes: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+    default_mode: u32,
+) -> Result<MountParams, ParamError> {
+    if parse_bool(attributes, "usePodIdentity")? {
+        return Err(ParamError::new(
+            "usePodIdentity",
+            "aad-pod-identity is retired and not supported; use workload identity instead (set clientID to the identity's client ID and federate it with the pod's service account)",
+        ));
+    }
+    if parse_bool(attributes, "useVMManagedIdentity")? {
+        return Err(ParamError::new(
+            "useVMManagedIdentity",
+            "node managed identity is not supported by this kvmount release; use workload identity (clientID) or a service principal (nodePublishSecretRef)",
+        ));
+    }
+    if let Some(cloud) = get(attributes, "cloudName")
+        && !cloud.eq_ignore_ascii_case("AzurePublicCloud")
+    {
+        return Err(ParamError::new(
+            "cloudName",
+            format!("{cloud:?} is not supported by this kvmount release; accepted: AzurePublicCloud (other clouds: set the daemon's --keyvault-dns-suffix and --authority-host)"),
+        ));
+    }
+    let keyvault_name = get(attributes, "keyvaultName")
+        .ok_or_else(|| ParamError::new("keyvaultName", "is required: the name of the Key Vault"))?
+        .to_owned();
+    validate_vault_name(&keyvault_name)?;
+    let tenant_id = get(attributes, "tenantID")
+        .or_else(|| get(attributes, "tenantId"))
+        .ok_or_else(|| {
+            ParamError::new("tenantID", "is required: the Entra tenant ID of the Key Vault")
+        })?
+        .to_owned();
+    validate_tenant(&tenant_id)?;
+
+    let sp_id = get_ci(secrets, "clientid");
+    let sp_secret = get_ci(secrets, "clientsecret");
+    let auth = match get(attributes, "clientID") {
+        Some(client_id) => {
+            if sp_secret.is_some() {
+                return Err(ParamError::new(
+                    "clientID",
+                    "clientID (workload identity) and secrets clientid/clientsecret (service principal) are both set; set only one",
+                ));
+            }
+            let token = workload_identity_token(attributes, secrets)?.ok_or_else(|| {
+                ParamError::new(
+                    TOKENS_ATTRIBUTE,
+                    format!("no service-account token for audience {WORKLOAD_IDENTITY_AUDIENCE}; workload identity (clientID) needs the CSIDriver object to request it in tokenRequests"),
+                )
+            })?;
+            Auth::WorkloadIdentity {
+                client_id: client_id.to_owned(),
+                token,
+            }
+        }
+        None => match (sp_id, sp_secret) {
+            (Some(id), Some(secret)) => Auth::ServicePrincipal {
+                client_id: id.to_owned(),
+                client_secret: SecretString::new(secret.to_owned()),
+            },
+            (None, None) => {
+                return Err(ParamError::new(
+                    "clientID",
+                    "no identity: set clientID for workload identity, or provide clientid and clientsecret through nodePublishSecretRef for a service principal",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ParamError::new(
+                    "secrets.clientid",
+                    "is required with secrets.clientsecret",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ParamError::new(
+                    "secrets.clientsecret",
+                    "is required with secrets.clientid",
+                ));
+            }
+        },
+    };
+
+    let objects_text = get(attributes, "objects").ok_or_else(|| {
+        ParamError::new(
+            "objects",
+            "is required: a YAML `array:` of objects with objectName and objectType",
+        )
+    })?;
+    let objects = parse_objects(objects_text)?;
+    let pod = PodInfo {
+        name: get(attributes, POD_NAME).unwrap_or_default().to_owned(),
+        namespace: get(attributes, POD_NAMESPACE).unwrap_or_default().to_owned(),
+        uid: get(attributes, POD_UID).unwrap_or_default().to_owned(),
+        service_account: get(attributes, POD_SERVICE_ACCOUNT)
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    Ok(MountParams {
+        keyvault_name,
+        tenant_id,
+        auth,
+        objects,
+        default_mode,
+        pod,
+        class_name: get(attributes, "secretProviderClass").map(str::to_owned),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const OBJECTS: &str = "array:\n  - |\n    objectName: db-password\n    objectType: secret\n";
+
+    fn sp() -> HashMap<String, String> {
+        attrs(&[("clientid", "id"), ("clientsecret", "canary-secret")])
+    }
+
+    #[test]
+    fn service_principal_class_parses() {
+        let a = attrs(&[
+            ("keyvaultName", "demo"),
+            ("tenantID", "tenant"),
+            ("objects", OBJECTS),
+        ]);
+        let p = mount_params(&a, &sp(), 0o644).expect("valid");
+        assert_eq!(p.keyvault_name, "demo");
+        assert_eq!(p.objects.len(), 1);
+        assert_eq!(p.objects[0].file_name(), "db-password");
+        assert_eq!(p.objects[0].id(), "secret/db-password");
+        assert!(!format!("{p:?}").contains("canary"));
+    }
+
+    #[test]
+    fn workload_identity_reads_the_token_from_attributes_or_secrets() {
+        let tokens = r#"{"api://AzureADTokenExchange":{"token":"canary-jwt","expirationTimestamp":"2030-01-01T00:00:00Z"}}"#;
+        let a = attrs(&[
+            ("keyvaultName", "demo"),
+            ("tenantId", "tenant"),
+            ("clientID", "cid"),
+            ("objects", OBJECTS),
+            (TOKENS_ATTRIBUTE, tokens),
+        ]);
+        let p = mount_params(&a, &HashMap::new(), 0o644).expect("valid");
+        assert!(matches!(p.auth, Auth::WorkloadIdentity { ref token, .. } if token.expose() == "canary-jwt"));
+        let mut a2 = a.clone();
+        a2.remove(TOKENS_ATTRIBUTE);
+        let s = attrs(&[(TOKENS_ATTRIBUTE, tokens)]);
+        let p = mount_params(&a2, &s, 0o644).expect("valid");
+        assert_eq!(p.auth.mode(), "workload-identity");
+        let err = mount_params(&a2, &HashMap::new(), 0o644).expect_err("no token");
+        assert_eq!(err.field, TOKENS_ATTRIBUTE);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = [
+            ("keyvaultName", "demo"),
+            ("tenantID", "t"),
+            ("objects", OBJECTS),
+        ];
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![("tenantID", "t"), ("objects", OBJECTS)], "keyvaultName"),
+            (vec![("keyvaultName", "demo"), ("objects", OBJECTS)], "tenantID"),
+            (vec![("keyvaultName", "x"), ("tenantID", "t"), ("objects", OBJECTS)], "keyvaultName"),
+            (vec![("keyvaultName", "demo"), ("tenantID", "t")], "objects"),
+            (vec![("keyvaultName", "demo"), ("tenantID", "t"), ("objects", "array: [")], "objects"),
+            (vec![("usePodIdentity", "true")], "usePodIdentity"),
+        ];
+        for (pairs, field) in cases {
+            let err = mount_params(&attrs(&pairs), &sp(), 0o644).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(!err.to_string().contains("canary"));
+        }
+        let mut both = attrs(&base);
+        both.insert("clientID".into(), "cid".into());
+        let err = mount_params(&both, &sp(), 0o644).expect_err("two modes");
+        assert!(err.problem.contains("both"), "{err}");
+    }
+
+    fn object_err(yaml: &str) -> ParamError {
+        parse_objects(yaml).expect_err(yaml)
+    }
+
+    #[test]
+    fn object_errors() {
+        let one = |body: &str| format!("array:\n  - |\n{}", indent(body));
+        let cases = [
+            ("objectName: a\nobjectType: blob\n", "objects[0].objectType"),
+            ("objectName: a\n", "objects[0].objectType"),
+            ("objectType: secret\n", "objects[0].objectName"),
+            ("objectName: a\nobjectType: secret\nobjectEncoding: rot13\n", "objects[0].objectEncoding"),
+            ("objectName: a\nobjectType: secret\nobjectAlias: ../x\n", "objects[0].objectAlias"),
+            ("objectName: a\nobjectType: secret\nobjectAlias: a/../../x\n", "objects[0].objectAlias"),
+            ("objectName: a\nobjectType: secret\nobjectAlias: /etc/passwd\n", "objects[0].objectAlias"),
+            ("objectName: a\nobjectType: secret\nobjectAlias: ..data\n", "objects[0].objectAlias"),
+            ("objectName: a\nobjectType: secret\nfilePermission: \"0999\"\n", "objects[0].filePermission"),
+            ("objectName: a\nobjectType: secret\nfilePermission: \"4755\"\n", "objects[0].filePermission"),
+            ("objectName: a\nobjectType: secret\nfilePermission: rw\n", "objects[0].filePermission"),
+            ("objectName: a\nobjectType: secret\nobjectAliass: b\n", "objects[0]"),
+            ("objectName: a\nobjectType: key\nobjectEncoding: hex\n", "objects[0].objectEncoding"),
+            ("objectName: a\nobjectType: cert\nobjectFormat: pfx\n", "objects[0].objectFormat"),
+            ("objectName: a_b\nobjectType: secret\n", "objects[0].objectName"),
+        ];
+        for (body, field) in cases {
+            let err = object_err(&one(body));
+            assert_eq!(err.field, field, "{body}: {err}");
+        }
+        let long = format!("objectName: a\nobjectType: secret\nobjectAlias: {}\n", "x".repeat(256));
+        assert_eq!(object_err(&one(&long)).field, "objects[0].objectAlias");
+    }
+
+    fn indent(s: &str) -> String {
+        s.lines().map(|l| format!("    {l}\n")).collect()
+    }
+
+    #[test]
+    fn two_objects_writing_one_file_are_refused() {
+        let yaml = "array:\n  - |\n    objectName: a\n    objectType: secret\n  - |\n    objectName: b\n    objectType: secret\n    objectAlias: a\n";
+        let err = object_err(yaml);
+        assert_eq!(err.field, "objects[1]");
+        let yaml = "array:\n  - |\n    objectName: a\n    objectType: secret\n  - |\n    objectName: b\n    objectType: secret\n    objectAlias: a/b\n";
+        assert!(object_err(yaml).problem.contains("inside"));
+    }
+
+    #[test]
+    fn options_parse() {
+        let yaml = "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectVersion: latest\n    objectEncoding: Base64\n    objectAlias: dir/file\n    filePermission: \"0600\"\n  - |\n    objectName: b\n    objectType: secret\n    objectVersion: 0123456789abcdef0123456789abcdef\n    objectEncoding: hex\n    filePermission: 0640\n";
+        let objects = parse_objects(yaml).expect("valid");
+        assert_eq!(objects[0].version, None);
+        assert_eq!(objects[0].encoding, ObjectEncoding::Base64);
+        assert_eq!(objects[0].file_name(), "dir/file");
+        assert_eq!(objects[0].file_mode, Some(0o600));
+        assert_eq!(objects[1].encoding, ObjectEncoding::Hex);
+        assert_eq!(objects[1].file_mode, Some(0o640));
+        assert_eq!(objects[1].version.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn permissions() {
+        assert_eq!(parse_default_mode("420"), Ok(0o644));
+        assert_eq!(parse_default_mode("\"420\""), Ok(0o644));
+        assert_eq!(parse_default_mode(""), Ok(0o644));
+        assert!(parse_default_mode("512").is_err());
+        assert!(parse_default_mode("-1").is_err());
+        assert!(parse_default_mode("0644x").is_err());
+        assert_eq!(parse_file_permission("f", "600"), Ok(0o600));
+        assert_eq!(parse_file_permission("f", "0o400"), Ok(0o400));
+        assert!(parse_file_permission("f", "").is_err());
+        assert!(parse_file_permission("f", "07777").is_err());
+    }
+
+    #[test]
+    fn string_maps_never_echo_input() {
+        let err = parse_string_map("attributes", r#"{"token": canary}"#).expect_err("bad");
+        assert_eq!(err.field, "attributes");
+        assert!(!err.to_string().contains("canary"));
+        let err = parse_string_map("secrets", r#"{"clientsecret": 12345}"#).expect_err("bad");
+        assert!(!err.to_string().contains("12345"));
+        assert!(parse_string_map("attributes", "").expect("empty ok").is_empty());
+    }
+}
