@@ -258,6 +258,25 @@ impl MockVault {
         &self.state.tenant_id
     }
 
+    /// The client id of the seed identity called `name`.
+    pub fn client_id(&self, name: &str) -> Option<&str> {
+        self.state
+            .identities
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.client_id.as_str())
+    }
+
+    /// The client secret of the seed identity called `name` (dev credentials, e.g. `app-a-password`).
+    pub fn client_secret(&self, name: &str) -> Option<&str> {
+        self.state
+            .identities
+            .iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.client_secret.as_deref())
+            .map(String::as_str)
+    }
+
     /// The DNS suffix (`vault.localhost`).
     pub fn dns_suffix(&self) -> &str {
         &self.state.dns_suffix
@@ -378,8 +397,6 @@ pub struct ServiceAccountTokenRequest {
     pub pod_name: Option<String>,
     /// Pod UID; derived from namespace/pod name when absent.
     pub pod_uid: Option<String>,
-    /// Issue time; default now (set it in the past to make expired tokens).
-    pub issued_at: Option<SystemTime>,
 }
 
 impl ServiceAccountTokenRequest {
@@ -393,7 +410,6 @@ impl ServiceAccountTokenRequest {
             issuer: None,
             pod_name: None,
             pod_uid: None,
-            issued_at: None,
         }
     }
 }
@@ -414,13 +430,22 @@ pub fn mint_service_account_token(
     tls_dir: &Path,
     req: &ServiceAccountTokenRequest,
 ) -> Result<String, Error> {
+    mint_service_account_token_at(tls_dir, req, SystemTime::now())
+}
+
+/// [`mint_service_account_token`] issued at `issued_at` (in the past for expired tokens).
+pub fn mint_service_account_token_at(
+    tls_dir: &Path,
+    req: &ServiceAccountTokenRequest,
+    issued_at: SystemTime,
+) -> Result<String, Error> {
     if req.namespace.is_empty() || req.service_account.is_empty() {
         return Err(Error::Token(
             "namespace and service account must not be empty".into(),
         ));
     }
     let signer = tls::issuer_signer(tls_dir)?;
-    let iat = unix(req.issued_at);
+    let iat = unix(Some(issued_at));
     let exp = iat + req.ttl.as_secs() as i64;
     let (ns, sa) = (&req.namespace, &req.service_account);
     let sa_uid = derived_uuid(&format!("sa/{ns}/{sa}"));

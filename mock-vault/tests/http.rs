@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use kvmount_mock_vault::{
     AccessTokenRequest, MockVaultConfig, ServiceAccountTokenRequest, mint_access_token,
-    mint_service_account_token, seeded_version,
+    mint_service_account_token, mint_service_account_token_at, seeded_version,
 };
 use serde_json::Value;
 
@@ -259,9 +259,10 @@ async fn federated_assertions_are_checked_like_entra() {
 
     // Expired.
     let mut req = ServiceAccountTokenRequest::new("team-a", "app");
-    req.issued_at = Some(SystemTime::now() - Duration::from_secs(7200));
     req.ttl = Duration::from_secs(3600);
-    let expired = mint_service_account_token(&dir, &req).expect("mint");
+    let expired =
+        mint_service_account_token_at(&dir, &req, SystemTime::now() - Duration::from_secs(7200))
+            .expect("mint");
     let (status, body) = assertion_token(&m, APP_A, &expired).await;
     assert_eq!(
         (status, body["error_codes"][0].as_u64()),
