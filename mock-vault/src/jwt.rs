@@ -39,8 +39,8 @@ pub enum JwtError {
     BadKey(&'static str),
 }
 
-/// A decoded, not yet verified token.
-#[derive(Debug, Clone)]
+/// A decoded, not yet verified token. Its `Debug` shows the header only: the rest is a credential.
+#[derive(Clone)]
 pub struct UnverifiedJwt {
     /// The `alg` header.
     pub alg: String,
@@ -50,6 +50,15 @@ pub struct UnverifiedJwt {
     pub claims: Map<String, Value>,
     signing_input: Vec<u8>,
     signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for UnverifiedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedJwt")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Splits and decodes a compact JWS without checking the signature.

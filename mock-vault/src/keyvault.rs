@@ -454,6 +454,10 @@ struct Bundle<'a> {
     tags: Option<&'a BTreeMap<String, String>>,
     attributes: Attributes,
     #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    managed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     recovery_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted_date: Option<i64>,
@@ -487,6 +491,10 @@ fn bundle<'a>(
             recovery_level: RECOVERY_LEVEL,
             recoverable_days: RECOVERABLE_DAYS,
         },
+        kid: v
+            .certificate_backed
+            .then(|| format!("https://{host}/keys/{name}/{}", v.version)),
+        managed: v.certificate_backed.then_some(true),
         recovery_id: None,
         deleted_date: None,
         scheduled_purge_date: None,
@@ -737,6 +745,7 @@ fn set(v: &mut VaultState, ctx: &Ctx<'_>, req: &Req, name: &str) -> Reply {
         exp: attrs.exp,
         created: now,
         updated: now,
+        certificate_backed: false,
     };
     let (spelled, item) = v
         .secrets

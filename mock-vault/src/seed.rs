@@ -190,6 +190,8 @@ pub(crate) struct SecretSeed {
     pub enabled: bool,
     pub nbf: Option<i64>,
     pub exp: Option<i64>,
+    /// Served like the secret behind a Key Vault certificate: with `kid` and `managed: true`.
+    pub certificate_backed: bool,
 }
 
 // ---- raw YAML shapes ----
@@ -260,6 +262,7 @@ struct RawSecret {
     enabled: Option<bool>,
     nbf: Option<i64>,
     exp: Option<i64>,
+    certificate_backed: Option<bool>,
 }
 
 impl Seed {
@@ -493,6 +496,7 @@ impl Seed {
                     enabled: s.enabled.unwrap_or(true),
                     nbf: s.nbf,
                     exp: s.exp,
+                    certificate_backed: s.certificate_backed.unwrap_or(false),
                 });
             }
             vaults.push(VaultSeed {

@@ -20,6 +20,8 @@ pub(crate) struct SecretVersion {
     pub exp: Option<i64>,
     pub created: i64,
     pub updated: i64,
+    /// Backs a certificate: answered with `kid` and `managed: true`.
+    pub certificate_backed: bool,
 }
 
 #[derive(Default)]
@@ -85,6 +87,7 @@ impl VaultState {
                         exp: s.exp,
                         created: t,
                         updated: t,
+                        certificate_backed: s.certificate_backed,
                     }
                 })
                 .collect();

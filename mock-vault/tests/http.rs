@@ -896,3 +896,36 @@ async fn tls_dir_is_reused_and_follows_the_suffix() {
     );
     other.shutdown().await;
 }
+
+#[tokio::test]
+async fn certificate_backed_secrets_carry_kid() {
+    let yaml = format!(
+        "tenantId: {TENANT}\nidentities: [{{ name: a, clientId: {APP_A}, clientSecret: pw }}]\nvaults:\n  - name: demo\n    secrets:\n      - {{ name: web, versions: [pem-data], contentType: application/x-pem-file, certificateBacked: true }}\n      - {{ name: plain, versions: [v] }}\n"
+    );
+    let m = start(kvmount_mock_vault::Seed::from_yaml(&yaml).expect("seed")).await;
+    let t = m.access_token(APP_A, "pw").await;
+    let web: Value = m
+        .kv_get("demo", "/secrets/web?api-version=7.4", Some(&t))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let version = seeded_version("demo", "web", 0);
+    assert_eq!(
+        web["kid"],
+        format!(
+            "https://demo.vault.localhost:{}/keys/web/{version}",
+            m.vault.addr().port()
+        )
+    );
+    assert_eq!(web["managed"], true);
+    assert_eq!(web["contentType"], "application/x-pem-file");
+    let plain: Value = m
+        .kv_get("demo", "/secrets/plain?api-version=7.4", Some(&t))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(plain.get("kid").is_none() && plain.get("managed").is_none());
+    m.vault.shutdown().await;
+}
