@@ -3,7 +3,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "serve", about = "kvmount mock Key Vault + Entra token endpoint")]
+#[command(
+    name = "serve",
+    about = "kvmount mock Key Vault + Entra token endpoint"
+)]
 struct Cli {
     #[command(flatten)]
     args: kvmount_mock_vault::MockVaultArgs,

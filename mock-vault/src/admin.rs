@@ -37,7 +37,13 @@ pub struct StatsEntry {
 
 impl Stats {
     /// Sums the counters that match every filter given (`None` matches anything).
-    pub fn count(&self, vault: Option<&str>, route: Option<&str>, object: Option<&str>, status: Option<u16>) -> u64 {
+    pub fn count(
+        &self,
+        vault: Option<&str>,
+        route: Option<&str>,
+        object: Option<&str>,
+        status: Option<u16>,
+    ) -> u64 {
         self.entries
             .iter()
             .filter(|e| vault.is_none_or(|v| e.vault == v))
@@ -57,7 +63,14 @@ pub(crate) struct StatsRecorder {
 impl StatsRecorder {
     pub fn record(&self, vault: &str, route: &str, object: &str, status: u16) {
         let mut counts = lock(&self.counts);
-        *counts.entry((vault.to_string(), route.to_string(), object.to_string(), status)).or_insert(0) += 1;
+        *counts
+            .entry((
+                vault.to_string(),
+                route.to_string(),
+                object.to_string(),
+                status,
+            ))
+            .or_insert(0) += 1;
     }
 
     pub fn snapshot(&self) -> Stats {
@@ -72,7 +85,10 @@ impl StatsRecorder {
                 count: *count,
             })
             .collect();
-        Stats { total: entries.iter().map(|e| e.count).sum(), entries }
+        Stats {
+            total: entries.iter().map(|e| e.count).sum(),
+            entries,
+        }
     }
 
     pub fn reset(&self) {
@@ -127,10 +143,8 @@ impl FaultRule {
         if self.status.is_none() && self.latency_ms.is_none() {
             return Err("a rule needs status or latencyMs".into());
         }
-        if let Some(s) = self.status {
-            if !(400..=599).contains(&s) {
-                return Err(format!("status {s} is not an error status (400-599)"));
-            }
+        if let Some(s) = self.status.filter(|s| !(400..=599).contains(s)) {
+            return Err(format!("status {s} is not an error status (400-599)"));
         }
         if self.retry_after.is_some() && self.status.is_none() {
             return Err("retryAfter needs a status".into());
@@ -237,10 +251,22 @@ mod tests {
     #[test]
     fn faults_count_down() {
         let t = FaultTable::default();
-        t.set(vec![FaultRule { route: Some("secret.get".into()), status: Some(429), retry_after: Some(1), times: Some(2), ..Default::default() }]);
-        assert_eq!(t.hit("demo", "secret.get", "secret/a").status, Some((429, Some(1))));
+        t.set(vec![FaultRule {
+            route: Some("secret.get".into()),
+            status: Some(429),
+            retry_after: Some(1),
+            times: Some(2),
+            ..Default::default()
+        }]);
+        assert_eq!(
+            t.hit("demo", "secret.get", "secret/a").status,
+            Some((429, Some(1)))
+        );
         assert!(t.hit("demo", "secret.list", "").status.is_none());
-        assert_eq!(t.hit("demo", "secret.get", "secret/a").status, Some((429, Some(1))));
+        assert_eq!(
+            t.hit("demo", "secret.get", "secret/a").status,
+            Some((429, Some(1)))
+        );
         assert!(t.hit("demo", "secret.get", "secret/a").status.is_none());
         assert!(t.get().is_empty());
     }

@@ -92,8 +92,15 @@ pub async fn run_cli(args: MockVaultArgs) -> anyhow::Result<()> {
         Some(path) => Seed::from_file(path)?,
         None => Seed::demo(),
     };
-    let config = MockVaultConfig { listen: args.listen, seed, tls_dir, dns_suffix: args.dns_suffix };
-    let vault = crate::start(config).await.context("starting the mock vault")?;
+    let config = MockVaultConfig {
+        listen: args.listen,
+        seed,
+        tls_dir,
+        dns_suffix: args.dns_suffix,
+    };
+    let vault = crate::start(config)
+        .await
+        .context("starting the mock vault")?;
     {
         let ca = vault.ca_path();
         let mut out = std::io::stdout().lock();

@@ -25,13 +25,20 @@ pub(crate) struct EntraError {
 }
 
 fn entra_err(error: &'static str, code: u32, description: impl Into<String>) -> EntraError {
-    EntraError { error, code, description: description.into() }
+    EntraError {
+        error,
+        code,
+        description: description.into(),
+    }
 }
 
 fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| t.to_string())
 }
 
@@ -42,7 +49,12 @@ impl EntraError {
         let now = crate::now();
         let timestamp = time::OffsetDateTime::from_unix_timestamp(now)
             .ok()
-            .and_then(|d| d.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z")).ok())
+            .and_then(|d| {
+                d.format(time::macros::format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+                ))
+                .ok()
+            })
             .unwrap_or_default();
         let description = format!(
             "AADSTS{}: {} Trace ID: {trace_id} Correlation ID: {correlation_id} Timestamp: {timestamp}",
@@ -67,14 +79,21 @@ fn tenant_not_found(tenant: &str) -> EntraError {
     entra_err(
         "invalid_request",
         90002,
-        format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+        format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+        ),
     )
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token`.
 pub(crate) async fn token(state: &State, req: &Req, tenant: &str) -> Outcome {
     let form = parse_form(&req.body);
-    let client_id = form.as_ref().ok().and_then(|f| f.get("client_id")).map(|c| c.to_ascii_lowercase()).unwrap_or_default();
+    let client_id = form
+        .as_ref()
+        .ok()
+        .and_then(|f| f.get("client_id"))
+        .map(|c| c.to_ascii_lowercase())
+        .unwrap_or_default();
     let hit = state.faults.hit("", "token", &client_id);
     if !hit.latency.is_zero() {
         tokio::time::sleep(hit.latency).await;
@@ -82,9 +101,17 @@ pub(crate) async fn token(state: &State, req: &Req, tenant: &str) -> Outcome {
     let reply = if let Some((status, retry_after)) = hit.status {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let err = if status == 429 || status >= 500 {
-            entra_err("temporarily_unavailable", 50196, "The server is temporarily unavailable (injected fault).")
+            entra_err(
+                "temporarily_unavailable",
+                50196,
+                "The server is temporarily unavailable (injected fault).",
+            )
         } else {
-            entra_err("invalid_request", 90000, format!("Injected fault with status {status}."))
+            entra_err(
+                "invalid_request",
+                90000,
+                format!("Injected fault with status {status}."),
+            )
         };
         let reply = err.reply(state, code);
         match retry_after {
@@ -97,7 +124,12 @@ pub(crate) async fn token(state: &State, req: &Req, tenant: &str) -> Outcome {
             Err(e) => e.reply(state, StatusCode::BAD_REQUEST),
         }
     };
-    Outcome { reply, vault: String::new(), route: "token", object: client_id }
+    Outcome {
+        reply,
+        vault: String::new(),
+        route: "token",
+        object: client_id,
+    }
 }
 
 pub(crate) type Form = BTreeMap<String, Zeroizing<String>>;
@@ -105,13 +137,21 @@ pub(crate) type Form = BTreeMap<String, Zeroizing<String>>;
 /// Parses an `application/x-www-form-urlencoded` body; a repeated field is an error.
 pub(crate) fn parse_form(body: &[u8]) -> Result<Form, EntraError> {
     if body.len() > MAX_FORM {
-        return Err(entra_err("invalid_request", 90014, "The request body is larger than 64 KiB."));
+        return Err(entra_err(
+            "invalid_request",
+            90014,
+            "The request body is larger than 64 KiB.",
+        ));
     }
     let mut form = Form::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         let k = k.into_owned();
         if form.contains_key(&k) {
-            return Err(entra_err("invalid_request", 90014, format!("The request body contains the parameter '{k}' more than once.")));
+            return Err(entra_err(
+                "invalid_request",
+                90014,
+                format!("The request body contains the parameter '{k}' more than once."),
+            ));
         }
         form.insert(k, Zeroizing::new(v.into_owned()));
     }
@@ -138,7 +178,9 @@ fn issue(state: &State, tenant: &str, form: &Form) -> Result<serde_json::Value, 
         return Err(entra_err(
             "unsupported_grant_type",
             70003,
-            format!("The app requested an unsupported grant type '{grant}'. The mock serves client_credentials only."),
+            format!(
+                "The app requested an unsupported grant type '{grant}'. The mock serves client_credentials only."
+            ),
         ));
     }
     let client_id = required(form, "client_id")?;
@@ -153,7 +195,11 @@ fn issue(state: &State, tenant: &str, form: &Form) -> Result<serde_json::Value, 
 
     let credential = match (form.get("client_secret"), form.get("client_assertion")) {
         (Some(_), Some(_)) => {
-            return Err(entra_err("invalid_request", 90014, "Send either client_secret or client_assertion, not both."));
+            return Err(entra_err(
+                "invalid_request",
+                90014,
+                "Send either client_secret or client_assertion, not both.",
+            ));
         }
         (Some(secret), None) => {
             check_secret(identity, secret)?;
@@ -166,7 +212,9 @@ fn issue(state: &State, tenant: &str, form: &Form) -> Result<serde_json::Value, 
                     return Err(entra_err(
                         "invalid_request",
                         900144,
-                        format!("The request body must contain the following parameter: 'client_assertion_type' with the value '{JWT_BEARER}'."),
+                        format!(
+                            "The request body must contain the following parameter: 'client_assertion_type' with the value '{JWT_BEARER}'."
+                        ),
                     ));
                 }
             }
@@ -187,7 +235,11 @@ fn issue(state: &State, tenant: &str, form: &Form) -> Result<serde_json::Value, 
         return Err(entra_err(
             "invalid_resource",
             500011,
-            format!("The resource principal named {resource} was not found in the tenant named {}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant. (The mock's vault resource is {}.)", state.tenant_id, state.resource()),
+            format!(
+                "The resource principal named {resource} was not found in the tenant named {}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant. (The mock's vault resource is {}.)",
+                state.tenant_id,
+                state.resource()
+            ),
         ));
     }
 
@@ -209,10 +261,13 @@ fn issue(state: &State, tenant: &str, form: &Form) -> Result<serde_json::Value, 
         "uti": uuid::Uuid::new_v4().simple().to_string(),
         "ver": "1.0",
     });
-    let access_token = state
-        .token_signer
-        .sign(&claims)
-        .map_err(|e| entra_err("server_error", 50000, format!("Signing the token failed: {e}")))?;
+    let access_token = state.token_signer.sign(&claims).map_err(|e| {
+        entra_err(
+            "server_error",
+            50000,
+            format!("Signing the token failed: {e}"),
+        )
+    })?;
     tracing::info!(client_id = %identity.client_id, identity = %identity.name, "access token issued");
     Ok(json!({
         "token_type": "Bearer",
@@ -224,14 +279,18 @@ fn issue(state: &State, tenant: &str, form: &Form) -> Result<serde_json::Value, 
 
 /// `<resource>/.default` -> resource; reserved OIDC scopes are ignored.
 fn resource_of(scope: &str) -> Result<String, EntraError> {
-    let scopes: Vec<&str> =
-        scope.split_whitespace().filter(|s| !matches!(*s, "openid" | "profile" | "offline_access")).collect();
+    let scopes: Vec<&str> = scope
+        .split_whitespace()
+        .filter(|s| !matches!(*s, "openid" | "profile" | "offline_access"))
+        .collect();
     match scopes.as_slice() {
         [one] if one.ends_with("/.default") => Ok(one.trim_end_matches("/.default").to_string()),
         _ => Err(entra_err(
             "invalid_scope",
             1002012,
-            format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+            format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
         )),
     }
 }
@@ -241,7 +300,11 @@ fn check_secret(identity: &Identity, presented: &str) -> Result<(), EntraError> 
         // Compare digests so the time taken does not depend on where the strings differ.
         let a = ring::digest::digest(&ring::digest::SHA256, expected.as_bytes());
         let b = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
-        a.as_ref().iter().zip(b.as_ref()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        a.as_ref()
+            .iter()
+            .zip(b.as_ref())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
     });
     if ok {
         Ok(())
@@ -249,14 +312,22 @@ fn check_secret(identity: &Identity, presented: &str) -> Result<(), EntraError> 
         Err(entra_err(
             "invalid_client",
             7000215,
-            format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.", identity.client_id),
+            format!(
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
+                identity.client_id
+            ),
         ))
     }
 }
 
 fn check_assertion(state: &State, identity: &Identity, assertion: &str) -> Result<(), EntraError> {
-    let jwt = crate::jwt::decode(assertion)
-        .map_err(|e| entra_err("invalid_request", 50027, format!("JWT token is invalid or malformed ({e}).")))?;
+    let jwt = crate::jwt::decode(assertion).map_err(|e| {
+        entra_err(
+            "invalid_request",
+            50027,
+            format!("JWT token is invalid or malformed ({e})."),
+        )
+    })?;
     let now = crate::now();
     let exp = jwt.time_claim("exp");
     let nbf = jwt.time_claim("nbf").or_else(|| jwt.time_claim("iat"));
@@ -287,7 +358,12 @@ fn check_assertion(state: &State, identity: &Identity, assertion: &str) -> Resul
             ),
         )
     };
-    let keys: Vec<_> = state.issuers.iter().filter(|(i, _)| i == iss).map(|(_, k)| k).collect();
+    let keys: Vec<_> = state
+        .issuers
+        .iter()
+        .filter(|(i, _)| i == iss)
+        .map(|(_, k)| k)
+        .collect();
     if keys.is_empty() {
         return Err(no_match());
     }
@@ -295,20 +371,31 @@ fn check_assertion(state: &State, identity: &Identity, assertion: &str) -> Resul
         return Err(entra_err(
             "invalid_client",
             50013,
-            format!("Assertion failed signature validation. [Reason - The key was not found or the signature does not verify with the keys of issuer '{iss}'.]"),
+            format!(
+                "Assertion failed signature validation. [Reason - The key was not found or the signature does not verify with the keys of issuer '{iss}'.]"
+            ),
         ));
     }
-    if !auds.contains(&FEDERATION_AUDIENCE) && !identity.federated.iter().any(|f| f.audiences.iter().any(|a| auds.contains(&a.as_str()))) {
+    if !auds.contains(&FEDERATION_AUDIENCE)
+        && !identity
+            .federated
+            .iter()
+            .any(|f| f.audiences.iter().any(|a| auds.contains(&a.as_str())))
+    {
         return Err(entra_err(
             "invalid_client",
             700212,
-            format!("No matching federated identity record found for presented assertion audience '{}'.", auds.join(",")),
+            format!(
+                "No matching federated identity record found for presented assertion audience '{}'.",
+                auds.join(",")
+            ),
         ));
     }
-    let matched = identity
-        .federated
-        .iter()
-        .any(|f| f.issuer == iss && f.subject == sub && f.audiences.iter().any(|a| auds.contains(&a.as_str())));
+    let matched = identity.federated.iter().any(|f| {
+        f.issuer == iss
+            && f.subject == sub
+            && f.audiences.iter().any(|a| auds.contains(&a.as_str()))
+    });
     if matched { Ok(()) } else { Err(no_match()) }
 }
 
@@ -347,7 +434,12 @@ pub(crate) async fn openid_configuration(state: &State, _req: &Req, tenant: &str
     } else {
         tenant_not_found(tenant).reply(state, StatusCode::BAD_REQUEST)
     };
-    Outcome { reply, vault: String::new(), route: "openid", object: String::new() }
+    Outcome {
+        reply,
+        vault: String::new(),
+        route: "openid",
+        object: String::new(),
+    }
 }
 
 /// `GET /common/discovery/instance?api-version=1.1&authorization_endpoint=...` (MSAL's instance discovery).
@@ -361,7 +453,12 @@ pub(crate) async fn instance_discovery(state: &State, req: &Req) -> Outcome {
             "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
         }),
     );
-    Outcome { reply, vault: String::new(), route: "instance_discovery", object: String::new() }
+    Outcome {
+        reply,
+        vault: String::new(),
+        route: "instance_discovery",
+        object: String::new(),
+    }
 }
 
 /// `GET /{tenant}/discovery/v2.0/keys`: the access-token signing key.
@@ -371,7 +468,12 @@ pub(crate) async fn jwks(state: &State, tenant: &str) -> Outcome {
     } else {
         tenant_not_found(tenant).reply(state, StatusCode::BAD_REQUEST)
     };
-    Outcome { reply, vault: String::new(), route: "jwks", object: String::new() }
+    Outcome {
+        reply,
+        vault: String::new(),
+        route: "jwks",
+        object: String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -380,7 +482,9 @@ mod tests {
 
     #[test]
     fn forms() {
-        let f = parse_form(b"a=1&b=x%20y").map_err(|e| e.description).expect("form");
+        let f = parse_form(b"a=1&b=x%20y")
+            .map_err(|e| e.description)
+            .expect("form");
         assert_eq!(f.get("b").map(|v| v.as_str()), Some("x y"));
         assert!(parse_form(b"a=1&a=2").is_err());
         assert!(parse_form(&[0xff, b'=', 0xfe]).is_ok());
@@ -388,8 +492,18 @@ mod tests {
 
     #[test]
     fn scopes() {
-        assert_eq!(resource_of("https://vault.localhost/.default").ok().as_deref(), Some("https://vault.localhost"));
-        assert_eq!(resource_of("openid https://vault.localhost/.default profile").ok().as_deref(), Some("https://vault.localhost"));
+        assert_eq!(
+            resource_of("https://vault.localhost/.default")
+                .ok()
+                .as_deref(),
+            Some("https://vault.localhost")
+        );
+        assert_eq!(
+            resource_of("openid https://vault.localhost/.default profile")
+                .ok()
+                .as_deref(),
+            Some("https://vault.localhost")
+        );
         assert!(resource_of("https://vault.localhost/read").is_err());
         assert!(resource_of("a/.default b/.default").is_err());
     }

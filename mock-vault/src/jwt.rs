@@ -18,7 +18,9 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 /// DER of the rsaEncryption algorithm identifier OID.
-const RSA_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const RSA_OID: [u8; 11] = [
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
 
 /// Why a token or key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,8 +39,8 @@ pub enum JwtError {
     BadKey(&'static str),
 }
 
-/// A decoded, not yet verified token.
-#[derive(Debug, Clone)]
+/// A decoded, not yet verified token. Its `Debug` shows the header only: the rest is a credential.
+#[derive(Clone)]
 pub struct UnverifiedJwt {
     /// The `alg` header.
     pub alg: String,
@@ -50,41 +52,70 @@ pub struct UnverifiedJwt {
     signature: Vec<u8>,
 }
 
+impl std::fmt::Debug for UnverifiedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedJwt")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Splits and decodes a compact JWS without checking the signature.
 pub fn decode(token: &str) -> Result<UnverifiedJwt, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::Malformed("longer than 16 KiB"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(JwtError::Malformed("expected three dot-separated parts"));
     };
-    let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwtError::Malformed("header is not base64url"))?;
-    let claims = URL_SAFE_NO_PAD.decode(c).map_err(|_| JwtError::Malformed("claims are not base64url"))?;
-    let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::Malformed("signature is not base64url"))?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&header).map_err(|_| JwtError::Malformed("header is not a JSON object"))?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&claims).map_err(|_| JwtError::Malformed("claims are not a JSON object"))?;
+    let header = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| JwtError::Malformed("header is not base64url"))?;
+    let claims = URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| JwtError::Malformed("claims are not base64url"))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| JwtError::Malformed("signature is not base64url"))?;
+    let header: Map<String, Value> = serde_json::from_slice(&header)
+        .map_err(|_| JwtError::Malformed("header is not a JSON object"))?;
+    let claims: Map<String, Value> = serde_json::from_slice(&claims)
+        .map_err(|_| JwtError::Malformed("claims are not a JSON object"))?;
     let alg = header
         .get("alg")
         .and_then(Value::as_str)
         .ok_or(JwtError::Malformed("header has no alg"))?
         .to_string();
-    let kid = header.get("kid").and_then(Value::as_str).map(str::to_string);
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let signing_input = token.as_bytes()[..h.len() + 1 + c.len()].to_vec();
-    Ok(UnverifiedJwt { alg, kid, claims, signing_input, signature })
+    Ok(UnverifiedJwt {
+        alg,
+        kid,
+        claims,
+        signing_input,
+        signature,
+    })
 }
 
 impl UnverifiedJwt {
     /// Checks the signature with `key`; the header's `alg` must fit the key.
     pub fn verify(&self, key: &VerifyKey) -> Result<(), JwtError> {
-        let (alg, der): (&'static dyn signature::VerificationAlgorithm, &[u8]) = match (self.alg.as_str(), key) {
-            ("ES256", VerifyKey::Es256(point)) => (&signature::ECDSA_P256_SHA256_FIXED, point),
-            ("RS256", VerifyKey::Rs256(pkcs1)) => (&signature::RSA_PKCS1_2048_8192_SHA256, pkcs1),
-            ("ES256" | "RS256", _) => return Err(JwtError::BadSignature),
-            (other, _) => return Err(JwtError::UnsupportedAlgorithm(other.to_string())),
-        };
+        let (alg, der): (&'static dyn signature::VerificationAlgorithm, &[u8]) =
+            match (self.alg.as_str(), key) {
+                ("ES256", VerifyKey::Es256(point)) => (&signature::ECDSA_P256_SHA256_FIXED, point),
+                ("RS256", VerifyKey::Rs256(pkcs1)) => {
+                    (&signature::RSA_PKCS1_2048_8192_SHA256, pkcs1)
+                }
+                ("ES256" | "RS256", _) => return Err(JwtError::BadSignature),
+                (other, _) => return Err(JwtError::UnsupportedAlgorithm(other.to_string())),
+            };
         signature::UnparsedPublicKey::new(alg, der)
             .verify(&self.signing_input, &self.signature)
             .map_err(|_| JwtError::BadSignature)
@@ -139,11 +170,15 @@ impl VerifyKey {
         // SEQUENCE { SEQUENCE { OID rsaEncryption, NULL }, BIT STRING { 0x00, RSAPublicKey } }
         let (outer, rest) = der_element(der, 0x30)?;
         if !rest.is_empty() {
-            return Err(JwtError::BadKey("trailing bytes after SubjectPublicKeyInfo"));
+            return Err(JwtError::BadKey(
+                "trailing bytes after SubjectPublicKeyInfo",
+            ));
         }
         let (alg, rest) = der_element(outer, 0x30)?;
         if !alg.starts_with(&RSA_OID) {
-            return Err(JwtError::BadKey("only P-256 EC and RSA public keys are accepted"));
+            return Err(JwtError::BadKey(
+                "only P-256 EC and RSA public keys are accepted",
+            ));
         }
         let (bits, _) = der_element(rest, 0x03)?;
         match bits.split_first() {
@@ -167,11 +202,15 @@ impl VerifyKey {
 
 /// One DER element with `tag`: returns (contents, rest).
 fn der_element(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), JwtError> {
-    let (&t, rest) = input.split_first().ok_or(JwtError::BadKey("truncated DER"))?;
+    let (&t, rest) = input
+        .split_first()
+        .ok_or(JwtError::BadKey("truncated DER"))?;
     if t != tag {
         return Err(JwtError::BadKey("unexpected DER tag"));
     }
-    let (&len0, rest) = rest.split_first().ok_or(JwtError::BadKey("truncated DER"))?;
+    let (&len0, rest) = rest
+        .split_first()
+        .ok_or(JwtError::BadKey("truncated DER"))?;
     let (len, rest) = if len0 < 0x80 {
         (len0 as usize, rest)
     } else {
@@ -179,7 +218,9 @@ fn der_element(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), JwtError> {
         if n == 0 || n > 4 || rest.len() < n {
             return Err(JwtError::BadKey("bad DER length"));
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -196,7 +237,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -240,7 +283,11 @@ impl Signer {
     pub fn jwk(&self) -> Value {
         let point = self.key.public_key().as_ref();
         // An uncompressed P-256 point is 0x04 || X (32) || Y (32).
-        let (x, y) = if point.len() == 65 { (&point[1..33], &point[33..]) } else { (&point[..0], &point[..0]) };
+        let (x, y) = if point.len() == 65 {
+            (&point[1..33], &point[33..])
+        } else {
+            (&point[..0], &point[..0])
+        };
         serde_json::json!({
             "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
             "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
@@ -282,7 +329,9 @@ mod tests {
     #[test]
     fn sign_then_verify() {
         let (signer, _) = Signer::generate().expect("key");
-        let token = signer.sign(&serde_json::json!({"sub": "x", "aud": ["a", "b"], "exp": 5})).expect("sign");
+        let token = signer
+            .sign(&serde_json::json!({"sub": "x", "aud": ["a", "b"], "exp": 5}))
+            .expect("sign");
         let jwt = decode(&token).expect("decode");
         jwt.verify(&signer.verify_key()).expect("verify");
         assert_eq!(jwt.str_claim("sub"), Some("x"));
@@ -296,7 +345,15 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        for t in ["", "a", "a.b", "a.b.c.d", "!!.!!.!!", "e30.e30.", "eyJhbGciOjF9.e30.AA"] {
+        for t in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            "e30.e30.",
+            "eyJhbGciOjF9.e30.AA",
+        ] {
             assert!(decode(t).is_err(), "{t}");
         }
         assert!(VerifyKey::from_pem("nope").is_err());

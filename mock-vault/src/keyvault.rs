@@ -13,7 +13,9 @@ use zeroize::Zeroizing;
 use crate::admin::{glob, lock};
 use crate::seed::{Identity, Permission, is_secret_name};
 use crate::server::{Outcome, Reply, Req, State};
-use crate::store::{DeletedItem, RECOVERABLE_DAYS, RECOVERY_LEVEL, SecretItem, SecretVersion, VaultState};
+use crate::store::{
+    DeletedItem, RECOVERABLE_DAYS, RECOVERY_LEVEL, SecretItem, SecretVersion, VaultState,
+};
 
 /// Key Vault's limit on a secret value.
 pub(crate) const MAX_VALUE_BYTES: usize = 25 * 1024;
@@ -43,12 +45,24 @@ impl Op {
         let s = |x: &&str| x.to_string();
         match (method, segs.as_slice()) {
             (&Method::GET, ["secrets"] | ["secrets", ""]) => Op::List,
-            (&Method::GET, ["secrets", name]) => Op::Get { name: s(name), version: String::new() },
+            (&Method::GET, ["secrets", name]) => Op::Get {
+                name: s(name),
+                version: String::new(),
+            },
             (&Method::GET, ["secrets", name, "versions"]) => Op::ListVersions { name: s(name) },
-            (&Method::GET, ["secrets", name, version]) => Op::Get { name: s(name), version: s(version) },
+            (&Method::GET, ["secrets", name, version]) => Op::Get {
+                name: s(name),
+                version: s(version),
+            },
             (&Method::PUT, ["secrets", name]) => Op::Set { name: s(name) },
-            (&Method::PATCH, ["secrets", name]) => Op::Update { name: s(name), version: String::new() },
-            (&Method::PATCH, ["secrets", name, version]) => Op::Update { name: s(name), version: s(version) },
+            (&Method::PATCH, ["secrets", name]) => Op::Update {
+                name: s(name),
+                version: String::new(),
+            },
+            (&Method::PATCH, ["secrets", name, version]) => Op::Update {
+                name: s(name),
+                version: s(version),
+            },
             (&Method::DELETE, ["secrets", name]) => Op::Delete { name: s(name) },
             (&Method::GET, ["deletedsecrets"] | ["deletedsecrets", ""]) => Op::DeletedList,
             (&Method::GET, ["deletedsecrets", name]) => Op::DeletedGet { name: s(name) },
@@ -91,7 +105,11 @@ impl Op {
     fn permission(&self) -> Permission {
         match self {
             Op::Get { .. } => Permission::Get,
-            Op::ListVersions { .. } | Op::List | Op::DeletedGet { .. } | Op::DeletedList | Op::Unknown => Permission::List,
+            Op::ListVersions { .. }
+            | Op::List
+            | Op::DeletedGet { .. }
+            | Op::DeletedList
+            | Op::Unknown => Permission::List,
             Op::Set { .. } | Op::Update { .. } => Permission::Set,
             Op::Delete { .. } => Permission::Delete,
             Op::Purge { .. } => Permission::Purge,
@@ -112,12 +130,26 @@ pub(crate) async fn handle(state: &State, req: &Req) -> Outcome {
                 "Vault '{unknown}' does not exist in this mock. Known vaults: {}.",
                 state.vault_names.join(", ")
             );
-            return Outcome { reply: Reply::kv_error(StatusCode::NOT_FOUND, "VaultNotFound", &msg), vault: unknown, route, object };
+            return Outcome {
+                reply: Reply::kv_error(StatusCode::NOT_FOUND, "VaultNotFound", &msg),
+                vault: unknown,
+                route,
+                object,
+            };
         }
     };
-    let vault = state.vault_names.get(vault_idx).cloned().unwrap_or_default();
+    let vault = state
+        .vault_names
+        .get(vault_idx)
+        .cloned()
+        .unwrap_or_default();
     let reply = serve(state, req, &op, vault_idx, &vault).await;
-    Outcome { reply, vault, route, object }
+    Outcome {
+        reply,
+        vault,
+        route,
+        object,
+    }
 }
 
 async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str) -> Reply {
@@ -140,13 +172,19 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
         return Reply::kv_error(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("{} {} is not served by the kvmount mock vault (it serves secrets only).", req.method, req.path),
+            &format!(
+                "{} {} is not served by the kvmount mock vault (it serves secrets only).",
+                req.method, req.path
+            ),
         );
     }
     let Some(vault_lock) = state.vaults.get(vault_idx) else {
         return Reply::kv_error(StatusCode::NOT_FOUND, "VaultNotFound", "Vault not found.");
     };
-    let identity = state.identities.iter().find(|i| i.client_id.eq_ignore_ascii_case(&caller.appid));
+    let identity = state
+        .identities
+        .iter()
+        .find(|i| i.client_id.eq_ignore_ascii_case(&caller.appid));
     let mut v = lock(vault_lock);
     let perm = op.permission();
     if !allowed(&v, identity, perm, op.name()) {
@@ -163,7 +201,10 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
             &serde_json::json!({"error": {"code": "Forbidden", "message": msg, "innererror": {"code": "AccessDenied"}}}),
         );
     }
-    let ctx = Ctx { host: &req.host, identity };
+    let ctx = Ctx {
+        host: &req.host,
+        identity,
+    };
     match op {
         Op::Get { name, version } => get(&v, &ctx, name, version),
         Op::ListVersions { name } => list_versions(&v, &ctx, req, name),
@@ -188,14 +229,29 @@ struct Ctx<'a> {
 pub(crate) fn fault_reply(status: u16, retry_after: Option<u64>) -> Reply {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let (err, msg) = match status {
-        429 => ("Throttled", format!("Rate limit is exceeded. Try again in {} seconds.", retry_after.unwrap_or(1))),
+        429 => (
+            "Throttled",
+            format!(
+                "Rate limit is exceeded. Try again in {} seconds.",
+                retry_after.unwrap_or(1)
+            ),
+        ),
         401 => ("Unauthorized", "Unauthorized (injected fault).".to_string()),
         403 => ("Forbidden", "Forbidden (injected fault).".to_string()),
         404 => ("SecretNotFound", "Not found (injected fault).".to_string()),
-        400 => ("BadParameter", "Bad parameter (injected fault).".to_string()),
+        400 => (
+            "BadParameter",
+            "Bad parameter (injected fault).".to_string(),
+        ),
         409 => ("Conflict", "Conflict (injected fault).".to_string()),
-        503 => ("ServiceUnavailable", "The service is temporarily unavailable (injected fault).".to_string()),
-        _ => ("InternalServerError", format!("Injected fault with status {status}.")),
+        503 => (
+            "ServiceUnavailable",
+            "The service is temporarily unavailable (injected fault).".to_string(),
+        ),
+        _ => (
+            "InternalServerError",
+            format!("Injected fault with status {status}."),
+        ),
     };
     let reply = Reply::kv_error(code, err, &msg);
     match retry_after {
@@ -211,7 +267,9 @@ pub(crate) fn check_api_version(v: Option<&str>) -> Result<(), Reply> {
         return Err(Reply::kv_error(
             StatusCode::BAD_REQUEST,
             "BadParameter",
-            &format!("The 'api-version' query parameter is required. Supported versions: {SUPPORTED}."),
+            &format!(
+                "The 'api-version' query parameter is required. Supported versions: {SUPPORTED}."
+            ),
         ));
     };
     let base = v.split_once("-preview").map(|(b, _)| b).unwrap_or(v);
@@ -226,7 +284,9 @@ pub(crate) fn check_api_version(v: Option<&str>) -> Result<(), Reply> {
         match parts.as_slice() {
             [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
                 match (y.parse::<u32>(), m.parse::<u32>(), d.parse::<u32>()) {
-                    (Ok(y), Ok(m), Ok(d)) => y >= 2025 && (1..=12).contains(&m) && (1..=31).contains(&d),
+                    (Ok(y), Ok(m), Ok(d)) => {
+                        y >= 2025 && (1..=12).contains(&m) && (1..=31).contains(&d)
+                    }
                     _ => false,
                 }
             }
@@ -239,7 +299,9 @@ pub(crate) fn check_api_version(v: Option<&str>) -> Result<(), Reply> {
         Err(Reply::kv_error(
             StatusCode::BAD_REQUEST,
             "BadParameter",
-            &format!("The specified api-version '{v}' is not supported. Supported versions: {SUPPORTED}."),
+            &format!(
+                "The specified api-version '{v}' is not supported. Supported versions: {SUPPORTED}."
+            ),
         ))
     }
 }
@@ -256,44 +318,87 @@ fn challenge(state: &State, message: &str) -> Reply {
         state.tenant_id,
         state.resource()
     );
-    Reply::kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", message).with_header(WWW_AUTHENTICATE, &header)
+    Reply::kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+        .with_header(WWW_AUTHENTICATE, &header)
 }
 
 fn authenticate(state: &State, req: &Req) -> Result<Caller, Reply> {
-    let header = req.headers.get(hyper::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let header = req
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
     let token = match header.and_then(|h| h.split_once(' ')) {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
-        _ => return Err(challenge(state, "AKV10000: Request is missing a Bearer or PoP token.")),
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            token.trim()
+        }
+        _ => {
+            return Err(challenge(
+                state,
+                "AKV10000: Request is missing a Bearer or PoP token.",
+            ));
+        }
     };
-    let jwt = crate::jwt::decode(token).map_err(|e| challenge(state, &format!("Token is not valid: {e}.")))?;
-    jwt.verify(&state.token_key)
-        .map_err(|_| challenge(state, "Token signature is not valid (not issued by this mock's token endpoint)."))?;
+    let jwt = crate::jwt::decode(token)
+        .map_err(|e| challenge(state, &format!("Token is not valid: {e}.")))?;
+    jwt.verify(&state.token_key).map_err(|_| {
+        challenge(
+            state,
+            "Token signature is not valid (not issued by this mock's token endpoint).",
+        )
+    })?;
     let resource = state.resource();
-    let aud_ok = jwt.audiences().iter().any(|a| a.trim_end_matches('/') == resource);
+    let aud_ok = jwt
+        .audiences()
+        .iter()
+        .any(|a| a.trim_end_matches('/') == resource);
     if !aud_ok {
         let found = jwt.audiences().join(",");
-        return Err(challenge(state, &format!("Invalid audience. Expected {resource}, found: {found}.")));
+        return Err(challenge(
+            state,
+            &format!("Invalid audience. Expected {resource}, found: {found}."),
+        ));
     }
     let issuer = format!("https://sts.windows.net/{}/", state.tenant_id);
-    if jwt.str_claim("iss") != Some(issuer.as_str()) || jwt.str_claim("tid") != Some(state.tenant_id.as_str()) {
-        return Err(challenge(state, &format!("Invalid issuer or tenant. Expected {issuer}.")));
+    if jwt.str_claim("iss") != Some(issuer.as_str())
+        || jwt.str_claim("tid") != Some(state.tenant_id.as_str())
+    {
+        return Err(challenge(
+            state,
+            &format!("Invalid issuer or tenant. Expected {issuer}."),
+        ));
     }
     let now = crate::now();
     match jwt.time_claim("exp") {
         Some(exp) if exp > now => {}
         _ => return Err(challenge(state, "Token is expired.")),
     }
-    if jwt.time_claim("nbf").is_some_and(|nbf| nbf > now + SKEW_SECONDS) {
+    if jwt
+        .time_claim("nbf")
+        .is_some_and(|nbf| nbf > now + SKEW_SECONDS)
+    {
         return Err(challenge(state, "Token is not yet valid."));
     }
-    let appid = jwt.str_claim("appid").or_else(|| jwt.str_claim("azp")).unwrap_or_default().to_string();
+    let appid = jwt
+        .str_claim("appid")
+        .or_else(|| jwt.str_claim("azp"))
+        .unwrap_or_default()
+        .to_string();
     let oid = jwt.str_claim("oid").unwrap_or_default().to_string();
     Ok(Caller { appid, oid })
 }
 
 /// Whether `identity` holds `perm` on `name` (or, for vault-wide lists, on anything).
-fn allowed(v: &VaultState, identity: Option<&Identity>, perm: Permission, name: Option<&str>) -> bool {
-    let Some(identity) = identity else { return false };
+fn allowed(
+    v: &VaultState,
+    identity: Option<&Identity>,
+    perm: Permission,
+    name: Option<&str>,
+) -> bool {
+    let Some(identity) = identity else {
+        return false;
+    };
     match &v.access {
         None => matches!(perm, Permission::Get | Permission::List),
         Some(entries) => entries.iter().any(|e| {
@@ -309,7 +414,10 @@ fn allowed(v: &VaultState, identity: Option<&Identity>, perm: Permission, name: 
 
 fn object_matches(pattern: &str, name: &str) -> bool {
     match pattern.split_once('/') {
-        Some((kind, p)) => (kind == "secret" || kind == "*") && glob(&p.to_ascii_lowercase(), &name.to_ascii_lowercase()),
+        Some((kind, p)) => {
+            (kind == "secret" || kind == "*")
+                && glob(&p.to_ascii_lowercase(), &name.to_ascii_lowercase())
+        }
         None => false,
     }
 }
@@ -346,6 +454,10 @@ struct Bundle<'a> {
     tags: Option<&'a BTreeMap<String, String>>,
     attributes: Attributes,
     #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    managed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     recovery_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted_date: Option<i64>,
@@ -353,7 +465,13 @@ struct Bundle<'a> {
     scheduled_purge_date: Option<i64>,
 }
 
-fn bundle<'a>(host: &str, name: &str, v: &'a SecretVersion, with_value: bool, with_version: bool) -> Bundle<'a> {
+fn bundle<'a>(
+    host: &str,
+    name: &str,
+    v: &'a SecretVersion,
+    with_value: bool,
+    with_version: bool,
+) -> Bundle<'a> {
     let id = if with_version {
         format!("https://{host}/secrets/{name}/{}", v.version)
     } else {
@@ -373,13 +491,22 @@ fn bundle<'a>(host: &str, name: &str, v: &'a SecretVersion, with_value: bool, wi
             recovery_level: RECOVERY_LEVEL,
             recoverable_days: RECOVERABLE_DAYS,
         },
+        kid: v
+            .certificate_backed
+            .then(|| format!("https://{host}/keys/{name}/{}", v.version)),
+        managed: v.certificate_backed.then_some(true),
         recovery_id: None,
         deleted_date: None,
         scheduled_purge_date: None,
     }
 }
 
-fn deleted_bundle<'a>(host: &str, name: &str, d: &'a DeletedItem, with_version: bool) -> Option<Bundle<'a>> {
+fn deleted_bundle<'a>(
+    host: &str,
+    name: &str,
+    d: &'a DeletedItem,
+    with_version: bool,
+) -> Option<Bundle<'a>> {
     let latest = d.item.latest()?;
     let mut b = bundle(host, name, latest, false, with_version);
     b.recovery_id = Some(format!("https://{host}/deletedsecrets/{name}"));
@@ -389,16 +516,26 @@ fn deleted_bundle<'a>(host: &str, name: &str, d: &'a DeletedItem, with_version: 
 }
 
 fn not_found(name: &str, version: &str) -> Reply {
-    let id = if version.is_empty() { name.to_string() } else { format!("{name}/{version}") };
+    let id = if version.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}/{version}")
+    };
     Reply::kv_error(
         StatusCode::NOT_FOUND,
         "SecretNotFound",
-        &format!("A secret with (name/id) {id} was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"),
+        &format!(
+            "A secret with (name/id) {id} was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
+        ),
     )
 }
 
 fn deleted_not_found(name: &str) -> Reply {
-    Reply::kv_error(StatusCode::NOT_FOUND, "SecretNotFound", &format!("Deleted Secret not found: {name}"))
+    Reply::kv_error(
+        StatusCode::NOT_FOUND,
+        "SecretNotFound",
+        &format!("Deleted Secret not found: {name}"),
+    )
 }
 
 fn bad(message: &str) -> Reply {
@@ -411,8 +548,14 @@ fn get(v: &VaultState, ctx: &Ctx<'_>, name: &str, version: &str) -> Reply {
     let Some((spelled, item)) = v.secrets.get(&name.to_ascii_lowercase()) else {
         return not_found(name, version);
     };
-    let found = if version.is_empty() { item.latest() } else { item.version(version) };
-    let Some(sv) = found else { return not_found(name, version) };
+    let found = if version.is_empty() {
+        item.latest()
+    } else {
+        item.version(version)
+    };
+    let Some(sv) = found else {
+        return not_found(name, version);
+    };
     if !sv.enabled {
         return Reply::json(
             StatusCode::FORBIDDEN,
@@ -428,7 +571,11 @@ fn paging(req: &Req) -> Result<(usize, usize), Reply> {
         None | Some("") => DEFAULT_PAGE,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=DEFAULT_PAGE).contains(&n) => n,
-            _ => return Err(bad(&format!("Invalid maxresults '{s}': it must be an integer from 1 to 25."))),
+            _ => {
+                return Err(bad(&format!(
+                    "Invalid maxresults '{s}': it must be an integer from 1 to 25."
+                )));
+            }
         },
     };
     let start = match req.query("$skiptoken") {
@@ -437,8 +584,13 @@ fn paging(req: &Req) -> Result<(usize, usize), Reply> {
             .decode(t)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("kvmount:").and_then(|n| n.parse::<usize>().ok()))
-            .ok_or_else(|| bad("The $skiptoken is not valid. Use the nextLink returned by the previous page."))?,
+            .and_then(|s| {
+                s.strip_prefix("kvmount:")
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .ok_or_else(|| {
+                bad("The $skiptoken is not valid. Use the nextLink returned by the previous page.")
+            })?,
     };
     Ok((size, start))
 }
@@ -451,10 +603,15 @@ fn page<T: Serialize>(req: &Req, items: Vec<T>, size: usize, start: usize) -> Re
         let token = URL_SAFE_NO_PAD.encode(format!("kvmount:{next}"));
         let api = req.query("api-version").unwrap_or_default();
         let mut q = url::form_urlencoded::Serializer::new(String::new());
-        q.append_pair("api-version", api).append_pair("$skiptoken", &token).append_pair("maxresults", &size.to_string());
+        q.append_pair("api-version", api)
+            .append_pair("$skiptoken", &token)
+            .append_pair("maxresults", &size.to_string());
         format!("https://{}{}?{}", req.host, req.path, q.finish())
     });
-    Reply::json(StatusCode::OK, &serde_json::json!({"value": value, "nextLink": next_link}))
+    Reply::json(
+        StatusCode::OK,
+        &serde_json::json!({"value": value, "nextLink": next_link}),
+    )
 }
 
 fn list_versions(v: &VaultState, ctx: &Ctx<'_>, req: &Req, name: &str) -> Reply {
@@ -465,7 +622,11 @@ fn list_versions(v: &VaultState, ctx: &Ctx<'_>, req: &Req, name: &str) -> Reply 
     let Some((spelled, item)) = v.secrets.get(&name.to_ascii_lowercase()) else {
         return not_found(name, "");
     };
-    let items: Vec<Bundle<'_>> = item.versions.iter().map(|sv| bundle(ctx.host, spelled, sv, false, true)).collect();
+    let items: Vec<Bundle<'_>> = item
+        .versions
+        .iter()
+        .map(|sv| bundle(ctx.host, spelled, sv, false, true))
+        .collect();
     page(req, items, size, start)
 }
 
@@ -478,7 +639,10 @@ fn list(v: &VaultState, ctx: &Ctx<'_>, req: &Req) -> Reply {
         .secrets
         .values()
         .filter(|(name, _)| listable(v, ctx, name))
-        .filter_map(|(name, item)| item.latest().map(|sv| bundle(ctx.host, name, sv, false, false)))
+        .filter_map(|(name, item)| {
+            item.latest()
+                .map(|sv| bundle(ctx.host, name, sv, false, false))
+        })
         .collect();
     page(req, items, size, start)
 }
@@ -521,7 +685,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(req: &Req, what: &str) -> Result<T
             serde_json::error::Category::Syntax => "invalid JSON",
             serde_json::error::Category::Data => "a field has the wrong type",
         };
-        bad(&format!("The request body for {what} is not valid: {kind} at line {} column {}.", e.line(), e.column()))
+        bad(&format!(
+            "The request body for {what} is not valid: {kind} at line {} column {}.",
+            e.line(),
+            e.column()
+        ))
     })
 }
 
@@ -534,14 +702,18 @@ fn check_tags(tags: &Option<BTreeMap<String, String>>) -> Result<(), Reply> {
 
 fn set(v: &mut VaultState, ctx: &Ctx<'_>, req: &Req, name: &str) -> Reply {
     if !is_secret_name(name) {
-        return bad(&format!("The request URI contains an invalid name: {name}. Secret names are 1-127 characters of [0-9a-zA-Z-]."));
+        return bad(&format!(
+            "The request URI contains an invalid name: {name}. Secret names are 1-127 characters of [0-9a-zA-Z-]."
+        ));
     }
     let key = name.to_ascii_lowercase();
     if v.deleted.contains_key(&key) {
         return Reply::kv_error(
             StatusCode::CONFLICT,
             "Conflict",
-            &format!("Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."),
+            &format!(
+                "Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."
+            ),
         );
     }
     let body: SetBody = match parse_body(req, "SetSecret") {
@@ -558,7 +730,11 @@ fn set(v: &mut VaultState, ctx: &Ctx<'_>, req: &Req, name: &str) -> Reply {
         return r;
     }
     let now = crate::now();
-    let attrs = body.attributes.unwrap_or(SetAttributes { enabled: None, nbf: None, exp: None });
+    let attrs = body.attributes.unwrap_or(SetAttributes {
+        enabled: None,
+        nbf: None,
+        exp: None,
+    });
     let sv = SecretVersion {
         version: uuid::Uuid::new_v4().simple().to_string(),
         value,
@@ -569,13 +745,20 @@ fn set(v: &mut VaultState, ctx: &Ctx<'_>, req: &Req, name: &str) -> Reply {
         exp: attrs.exp,
         created: now,
         updated: now,
+        certificate_backed: false,
     };
-    let (spelled, item) = v.secrets.entry(key).or_insert_with(|| (name.to_string(), SecretItem::default()));
+    let (spelled, item) = v
+        .secrets
+        .entry(key)
+        .or_insert_with(|| (name.to_string(), SecretItem::default()));
     item.versions.push(sv);
     match item.latest() {
         Some(latest) => {
             tracing::info!(vault = %v.name, secret = %spelled, version = %latest.version, "secret version created");
-            Reply::json(StatusCode::OK, &bundle(ctx.host, spelled, latest, true, true))
+            Reply::json(
+                StatusCode::OK,
+                &bundle(ctx.host, spelled, latest, true, true),
+            )
         }
         None => not_found(name, ""),
     }
@@ -587,7 +770,9 @@ fn update(v: &mut VaultState, ctx: &Ctx<'_>, req: &Req, name: &str, version: &st
         Err(r) => return r,
     };
     if body.value.is_some() {
-        return bad("UpdateSecret cannot change the value; use SetSecret (PUT) to create a new version.");
+        return bad(
+            "UpdateSecret cannot change the value; use SetSecret (PUT) to create a new version.",
+        );
     }
     if let Err(r) = check_tags(&body.tags) {
         return r;
@@ -598,9 +783,13 @@ fn update(v: &mut VaultState, ctx: &Ctx<'_>, req: &Req, name: &str, version: &st
     let found = if version.is_empty() {
         item.versions.last_mut()
     } else {
-        item.versions.iter_mut().find(|sv| sv.version.eq_ignore_ascii_case(version))
+        item.versions
+            .iter_mut()
+            .find(|sv| sv.version.eq_ignore_ascii_case(version))
     };
-    let Some(sv) = found else { return not_found(name, version) };
+    let Some(sv) = found else {
+        return not_found(name, version);
+    };
     if let Some(ct) = body.content_type {
         sv.content_type = Some(ct);
     }
@@ -628,7 +817,11 @@ fn delete(v: &mut VaultState, ctx: &Ctx<'_>, name: &str) -> Reply {
         return not_found(name, "");
     };
     let now = crate::now();
-    let deleted = DeletedItem { item, deleted_date: now, scheduled_purge_date: now + RECOVERABLE_DAYS * 86_400 };
+    let deleted = DeletedItem {
+        item,
+        deleted_date: now,
+        scheduled_purge_date: now + RECOVERABLE_DAYS * 86_400,
+    };
     let reply = match deleted_bundle(ctx.host, &spelled, &deleted, true) {
         Some(b) => Reply::json(StatusCode::OK, &b),
         None => not_found(name, ""),
@@ -666,7 +859,10 @@ fn recover(v: &mut VaultState, ctx: &Ctx<'_>, name: &str) -> Reply {
     tracing::info!(vault = %v.name, secret = %spelled, "deleted secret recovered");
     let entry = v.secrets.entry(key).or_insert((spelled, d.item));
     match entry.1.latest() {
-        Some(latest) => Reply::json(StatusCode::OK, &bundle(ctx.host, &entry.0, latest, false, true)),
+        Some(latest) => Reply::json(
+            StatusCode::OK,
+            &bundle(ctx.host, &entry.0, latest, false, true),
+        ),
         None => not_found(name, ""),
     }
 }
@@ -677,10 +873,27 @@ mod tests {
 
     #[test]
     fn api_versions() {
-        for ok in ["7.4", "7.5", "7.6", "7.6-preview.2", "2025-07-01", "2026-02-01-preview"] {
+        for ok in [
+            "7.4",
+            "7.5",
+            "7.6",
+            "7.6-preview.2",
+            "2025-07-01",
+            "2026-02-01-preview",
+        ] {
             assert!(check_api_version(Some(ok)).is_ok(), "{ok}");
         }
-        for bad in ["7.0", "7.1", "7.3", "2016-10-01", "", "x", "7", "7.x", "2025-13-01"] {
+        for bad in [
+            "7.0",
+            "7.1",
+            "7.3",
+            "2016-10-01",
+            "",
+            "x",
+            "7",
+            "7.x",
+            "2025-13-01",
+        ] {
             assert!(check_api_version(Some(bad)).is_err(), "{bad}");
         }
         assert!(check_api_version(None).is_err());
@@ -689,9 +902,15 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(Op::parse(&Method::GET, "/secrets/a/").route(), "secret.get");
-        assert_eq!(Op::parse(&Method::GET, "/secrets/a/versions").route(), "secret.list_versions");
+        assert_eq!(
+            Op::parse(&Method::GET, "/secrets/a/versions").route(),
+            "secret.list_versions"
+        );
         assert_eq!(Op::parse(&Method::GET, "/secrets").route(), "secret.list");
-        assert_eq!(Op::parse(&Method::POST, "/deletedsecrets/a/recover").route(), "deleted_secret.recover");
+        assert_eq!(
+            Op::parse(&Method::POST, "/deletedsecrets/a/recover").route(),
+            "deleted_secret.recover"
+        );
         assert_eq!(Op::parse(&Method::GET, "/keys/a").route(), "unknown");
     }
 }

@@ -140,7 +140,10 @@ pub struct MockVault {
 
 impl std::fmt::Debug for MockVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockVault").field("addr", &self.addr).field("base_url", &self.base_url).finish_non_exhaustive()
+        f.debug_struct("MockVault")
+            .field("addr", &self.addr)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,19 +155,32 @@ pub(crate) fn now() -> i64 {
 pub(crate) fn derived_uuid(input: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, input.as_bytes());
     let h = hex::encode(&d.as_ref()[..16]);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn check_dns_suffix(suffix: &str) -> Result<(), Error> {
     let ok = !suffix.is_empty()
         && suffix.len() <= 200
-        && suffix.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && suffix.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if ok {
         Ok(())
     } else {
         Err(Error::Seed(SeedError::Invalid {
             field: "dns_suffix".into(),
-            message: format!("{suffix:?} is not a DNS name (labels of [A-Za-z0-9-] separated by dots)"),
+            message: format!(
+                "{suffix:?} is not a DNS name (labels of [A-Za-z0-9-] separated by dots)"
+            ),
         }))
     }
 }
@@ -173,26 +189,52 @@ fn check_dns_suffix(suffix: &str) -> Result<(), Error> {
 pub async fn start(config: MockVaultConfig) -> Result<MockVault, Error> {
     check_dns_suffix(&config.dns_suffix)?;
     let dns_suffix = config.dns_suffix.to_ascii_lowercase();
-    let tls_dir = std::path::absolute(&config.tls_dir)
-        .map_err(|source| Error::Io { path: config.tls_dir.clone(), source })?;
+    let tls_dir = std::path::absolute(&config.tls_dir).map_err(|source| Error::Io {
+        path: config.tls_dir.clone(),
+        source,
+    })?;
     let tls = tls::ensure(&tls_dir, &dns_suffix)?;
     let token_signer = tls::token_signer(&tls_dir)?;
     let dev_issuer = tls::issuer_signer(&tls_dir)?.verify_key();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let host = match addr.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
         IpAddr::V4(ip) => ip.to_string(),
     };
     let base_url = format!("https://{host}:{}", addr.port());
-    let state = Arc::new(State::new(&config.seed, dns_suffix, base_url.clone(), token_signer, dev_issuer));
+    let state = Arc::new(State::new(
+        &config.seed,
+        dns_suffix,
+        base_url.clone(),
+        token_signer,
+        dev_issuer,
+    ));
     let (shutdown, rx) = watch::channel(false);
-    let task = tokio::spawn(server::accept_loop(listener, tls.server_config, state.clone(), rx));
+    let task = tokio::spawn(server::accept_loop(
+        listener,
+        tls.server_config,
+        state.clone(),
+        rx,
+    ));
     tracing::info!(%addr, vaults = ?state.vault_names, "mock vault listening");
-    Ok(MockVault { addr, base_url, ca_path: tls.ca_path, state, shutdown, task })
+    Ok(MockVault {
+        addr,
+        base_url,
+        ca_path: tls.ca_path,
+        state,
+        shutdown,
+        task,
+    })
 }
 
 impl MockVault {
@@ -216,6 +258,25 @@ impl MockVault {
         &self.state.tenant_id
     }
 
+    /// The client id of the seed identity called `name`.
+    pub fn client_id(&self, name: &str) -> Option<&str> {
+        self.state
+            .identities
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.client_id.as_str())
+    }
+
+    /// The client secret of the seed identity called `name` (dev credentials, e.g. `app-a-password`).
+    pub fn client_secret(&self, name: &str) -> Option<&str> {
+        self.state
+            .identities
+            .iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.client_secret.as_deref())
+            .map(String::as_str)
+    }
+
     /// The DNS suffix (`vault.localhost`).
     pub fn dns_suffix(&self) -> &str {
         &self.state.dns_suffix
@@ -223,7 +284,11 @@ impl MockVault {
 
     /// `https://<vault>.<dns_suffix>:PORT/`.
     pub fn vault_url(&self, vault: &str) -> String {
-        format!("https://{vault}.{}:{}/", self.state.dns_suffix, self.addr.port())
+        format!(
+            "https://{vault}.{}:{}/",
+            self.state.dns_suffix,
+            self.addr.port()
+        )
     }
 
     /// The resource (token audience) of the vaults: `https://<dns_suffix>`.
@@ -272,15 +337,30 @@ pub(crate) fn admin_api(state: &State, req: &Req) -> Reply {
             state.stats.reset();
             Reply::empty(StatusCode::NO_CONTENT)
         }
-        (&Method::GET, "/_mock/faults") => Reply::json(StatusCode::OK, &Faults { rules: state.faults.get() }),
+        (&Method::GET, "/_mock/faults") => Reply::json(
+            StatusCode::OK,
+            &Faults {
+                rules: state.faults.get(),
+            },
+        ),
         (&Method::PUT, "/_mock/faults") => {
             let faults: Faults = match serde_json::from_slice(&req.body) {
                 Ok(f) => f,
-                Err(e) => return Reply::kv_error(StatusCode::BAD_REQUEST, "BadParameter", &format!("faults: {e}")),
+                Err(e) => {
+                    return Reply::kv_error(
+                        StatusCode::BAD_REQUEST,
+                        "BadParameter",
+                        &format!("faults: {e}"),
+                    );
+                }
             };
             for (i, r) in faults.rules.iter().enumerate() {
                 if let Err(e) = r.check() {
-                    return Reply::kv_error(StatusCode::BAD_REQUEST, "BadParameter", &format!("faults: rules[{i}]: {e}"));
+                    return Reply::kv_error(
+                        StatusCode::BAD_REQUEST,
+                        "BadParameter",
+                        &format!("faults: rules[{i}]: {e}"),
+                    );
                 }
             }
             let n = faults.rules.len();
@@ -317,8 +397,6 @@ pub struct ServiceAccountTokenRequest {
     pub pod_name: Option<String>,
     /// Pod UID; derived from namespace/pod name when absent.
     pub pod_uid: Option<String>,
-    /// Issue time; default now (set it in the past to make expired tokens).
-    pub issued_at: Option<SystemTime>,
 }
 
 impl ServiceAccountTokenRequest {
@@ -332,7 +410,6 @@ impl ServiceAccountTokenRequest {
             issuer: None,
             pod_name: None,
             pod_uid: None,
-            issued_at: None,
         }
     }
 }
@@ -349,18 +426,35 @@ fn unix(t: Option<SystemTime>) -> i64 {
 
 /// Signs a Kubernetes-shaped projected service-account token with the dev issuer key in `tls_dir`
 /// (created if absent), for use as a federated client assertion.
-pub fn mint_service_account_token(tls_dir: &Path, req: &ServiceAccountTokenRequest) -> Result<String, Error> {
+pub fn mint_service_account_token(
+    tls_dir: &Path,
+    req: &ServiceAccountTokenRequest,
+) -> Result<String, Error> {
+    mint_service_account_token_at(tls_dir, req, SystemTime::now())
+}
+
+/// [`mint_service_account_token`] issued at `issued_at` (in the past for expired tokens).
+pub fn mint_service_account_token_at(
+    tls_dir: &Path,
+    req: &ServiceAccountTokenRequest,
+    issued_at: SystemTime,
+) -> Result<String, Error> {
     if req.namespace.is_empty() || req.service_account.is_empty() {
-        return Err(Error::Token("namespace and service account must not be empty".into()));
+        return Err(Error::Token(
+            "namespace and service account must not be empty".into(),
+        ));
     }
     let signer = tls::issuer_signer(tls_dir)?;
-    let iat = unix(req.issued_at);
+    let iat = unix(Some(issued_at));
     let exp = iat + req.ttl.as_secs() as i64;
     let (ns, sa) = (&req.namespace, &req.service_account);
     let sa_uid = derived_uuid(&format!("sa/{ns}/{sa}"));
     let mut k8s = json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": sa_uid}});
     if let Some(pod) = &req.pod_name {
-        let uid = req.pod_uid.clone().unwrap_or_else(|| derived_uuid(&format!("pod/{ns}/{pod}")));
+        let uid = req
+            .pod_uid
+            .clone()
+            .unwrap_or_else(|| derived_uuid(&format!("pod/{ns}/{pod}")));
         k8s["pod"] = json!({"name": pod, "uid": uid});
     }
     let claims = json!({
@@ -373,7 +467,9 @@ pub fn mint_service_account_token(tls_dir: &Path, req: &ServiceAccountTokenReque
         "kubernetes.io": k8s,
         "sub": format!("system:serviceaccount:{ns}:{sa}"),
     });
-    signer.sign(&claims).map_err(|e| Error::Token(e.to_string()))
+    signer
+        .sign(&claims)
+        .map_err(|e| Error::Token(e.to_string()))
 }
 
 /// What [`mint_access_token`] signs (for tests of expired or foreign tokens).
@@ -402,7 +498,9 @@ pub fn mint_access_token(tls_dir: &Path, req: &AccessTokenRequest) -> Result<Str
         "appid": req.client_id, "azp": req.client_id, "appidacr": "1", "idtyp": "app",
         "oid": oid, "sub": oid, "tid": req.tenant_id, "ver": "1.0",
     });
-    signer.sign(&claims).map_err(|e| Error::Token(e.to_string()))
+    signer
+        .sign(&claims)
+        .map_err(|e| Error::Token(e.to_string()))
 }
 
 /// Entry points for the fuzz targets; not a stable API.

@@ -51,7 +51,10 @@ pub enum SeedError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> SeedError {
-    SeedError::Invalid { field: field.into(), message: message.into() }
+    SeedError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// A Key Vault secret permission, as granted in an access-policy entry.
@@ -97,7 +100,10 @@ impl Permission {
         if s.eq_ignore_ascii_case("all") {
             return Some(Self::ALL.to_vec());
         }
-        Self::ALL.iter().find(|p| p.as_str().eq_ignore_ascii_case(s)).map(|p| vec![*p])
+        Self::ALL
+            .iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .map(|p| vec![*p])
     }
 }
 
@@ -115,8 +121,14 @@ impl fmt::Debug for Seed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Seed")
             .field("tenant_id", &self.tenant_id)
-            .field("identities", &self.identities.iter().map(|i| &i.name).collect::<Vec<_>>())
-            .field("vaults", &self.vaults.iter().map(|v| &v.name).collect::<Vec<_>>())
+            .field(
+                "identities",
+                &self.identities.iter().map(|i| &i.name).collect::<Vec<_>>(),
+            )
+            .field(
+                "vaults",
+                &self.vaults.iter().map(|v| &v.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -178,6 +190,8 @@ pub(crate) struct SecretSeed {
     pub enabled: bool,
     pub nbf: Option<i64>,
     pub exp: Option<i64>,
+    /// Served like the secret behind a Key Vault certificate: with `kid` and `managed: true`.
+    pub certificate_backed: bool,
 }
 
 // ---- raw YAML shapes ----
@@ -248,6 +262,7 @@ struct RawSecret {
     enabled: Option<bool>,
     nbf: Option<i64>,
     exp: Option<i64>,
+    certificate_backed: Option<bool>,
 }
 
 impl Seed {
@@ -267,8 +282,10 @@ impl Seed {
 
     /// Reads and parses a seed file; relative `publicKeyFile` paths are resolved against its folder.
     pub fn from_file(path: &Path) -> Result<Seed, SeedError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SeedError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let text = Zeroizing::new(text);
         Self::parse(&text, path.parent())
     }
@@ -285,16 +302,23 @@ impl Seed {
 
     /// `(name, client id)` of every identity.
     pub fn identities(&self) -> Vec<(&str, &str)> {
-        self.identities.iter().map(|i| (i.name.as_str(), i.client_id.as_str())).collect()
+        self.identities
+            .iter()
+            .map(|i| (i.name.as_str(), i.client_id.as_str()))
+            .collect()
     }
 
     /// The client id of the identity called `name`.
     pub fn client_id(&self, name: &str) -> Option<&str> {
-        self.identities.iter().find(|i| i.name == name).map(|i| i.client_id.as_str())
+        self.identities
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.client_id.as_str())
     }
 
     fn parse(yaml: &str, base: Option<&Path>) -> Result<Seed, SeedError> {
-        let raw: RawSeed = serde_yaml::from_str(yaml).map_err(|e| SeedError::Yaml(e.to_string()))?;
+        let raw: RawSeed =
+            serde_yaml::from_str(yaml).map_err(|e| SeedError::Yaml(e.to_string()))?;
         check_guid("tenantId", &raw.tenant_id)?;
 
         let mut identities = Vec::new();
@@ -304,14 +328,20 @@ impl Seed {
             let at = format!("identities[{i}]");
             check_name(&format!("{at}.name"), &id.name)?;
             if !names.insert(id.name.clone()) {
-                return Err(invalid(format!("{at}.name"), format!("duplicate identity name {:?}", id.name)));
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("duplicate identity name {:?}", id.name),
+                ));
             }
             check_guid(&format!("{at}.clientId"), &id.client_id)?;
             if !client_ids.insert(id.client_id.to_ascii_lowercase()) {
                 return Err(invalid(format!("{at}.clientId"), "duplicate clientId"));
             }
             if id.client_secret.as_deref() == Some("") {
-                return Err(invalid(format!("{at}.clientSecret"), "must not be empty (leave it out instead)"));
+                return Err(invalid(
+                    format!("{at}.clientSecret"),
+                    "must not be empty (leave it out instead)",
+                ));
             }
             let mut federated = Vec::new();
             for (j, f) in id.federated.into_iter().enumerate() {
@@ -320,11 +350,20 @@ impl Seed {
                 if f.subject.is_empty() {
                     return Err(invalid(format!("{fat}.subject"), "must not be empty"));
                 }
-                let audiences = f.audiences.unwrap_or_else(|| vec![FEDERATION_AUDIENCE.to_string()]);
+                let audiences = f
+                    .audiences
+                    .unwrap_or_else(|| vec![FEDERATION_AUDIENCE.to_string()]);
                 if audiences.is_empty() {
-                    return Err(invalid(format!("{fat}.audiences"), "must list at least one audience"));
+                    return Err(invalid(
+                        format!("{fat}.audiences"),
+                        "must list at least one audience",
+                    ));
                 }
-                federated.push(FederatedCredential { issuer: f.issuer, subject: f.subject, audiences });
+                federated.push(FederatedCredential {
+                    issuer: f.issuer,
+                    subject: f.subject,
+                    audiences,
+                });
             }
             identities.push(Identity {
                 name: id.name,
@@ -344,16 +383,23 @@ impl Seed {
                         Some(base) if file.is_relative() => base.join(&file),
                         _ => file,
                     };
-                    std::fs::read_to_string(&path).map_err(|source| SeedError::Read { path, source })?
+                    std::fs::read_to_string(&path)
+                        .map_err(|source| SeedError::Read { path, source })?
                 }
                 (None, Some(pem)) => pem,
                 _ => {
-                    return Err(invalid(at, "give exactly one of publicKeyFile or publicKeyPem"));
+                    return Err(invalid(
+                        at,
+                        "give exactly one of publicKeyFile or publicKeyPem",
+                    ));
                 }
             };
             let key = VerifyKey::from_pem(&pem)
                 .map_err(|e| invalid(format!("{at}.publicKey"), e.to_string()))?;
-            issuers.push(IssuerSeed { issuer: iss.issuer, key });
+            issuers.push(IssuerSeed {
+                issuer: iss.issuer,
+                key,
+            });
         }
 
         let mut vaults = Vec::new();
@@ -362,7 +408,10 @@ impl Seed {
             let at = format!("vaults[{i}]");
             check_vault_name(&format!("{at}.name"), &v.name)?;
             if !vault_names.insert(v.name.to_ascii_lowercase()) {
-                return Err(invalid(format!("{at}.name"), format!("duplicate vault name {:?}", v.name)));
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("duplicate vault name {:?}", v.name),
+                ));
             }
             let access = match v.access {
                 None => None,
@@ -397,7 +446,11 @@ impl Seed {
                                 }
                             }
                         }
-                        out.push(AccessEntry { identity: a.identity, objects: a.objects, permissions });
+                        out.push(AccessEntry {
+                            identity: a.identity,
+                            objects: a.objects,
+                            permissions,
+                        });
                     }
                     Some(out)
                 }
@@ -408,23 +461,32 @@ impl Seed {
                 let sat = format!("{at}.secrets[{j}]");
                 check_secret_name(&format!("{sat}.name"), &s.name)?;
                 if !secret_names.insert(s.name.to_ascii_lowercase()) {
-                    return Err(invalid(format!("{sat}.name"), format!("duplicate secret name {:?}", s.name)));
+                    return Err(invalid(
+                        format!("{sat}.name"),
+                        format!("duplicate secret name {:?}", s.name),
+                    ));
                 }
                 if s.versions.is_empty() {
-                    return Err(invalid(format!("{sat}.versions"), "must hold at least one value (oldest first)"));
+                    return Err(invalid(
+                        format!("{sat}.versions"),
+                        "must hold at least one value (oldest first)",
+                    ));
                 }
                 for (k, value) in s.versions.iter().enumerate() {
                     if value.len() > crate::keyvault::MAX_VALUE_BYTES {
                         return Err(invalid(
                             format!("{sat}.versions[{k}]"),
-                            format!("value is longer than Key Vault's limit of {} bytes", crate::keyvault::MAX_VALUE_BYTES),
+                            format!(
+                                "value is longer than Key Vault's limit of {} bytes",
+                                crate::keyvault::MAX_VALUE_BYTES
+                            ),
                         ));
                     }
                 }
-                if let (Some(nbf), Some(exp)) = (s.nbf, s.exp) {
-                    if nbf >= exp {
-                        return Err(invalid(format!("{sat}.exp"), "must be later than nbf"));
-                    }
+                if let (Some(nbf), Some(exp)) = (s.nbf, s.exp)
+                    && nbf >= exp
+                {
+                    return Err(invalid(format!("{sat}.exp"), "must be later than nbf"));
                 }
                 secrets.push(SecretSeed {
                     name: s.name,
@@ -434,14 +496,27 @@ impl Seed {
                     enabled: s.enabled.unwrap_or(true),
                     nbf: s.nbf,
                     exp: s.exp,
+                    certificate_backed: s.certificate_backed.unwrap_or(false),
                 });
             }
-            vaults.push(VaultSeed { name: v.name, access, secrets });
+            vaults.push(VaultSeed {
+                name: v.name,
+                access,
+                secrets,
+            });
         }
         if vaults.is_empty() {
-            return Err(invalid("vaults", "the seed must declare at least one vault"));
+            return Err(invalid(
+                "vaults",
+                "the seed must declare at least one vault",
+            ));
         }
-        Ok(Seed { tenant_id: raw.tenant_id.to_ascii_lowercase(), identities, issuers, vaults })
+        Ok(Seed {
+            tenant_id: raw.tenant_id.to_ascii_lowercase(),
+            identities,
+            issuers,
+            vaults,
+        })
     }
 }
 
@@ -454,13 +529,24 @@ fn check_guid(field: &str, value: &str) -> Result<(), SeedError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(field, format!("{value:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")))
+        Err(invalid(
+            field,
+            format!("{value:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+        ))
     }
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), SeedError> {
-    if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        return Err(invalid(field, format!("{value:?} must be 1-64 characters of [A-Za-z0-9._-]")));
+    if value.is_empty()
+        || value.len() > 64
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(
+            field,
+            format!("{value:?} must be 1-64 characters of [A-Za-z0-9._-]"),
+        ));
     }
     Ok(())
 }
@@ -476,7 +562,9 @@ fn check_vault_name(field: &str, value: &str) -> Result<(), SeedError> {
     } else {
         Err(invalid(
             field,
-            format!("{value:?} is not a Key Vault name: 3-24 characters of [A-Za-z0-9-], starting with a letter, no trailing or double hyphen"),
+            format!(
+                "{value:?} is not a Key Vault name: 3-24 characters of [A-Za-z0-9-], starting with a letter, no trailing or double hyphen"
+            ),
         ))
     }
 }
@@ -489,19 +577,35 @@ fn check_secret_name(field: &str, value: &str) -> Result<(), SeedError> {
     if is_secret_name(value) {
         Ok(())
     } else {
-        Err(invalid(field, format!("{value:?} is not a secret name: 1-127 characters of [A-Za-z0-9-]")))
+        Err(invalid(
+            field,
+            format!("{value:?} is not a secret name: 1-127 characters of [A-Za-z0-9-]"),
+        ))
     }
 }
 
 fn check_object_pattern(field: &str, value: &str) -> Result<(), SeedError> {
     let Some((kind, name)) = value.split_once('/') else {
-        return Err(invalid(field, format!("{value:?} must look like secret/<name or glob>, e.g. secret/* or secret/db-*")));
+        return Err(invalid(
+            field,
+            format!("{value:?} must look like secret/<name or glob>, e.g. secret/* or secret/db-*"),
+        ));
     };
     if !matches!(kind, "secret" | "*") {
-        return Err(invalid(field, format!("object type {kind:?} is not served by the mock; use secret/...")));
+        return Err(invalid(
+            field,
+            format!("object type {kind:?} is not served by the mock; use secret/..."),
+        ));
     }
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*' || c == '?') {
-        return Err(invalid(field, format!("{name:?} must be a secret name or a glob of [A-Za-z0-9-*?]")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*' || c == '?')
+    {
+        return Err(invalid(
+            field,
+            format!("{name:?} must be a secret name or a glob of [A-Za-z0-9-*?]"),
+        ));
     }
     Ok(())
 }
@@ -522,7 +626,10 @@ mod tests {
         let seed = Seed::from_yaml(DEMO_SEED_YAML).expect("demo seed");
         assert_eq!(seed.tenant_id(), "00000000-0000-0000-0000-000000000001");
         assert_eq!(seed.vault_names(), vec!["demo"]);
-        assert_eq!(seed.client_id("app-b"), Some("00000000-0000-0000-0000-00000000000b"));
+        assert_eq!(
+            seed.client_id("app-b"),
+            Some("00000000-0000-0000-0000-00000000000b")
+        );
     }
 
     fn err(yaml: &str) -> String {
@@ -534,7 +641,9 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let e = err("tenantId: 00000000-0000-0000-0000-000000000001\nvaults:\n  - name: demo\n    secrets:\n      - { name: a, versions: [x], colour: red }\n");
+        let e = err(
+            "tenantId: 00000000-0000-0000-0000-000000000001\nvaults:\n  - name: demo\n    secrets:\n      - { name: a, versions: [x], colour: red }\n",
+        );
         assert!(e.contains("colour"), "{e}");
         assert!(e.contains("vaults[0].secrets[0]"), "{e}");
     }
@@ -544,9 +653,24 @@ mod tests {
         let t = "tenantId: 00000000-0000-0000-0000-000000000001\n";
         assert!(err("tenantId: nope\nvaults: [{name: demo}]").contains("tenantId"));
         assert!(err(&format!("{t}vaults: [{{name: x}}]")).contains("vaults[0].name"));
-        assert!(err(&format!("{t}vaults: [{{name: demo, secrets: [{{name: a_b, versions: [v]}}]}}]")).contains("vaults[0].secrets[0].name"));
-        assert!(err(&format!("{t}vaults: [{{name: demo, secrets: [{{name: a, versions: []}}]}}]")).contains("vaults[0].secrets[0].versions"));
-        assert!(err(&format!("{t}vaults: [{{name: demo, access: [{{identity: ghost, objects: [secret/*]}}]}}]")).contains("vaults[0].access[0].identity"));
+        assert!(
+            err(&format!(
+                "{t}vaults: [{{name: demo, secrets: [{{name: a_b, versions: [v]}}]}}]"
+            ))
+            .contains("vaults[0].secrets[0].name")
+        );
+        assert!(
+            err(&format!(
+                "{t}vaults: [{{name: demo, secrets: [{{name: a, versions: []}}]}}]"
+            ))
+            .contains("vaults[0].secrets[0].versions")
+        );
+        assert!(
+            err(&format!(
+                "{t}vaults: [{{name: demo, access: [{{identity: ghost, objects: [secret/*]}}]}}]"
+            ))
+            .contains("vaults[0].access[0].identity")
+        );
         assert!(err(&format!("{t}identities: [{{name: a, clientId: 00000000-0000-0000-0000-00000000000a}}]\nvaults: [{{name: demo, access: [{{identity: a, objects: [secret/*], permissions: [fly]}}]}}]")).contains("vaults[0].access[0].permissions[0]"));
         assert!(err(&format!("{t}identities: [{{name: a, clientId: 00000000-0000-0000-0000-00000000000a}}]\nvaults: [{{name: demo, access: [{{identity: a, objects: [key/x]}}]}}]")).contains("vaults[0].access[0].objects[0]"));
         assert!(err(t).contains("vaults"));

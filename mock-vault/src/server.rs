@@ -41,16 +41,30 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(seed: &Seed, dns_suffix: String, base_url: String, token_signer: Signer, dev_issuer: VerifyKey) -> State {
+    pub fn new(
+        seed: &Seed,
+        dns_suffix: String,
+        base_url: String,
+        token_signer: Signer,
+        dev_issuer: VerifyKey,
+    ) -> State {
         let now = crate::now();
         let mut issuers = vec![(crate::seed::DEV_ISSUER.to_string(), dev_issuer)];
-        issuers.extend(seed.issuers.iter().map(|i| (i.issuer.clone(), i.key.clone())));
+        issuers.extend(
+            seed.issuers
+                .iter()
+                .map(|i| (i.issuer.clone(), i.key.clone())),
+        );
         State {
             tenant_id: seed.tenant_id.clone(),
             identities: seed.identities.clone(),
             issuers,
             vault_names: seed.vaults.iter().map(|v| v.name.clone()).collect(),
-            vaults: seed.vaults.iter().map(|v| Mutex::new(VaultState::from_seed(v, now))).collect(),
+            vaults: seed
+                .vaults
+                .iter()
+                .map(|v| Mutex::new(VaultState::from_seed(v, now)))
+                .collect(),
             dns_suffix,
             base_url,
             token_key: token_signer.verify_key(),
@@ -77,7 +91,10 @@ impl State {
             return Ok(0);
         }
         let label = name.split('.').next().unwrap_or_default();
-        self.vault_names.iter().position(|v| v.eq_ignore_ascii_case(label)).ok_or_else(|| label.to_string())
+        self.vault_names
+            .iter()
+            .position(|v| v.eq_ignore_ascii_case(label))
+            .ok_or_else(|| label.to_string())
     }
 }
 
@@ -104,7 +121,10 @@ pub(crate) struct Req {
 
 impl Req {
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -118,16 +138,27 @@ pub(crate) struct Reply {
 impl Reply {
     pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
         let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-        Reply { status, body: Bytes::from(body), headers: Vec::new() }
+        Reply {
+            status,
+            body: Bytes::from(body),
+            headers: Vec::new(),
+        }
     }
 
     pub fn empty(status: StatusCode) -> Reply {
-        Reply { status, body: Bytes::new(), headers: Vec::new() }
+        Reply {
+            status,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
     }
 
     /// A Key Vault error body: `{"error":{"code","message"}}`.
     pub fn kv_error(status: StatusCode, code: &str, message: &str) -> Reply {
-        Reply::json(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+        Reply::json(
+            status,
+            &serde_json::json!({"error": {"code": code, "message": message}}),
+        )
     }
 
     pub fn with_header(mut self, name: HeaderName, value: &str) -> Reply {
@@ -152,42 +183,77 @@ async fn dispatch(state: &State, req: &Req) -> Option<Outcome> {
     }
     let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     match (&req.method, segs.as_slice()) {
-        (&Method::POST, [tenant, "oauth2", "v2.0", "token"]) => Some(crate::entra::token(state, req, tenant).await),
+        (&Method::POST, [tenant, "oauth2", "v2.0", "token"]) => {
+            Some(crate::entra::token(state, req, tenant).await)
+        }
         (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
             Some(crate::entra::openid_configuration(state, req, tenant).await)
         }
-        (&Method::GET, ["common", "discovery", "instance"]) => Some(crate::entra::instance_discovery(state, req).await),
-        (&Method::GET, [tenant, "discovery", "v2.0", "keys"]) => Some(crate::entra::jwks(state, tenant).await),
+        (&Method::GET, ["common", "discovery", "instance"]) => {
+            Some(crate::entra::instance_discovery(state, req).await)
+        }
+        (&Method::GET, [tenant, "discovery", "v2.0", "keys"]) => {
+            Some(crate::entra::jwks(state, tenant).await)
+        }
         _ => Some(crate::keyvault::handle(state, req).await),
     }
 }
 
-async fn serve_request(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn serve_request(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
     let host = parts
         .uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     let query = parts
         .uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            let reply = Reply::kv_error(StatusCode::PAYLOAD_TOO_LARGE, "BadParameter", "The request body is too large or could not be read.");
+            let reply = Reply::kv_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BadParameter",
+                "The request body is too large or could not be read.",
+            );
             return Ok(finish(reply, &request_id));
         }
     };
-    let req = Req { method: parts.method, path: parts.uri.path().to_string(), query, host, headers: parts.headers, body };
+    let req = Req {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query,
+        host,
+        headers: parts.headers,
+        body,
+    };
 
     let reply = match dispatch(&state, &req).await {
         Some(out) => {
-            state.stats.record(&out.vault, out.route, &out.object, out.reply.status.as_u16());
+            state.stats.record(
+                &out.vault,
+                out.route,
+                &out.object,
+                out.reply.status.as_u16(),
+            );
             tracing::info!(
                 method = %req.method, route = out.route, vault = %out.vault, object = %out.object,
                 status = out.reply.status.as_u16(), request_id = %request_id, "request"
@@ -212,7 +278,10 @@ fn finish(reply: Reply, request_id: &str) -> Response<Full<Bytes>> {
         h.insert(HeaderName::from_static("client-request-id"), v);
     }
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
     for (name, value) in reply.headers {
         h.insert(name, value);
     }
@@ -244,17 +313,18 @@ pub(crate) async fn accept_loop(
         let state = state.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let service = hyper::service::service_fn(move |req| serve_request(state.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tls), service);
@@ -264,7 +334,10 @@ pub(crate) async fn accept_loop(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after 5s; closing them");
     }
 }

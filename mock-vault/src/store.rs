@@ -20,6 +20,8 @@ pub(crate) struct SecretVersion {
     pub exp: Option<i64>,
     pub created: i64,
     pub updated: i64,
+    /// Backs a certificate: answered with `kid` and `managed: true`.
+    pub certificate_backed: bool,
 }
 
 #[derive(Default)]
@@ -34,7 +36,9 @@ impl SecretItem {
     }
 
     pub fn version(&self, version: &str) -> Option<&SecretVersion> {
-        self.versions.iter().find(|v| v.version.eq_ignore_ascii_case(version))
+        self.versions
+            .iter()
+            .find(|v| v.version.eq_ignore_ascii_case(version))
     }
 }
 
@@ -54,7 +58,10 @@ pub(crate) struct VaultState {
 
 /// The seeded version id of `vault/name` at `index`: 32 lowercase hex, stable across runs.
 pub fn seeded_version(vault: &str, name: &str, index: usize) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, format!("kvmount-mock/{vault}/{name}/{index}").as_bytes());
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("kvmount-mock/{vault}/{name}/{index}").as_bytes(),
+    );
     hex::encode(&d.as_ref()[..16])
 }
 
@@ -80,11 +87,20 @@ impl VaultState {
                         exp: s.exp,
                         created: t,
                         updated: t,
+                        certificate_backed: s.certificate_backed,
                     }
                 })
                 .collect();
-            secrets.insert(s.name.to_ascii_lowercase(), (s.name.clone(), SecretItem { versions }));
+            secrets.insert(
+                s.name.to_ascii_lowercase(),
+                (s.name.clone(), SecretItem { versions }),
+            );
         }
-        VaultState { name: seed.name.clone(), access: seed.access.clone(), secrets, deleted: BTreeMap::new() }
+        VaultState {
+            name: seed.name.clone(),
+            access: seed.access.clone(),
+            secrets,
+            deleted: BTreeMap::new(),
+        }
     }
 }

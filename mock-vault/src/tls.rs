@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -35,11 +35,17 @@ const ISSUER_KEY_FILE: &str = "issuer-key.pem";
 const ISSUER_PUB_FILE: &str = "issuer.pub.pem";
 
 fn tls_err(dir: &Path, message: impl Into<String>) -> Error {
-    Error::Tls { dir: dir.to_owned(), message: message.into() }
+    Error::Tls {
+        dir: dir.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_owned(), source }
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Creates the folder (0700 when new).
@@ -71,7 +77,10 @@ fn read_opt(path: &Path) -> Result<Option<String>, Error> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io { path: path.to_owned(), source }),
+        Err(source) => Err(Error::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -82,7 +91,11 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::OrganizationName, "kvmount");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = OffsetDateTime::now_utc();
     p.not_before = now - Duration::days(1);
     p.not_after = now + Duration::days(3650);
@@ -101,9 +114,9 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
     let ca_path = dir.join(CA_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
     let existing_ca = match (read_opt(&ca_path)?, read_opt(&ca_key_path)?) {
-        (Some(_), Some(key_pem)) => {
-            Some(KeyPair::from_pem(&key_pem).map_err(|e| tls_err(dir, format!("{CA_KEY_FILE}: {e}")))?)
-        }
+        (Some(_), Some(key_pem)) => Some(
+            KeyPair::from_pem(&key_pem).map_err(|e| tls_err(dir, format!("{CA_KEY_FILE}: {e}")))?,
+        ),
         _ => None,
     };
     let ca_is_new = existing_ca.is_none();
@@ -111,7 +124,9 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
         Some(key) => key,
         None => {
             let key = KeyPair::generate().map_err(|e| tls_err(dir, e.to_string()))?;
-            let cert = ca_params().self_signed(&key).map_err(|e| tls_err(dir, e.to_string()))?;
+            let cert = ca_params()
+                .self_signed(&key)
+                .map_err(|e| tls_err(dir, e.to_string()))?;
             write_file(dir, CA_KEY_FILE, key.serialize_pem().as_bytes(), 0o600)?;
             write_file(dir, CA_FILE, cert.pem().as_bytes(), 0o644)?;
             tracing::info!(dir = %dir.display(), "created mock vault dev CA");
@@ -137,9 +152,13 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ];
-        let mut p = CertificateParams::new(names).map_err(|e| tls_err(dir, format!("server names: {e}")))?;
+        let mut p = CertificateParams::new(names)
+            .map_err(|e| tls_err(dir, format!("server names: {e}")))?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("kvmount mock vault ({dns_suffix})"));
+        dn.push(
+            DnType::CommonName,
+            format!("kvmount mock vault ({dns_suffix})"),
+        );
         p.distinguished_name = dn;
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -148,10 +167,22 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
         let now = OffsetDateTime::now_utc();
         p.not_before = now - Duration::days(1);
         p.not_after = now + Duration::days(825);
-        let cert = p.signed_by(&key, &issuer).map_err(|e| tls_err(dir, e.to_string()))?;
+        let cert = p
+            .signed_by(&key, &issuer)
+            .map_err(|e| tls_err(dir, e.to_string()))?;
         write_file(dir, SERVER_KEY_FILE, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(dir, SERVER_FILE, format!("{}{}", cert.pem(), ca_pem).as_bytes(), 0o644)?;
-        write_file(dir, SERVER_SUFFIX_FILE, format!("{dns_suffix}\n").as_bytes(), 0o644)?;
+        write_file(
+            dir,
+            SERVER_FILE,
+            format!("{}{}", cert.pem(), ca_pem).as_bytes(),
+            0o644,
+        )?;
+        write_file(
+            dir,
+            SERVER_SUFFIX_FILE,
+            format!("{dns_suffix}\n").as_bytes(),
+            0o644,
+        )?;
         tracing::info!(dir = %dir.display(), dns_suffix, "created mock vault server certificate");
     }
 
@@ -173,7 +204,10 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
         .with_single_cert(chain, key)
         .map_err(|e| tls_err(dir, format!("server certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsMaterial { ca_path, server_config: Arc::new(config) })
+    Ok(TlsMaterial {
+        ca_path,
+        server_config: Arc::new(config),
+    })
 }
 
 /// Loads or creates an ES256 signing key stored as PKCS#8 PEM in `dir/name`.
@@ -184,7 +218,8 @@ fn ensure_signer(dir: &Path, name: &str) -> Result<(Signer, bool), Error> {
         let key = rustls_pemfile::private_key(&mut pem.as_bytes())
             .map_err(|e| tls_err(dir, format!("{name}: {e}")))?
             .ok_or_else(|| tls_err(dir, format!("{name}: no private key")))?;
-        let signer = Signer::from_pkcs8(key.secret_der()).map_err(|e| tls_err(dir, format!("{name}: {e}")))?;
+        let signer = Signer::from_pkcs8(key.secret_der())
+            .map_err(|e| tls_err(dir, format!("{name}: {e}")))?;
         return Ok((signer, false));
     }
     let (signer, der) = Signer::generate().map_err(|e| tls_err(dir, e.to_string()))?;
@@ -202,7 +237,12 @@ pub(crate) fn token_signer(dir: &Path) -> Result<Signer, Error> {
 pub(crate) fn issuer_signer(dir: &Path) -> Result<Signer, Error> {
     let (signer, created) = ensure_signer(dir, ISSUER_KEY_FILE)?;
     if created || !dir.join(ISSUER_PUB_FILE).exists() {
-        write_file(dir, ISSUER_PUB_FILE, signer.public_key_pem().as_bytes(), 0o644)?;
+        write_file(
+            dir,
+            ISSUER_PUB_FILE,
+            signer.public_key_pem().as_bytes(),
+            0o644,
+        )?;
     }
     Ok(signer)
 }

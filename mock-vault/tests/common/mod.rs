@@ -42,7 +42,10 @@ impl Mock {
         let ca = reqwest::Certificate::from_pem(&pem).expect("ca pem");
         let mut b = reqwest::Client::builder().tls_certs_only([ca]);
         for v in vaults {
-            b = b.resolve(&format!("{v}.{}", self.vault.dns_suffix()), self.vault.addr());
+            b = b.resolve(
+                &format!("{v}.{}", self.vault.dns_suffix()),
+                self.vault.addr(),
+            );
         }
         b.build().expect("client")
     }
@@ -51,7 +54,9 @@ impl Mock {
         let mut custom = CustomConfiguration::default();
         custom.authority_host = self.vault.base_url();
         ClientOptions {
-            transport: Some(Transport::new(Arc::new(self.http(&["demo", "other", "ghost"])))),
+            transport: Some(Transport::new(Arc::new(
+                self.http(&["demo", "other", "ghost"]),
+            ))),
             cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
             ..Default::default()
         }
@@ -63,20 +68,29 @@ impl Mock {
             self.vault.tenant_id(),
             client_id.to_string(),
             secret.to_string().into(),
-            Some(ClientSecretCredentialOptions { client_options: self.client_options() }),
+            Some(ClientSecretCredentialOptions {
+                client_options: self.client_options(),
+            }),
         )
         .expect("credential");
         SecretClient::new(
             &self.vault.vault_url(vault),
             credential,
-            Some(SecretClientOptions { client_options: self.client_options(), ..Default::default() }),
+            Some(SecretClientOptions {
+                client_options: self.client_options(),
+                ..Default::default()
+            }),
         )
         .expect("secret client")
     }
 
     /// POSTs a form to the token endpoint; returns status and JSON.
     pub async fn token_request(&self, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
-        let url = format!("{}/{}/oauth2/v2.0/token", self.vault.base_url(), self.vault.tenant_id());
+        let url = format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.vault.base_url(),
+            self.vault.tenant_id()
+        );
         let mut body = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in form {
             body.append_pair(k, v);
@@ -104,12 +118,24 @@ impl Mock {
             ])
             .await;
         assert_eq!(status, 200, "{body}");
-        body["access_token"].as_str().expect("access_token").to_string()
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     /// GET on the data plane of `vault` with an optional bearer token.
-    pub async fn kv_get(&self, vault: &str, path_and_query: &str, token: Option<&str>) -> reqwest::Response {
-        let url = format!("{}{}", self.vault.vault_url(vault).trim_end_matches('/'), path_and_query);
+    pub async fn kv_get(
+        &self,
+        vault: &str,
+        path_and_query: &str,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let url = format!(
+            "{}{}",
+            self.vault.vault_url(vault).trim_end_matches('/'),
+            path_and_query
+        );
         let mut req = self.http(&[vault]).get(url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
