@@ -1,17 +1,12 @@
 //! Command-line interface of `kvmount-provider`.
 
 use std::path::PathBuf;
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kvmount_vault::client::{DEFAULT_AUTHORITY_HOST, DEFAULT_KEYVAULT_DNS_SUFFIX};
-use kvmount_vault::{Connector, ConnectorConfig, ResolveRule};
+use kvmount_vault::{ConnectorConfig, ResolveRule};
 
-use crate::grpc::provider::ProviderService;
 use crate::logging::{self, LogFormat};
-use crate::mount::Mounter;
-use crate::server::{BoundSocket, serve_provider, shutdown_signal};
 
 /// Default provider socket: where the upstream driver looks for provider `kvmount`.
 pub const DEFAULT_PROVIDER_SOCKET: &str = "/var/run/secrets-store-csi-providers/kvmount.sock";
@@ -104,9 +99,36 @@ impl VaultArgs {
 /// `serve` flags.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Unix socket for the provider API.
+    /// Unix socket for the provider API (the upstream Secrets Store CSI Driver calls it).
     #[arg(long, default_value = DEFAULT_PROVIDER_SOCKET)]
     pub provider_socket: PathBuf,
+    /// Unix socket for the CSI Identity and Node services (kvmount as the CSI driver itself).
+    #[arg(long)]
+    pub csi_socket: Option<PathBuf>,
+    /// This node's name, reported by NodeGetInfo (required with --csi-socket).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_id: Option<String>,
+    /// CSI driver name reported by GetPluginInfo.
+    #[arg(long, default_value = crate::grpc::identity::DEFAULT_DRIVER_NAME)]
+    pub driver_name: String,
+    /// Directory for the state file (published volumes, never secrets); must be on tmpfs.
+    #[arg(long, default_value = "/run/kvmount")]
+    pub state_dir: PathBuf,
+    /// Kubeconfig for SecretProviderClass lookups (default: in-cluster config when running in
+    /// a pod, else none).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a fetched newest version is served before it is read again, seconds (the
+    /// rotation interval).
+    #[arg(long, default_value_t = 120)]
+    pub refresh_interval_seconds: u64,
+    /// How long an entry no published volume uses stays cached, seconds (default: the refresh
+    /// interval). Entries used by volumes are erased when the last one is unpublished.
+    #[arg(long)]
+    pub cache_idle_seconds: Option<u64>,
+    /// Size limit of each volume's tmpfs, bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub tmpfs_bytes: u64,
     /// Deadline for fetching all objects of one Mount, in seconds.
     #[arg(long, default_value_t = 60)]
     pub mount_timeout_seconds: u64,
@@ -116,18 +138,6 @@ pub struct ServeArgs {
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-impl ServeArgs {
-    /// Runs the daemon until SIGTERM/SIGINT.
-    pub async fn run(self) -> anyhow::Result<()> {
-        self.log.init();
-        let connector = Connector::new(self.vault.connector_config()?)?;
-        let mounter = Mounter::new(connector, Duration::from_secs(self.mount_timeout_seconds));
-        let socket = BoundSocket::bind(&self.provider_socket)?;
-        serve_provider(socket, ProviderService::new(mounter), shutdown_signal()).await?;
-        Ok(())
-    }
 }
 
 /// `dev` flags (none are needed).

@@ -16,17 +16,25 @@ use anyhow::{Context, bail};
 use azure_core::http::RequestContent;
 use azure_security_keyvault_secrets::models::SetSecretParameters;
 use kvmount_mock_vault::{MockVault, MockVaultConfig, Seed, ServiceAccountTokenRequest};
-use kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient;
-use kvmount_proto::provider::{MountRequest, VersionRequest};
+use kvmount_proto::csi::identity_client::IdentityClient;
+use kvmount_proto::csi::node_client::NodeClient;
+use kvmount_proto::csi::volume_capability::access_mode::Mode;
+use kvmount_proto::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+use kvmount_proto::csi::{
+    GetPluginInfoRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest, ProbeRequest,
+    VolumeCapability,
+};
 use kvmount_vault::params::{Auth, TOKENS_ATTRIBUTE, WORKLOAD_IDENTITY_AUDIENCE};
-use kvmount_vault::{Connector, ConnectorConfig, ResolveRule, SecretString};
-use kvmount_volume::{AtomicWriter, FileSpec, Ownership, TmpfsOptions};
+use kvmount_vault::{Connector, SecretString};
+use kvmount_volume::TmpfsOptions;
 
-use crate::cli::DevArgs;
-use crate::grpc::provider::ProviderService;
+use crate::cli::{DevArgs, LogArgs, ServeArgs, VaultArgs};
+use crate::daemon::DaemonHandle;
 use crate::logging::{self, LogFormat};
-use crate::mount::Mounter;
-use crate::server::{BoundSocket, serve_provider, unix_channel};
+use crate::server::unix_channel;
+
+/// The demo's refresh interval, so a rotation shows within seconds.
+const REFRESH_SECONDS: u64 = 2;
 
 /// The demo class: two secrets from the demo seed, one with its own file mode.
 const DEMO_OBJECTS: &str = "array:\n  - |\n    objectName: db-password\n    objectType: secret\n    filePermission: \"0600\"\n  - |\n    objectName: api-key\n    objectType: secret\n";
@@ -42,6 +50,8 @@ struct Pod {
     name: &'static str,
     uid: String,
     target: PathBuf,
+    /// The pod's projected service-account token: kubelet reuses it until it nears expiry.
+    token: std::cell::OnceCell<SecretString>,
 }
 
 impl Pod {
@@ -51,7 +61,12 @@ impl Pod {
             .join("kubelet/pods")
             .join(&uid)
             .join("volumes/kubernetes.io~csi/secrets/mount");
-        Self { name, uid, target }
+        Self {
+            name,
+            uid,
+            target,
+            token: std::cell::OnceCell::new(),
+        }
     }
 }
 
@@ -116,98 +131,100 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     println!("kvmount dev: the life cycle of a secret on one node, with a local Key Vault");
     println!("    work directory {} (removed at the end)", root.display());
 
-    step(
-        1,
-        "start the mock Key Vault (TLS, challenge auth, Entra token endpoint)",
-    );
+    step(1, "start the mock Key Vault (TLS, challenge auth, Entra token endpoint)");
     let tls_dir = root.join("tls");
-    let seed = Seed::demo();
     let mock = kvmount_mock_vault::start(MockVaultConfig {
         listen: "127.0.0.1:0".parse()?,
-        seed,
+        seed: Seed::demo(),
         tls_dir: tls_dir.clone(),
         dns_suffix: "vault.localhost".into(),
     })
     .await
     .context("starting the mock vault")?;
-    println!(
-        "    Key Vault  {}  (served at {})",
-        mock.vault_url("demo"),
-        mock.base_url()
-    );
-    println!(
-        "    Entra ID   {}/{}/oauth2/v2.0/token",
-        mock.base_url(),
-        mock.tenant_id()
-    );
+    println!("    Key Vault  {}  (served at {})", mock.vault_url("demo"), mock.base_url());
+    println!("    Entra ID   {}/{}/oauth2/v2.0/token", mock.base_url(), mock.tenant_id());
 
-    step(
-        2,
-        "start the provider API on a Unix socket (what the upstream driver calls)",
-    );
-    let connector = Connector::new(ConnectorConfig {
-        keyvault_dns_suffix: mock.dns_suffix().to_owned(),
-        authority_host: url::Url::parse(&mock.base_url())?,
-        extra_roots_pem: std::fs::read(mock.ca_path())?,
-        resolve: vec![ResolveRule {
-            host: mock.dns_suffix().to_owned(),
-            wildcard: true,
-            addr: mock.addr(),
-        }],
-        ..ConnectorConfig::default()
-    })?;
-    let socket_path = root.join("providers/kvmount.sock");
-    let socket = BoundSocket::bind(&socket_path)?;
-    let mode = std::fs::metadata(&socket_path)?.permissions().mode() & 0o777;
-    println!("    {} (mode {mode:04o})", socket_path.display());
+    step(2, "start the node daemon: CSI node plugin and provider API, one node cache");
+    let state_dir = root.join("state");
+    std::fs::create_dir_all(&state_dir)?;
+    kvmount_volume::mount_tmpfs(
+        &state_dir,
+        &TmpfsOptions { size_bytes: 1 << 20, mode: 0o700, uid: None, gid: None },
+    )?;
+    let csi_socket = root.join("plugins/secrets.kvmount.io/csi.sock");
+    let args = ServeArgs {
+        provider_socket: root.join("providers/kvmount.sock"),
+        csi_socket: Some(csi_socket.clone()),
+        node_id: Some("dev-node".into()),
+        driver_name: crate::grpc::identity::DEFAULT_DRIVER_NAME.into(),
+        state_dir: state_dir.clone(),
+        kubeconfig: None,
+        refresh_interval_seconds: REFRESH_SECONDS,
+        cache_idle_seconds: None,
+        tmpfs_bytes: 1 << 20,
+        mount_timeout_seconds: 30,
+        vault: VaultArgs {
+            keyvault_dns_suffix: mock.dns_suffix().to_owned(),
+            authority_host: mock.base_url(),
+            ca_file: Some(mock.ca_path()),
+            resolve: vec![format!("*.{}={}", mock.dns_suffix(), mock.addr())],
+            max_retries: 2,
+        },
+        log: LogArgs { log_level: "warn".into(), log_format: crate::logging::LogFormat::Text },
+    };
+    let connector = Connector::new(args.vault.connector_config()?)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_provider(
-        socket,
-        ProviderService::new(Mounter::new(connector.clone(), Duration::from_secs(30))),
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let daemon = tokio::spawn(crate::daemon::run_until(
+        args,
+        None,
         async {
             let _ = stop_rx.await;
         },
+        Some(started_tx),
     ));
-    let channel = unix_channel(&socket_path).await?;
-    let mut client = CsiDriverProviderClient::new(channel);
-    let version = client
-        .version(VersionRequest {
-            version: "v1alpha1".into(),
-        })
-        .await?
-        .into_inner();
+    let handle = match started_rx.await {
+        Ok(handle) => handle,
+        Err(_) => {
+            let _ = kvmount_volume::teardown(&state_dir);
+            return match daemon.await {
+                Ok(Err(e)) => Err(e.context("the daemon did not start")),
+                _ => Err(anyhow::anyhow!("the daemon did not start")),
+            };
+        }
+    };
+    let channel = unix_channel(&csi_socket).await?;
+    let mut identity = IdentityClient::new(channel.clone());
+    let mut node = NodeClient::new(channel);
+    let info = identity.get_plugin_info(GetPluginInfoRequest {}).await?.into_inner();
+    let probe = identity.probe(ProbeRequest {}).await?.into_inner();
     println!(
-        "    Version: runtime {} {}",
-        version.runtime_name, version.runtime_version
+        "    CSI driver {} {} on {} (ready: {})",
+        info.name,
+        info.vendor_version,
+        csi_socket.display(),
+        probe.ready.unwrap_or(false)
     );
 
     let pod_a = Pod::new(root, "pod-a");
     let pod_b = Pod::new(root, "pod-b");
     let outcome = async {
-        step(
-            3,
-            "pod A (namespace team-a, service account app) mounts class app-secrets",
-        );
-        publish(&mut client, &mock, &tls_dir, &pod_a).await?;
-        show_stats(&mock, "after pod A");
+        step(3, "pod A (namespace team-a, service account app) mounts class app-secrets");
+        publish(&mut node, &mock, &tls_dir, &pod_a).await?;
+        show_node(&mock, &handle, "after pod A");
 
-        step(4, "pod B on the same node mounts the same class");
-        publish(&mut client, &mock, &tls_dir, &pod_b).await?;
-        show_stats(&mock, "after pod B");
-        println!(
-            "    (this release fetches per Mount; the shared node cache comes with the node plugin)"
-        );
+        step(4, "pod B on the same node mounts the same class: served from the node cache");
+        publish(&mut node, &mock, &tls_dir, &pod_b).await?;
+        show_node(&mock, &handle, "after pod B");
 
         step(5, "rotate db-password through the Key Vault API");
         let new_version = rotate(&connector, &mock, "db-password", "rotated-value").await?;
         println!("    db-password now has version {new_version}");
 
-        step(
-            6,
-            "the driver's rotation calls Mount again for each pod; files switch atomically",
-        );
-        publish(&mut client, &mock, &tls_dir, &pod_a).await?;
-        publish(&mut client, &mock, &tls_dir, &pod_b).await?;
+        step(6, &format!("{REFRESH_SECONDS} s later (the node's refresh interval, 2 min by default) kubelet republishes both volumes"));
+        tokio::time::sleep(Duration::from_secs(REFRESH_SECONDS) + Duration::from_millis(200)).await;
+        publish(&mut node, &mock, &tls_dir, &pod_a).await?;
+        publish(&mut node, &mock, &tls_dir, &pod_b).await?;
         for pod in [&pod_a, &pod_b] {
             let value = std::fs::read_to_string(pod.target.join("db-password"))?;
             if value != "rotated-value" {
@@ -215,142 +232,107 @@ async fn play(root: &Path) -> anyhow::Result<()> {
             }
             println!("    {}: db-password = {value:?}", pod.name);
         }
+        show_node(&mock, &handle, "after the rotation");
 
-        step(7, "pod A leaves: its volume is unmounted and removed");
-        unpublish(&pod_a)?;
+        step(7, "pod A leaves: its volume is unmounted and removed; pod B keeps the secrets");
+        unpublish(&mut node, &pod_a).await?;
         println!(
             "    pod B still reads: db-password = {:?}",
             std::fs::read_to_string(pod_b.target.join("db-password"))?
         );
+        show_node(&mock, &handle, "after pod A left");
 
         step(8, "pod B leaves: the node holds nothing");
-        unpublish(&pod_b)?;
-        let left = mounts_under(root);
+        unpublish(&mut node, &pod_b).await?;
+        let left: Vec<PathBuf> = mounts_under(&root.join("kubelet"));
         let dirs: Vec<_> = [&pod_a, &pod_b]
             .iter()
             .filter(|p| p.target.exists())
             .map(|p| p.target.clone())
             .collect();
-        println!("    mounts left under the work directory: {}", left.len());
+        println!("    volume mounts left: {}", left.len());
         println!("    volume directories left: {}", dirs.len());
-        if !left.is_empty() || !dirs.is_empty() {
-            bail!("something was left behind: mounts {left:?}, directories {dirs:?}");
+        println!("    cached objects on the node: {} (erased and zeroed at the last unpublish)", handle.cache.len());
+        if !left.is_empty() || !dirs.is_empty() || !handle.cache.is_empty() {
+            bail!("something was left behind: mounts {left:?}, directories {dirs:?}, {} cache entries", handle.cache.len());
         }
-        show_stats(&mock, "in total");
+        show_node(&mock, &handle, "in total");
         anyhow::Ok(())
     }
     .await;
 
-    // Teardown even when a step failed: unmount volumes, stop the server, stop the vault.
+    // Teardown even when a step failed: unmount volumes, stop the daemon, stop the vault.
     for pod in [&pod_a, &pod_b] {
         let _ = kvmount_volume::teardown(&pod.target);
     }
+    drop(node);
+    drop(identity);
     let _ = stop_tx.send(());
-    drop(client);
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
+    match tokio::time::timeout(Duration::from_secs(10), daemon).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "provider server ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "provider server task failed"),
-        Err(_) => tracing::warn!("provider server did not stop within 10 s"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the daemon ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the daemon task failed"),
+        Err(_) => tracing::warn!("the daemon did not stop within 10 s"),
     }
+    let _ = kvmount_volume::teardown(&state_dir);
     mock.shutdown().await;
     outcome?;
-    println!(
-        "\ndone: every volume unmounted, the socket removed, the work directory removed next."
-    );
+    println!("\ndone: every volume unmounted, the sockets removed, the work directory removed next.");
     Ok(())
 }
 
-/// What the upstream driver does for a pod: tmpfs at the target, Mount, write the files.
+/// What kubelet does for a pod: NodePublishVolume with the pod's volume attributes and its
+/// service-account token (the CSIDriver object's tokenRequests).
 async fn publish(
-    client: &mut CsiDriverProviderClient<tonic::transport::Channel>,
+    node: &mut NodeClient<tonic::transport::Channel>,
     mock: &MockVault,
     tls_dir: &Path,
     pod: &Pod,
 ) -> anyhow::Result<()> {
-    if !pod.target.exists() {
-        std::fs::create_dir_all(&pod.target)?;
-        kvmount_volume::mount_tmpfs(
-            &pod.target,
-            &TmpfsOptions {
-                size_bytes: 1 << 20,
-                mode: 0o750,
-                uid: None,
-                gid: None,
+    if let Some(parent) = pod.target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if pod.token.get().is_none() {
+        let minted = kvmount_mock_vault::mint_service_account_token(
+            tls_dir,
+            &ServiceAccountTokenRequest {
+                namespace: "team-a".into(),
+                service_account: "app".into(),
+                audience: WORKLOAD_IDENTITY_AUDIENCE.into(),
+                ttl: Duration::from_secs(600),
+                issuer: None,
+                pod_name: Some(pod.name.into()),
+                pod_uid: Some(pod.uid.clone()),
             },
         )?;
-        println!(
-            "    {}: tmpfs mounted at {}",
-            pod.name,
-            pod.target.display()
-        );
+        let _ = pod.token.set(SecretString::new(minted));
     }
-    let token = SecretString::new(kvmount_mock_vault::mint_service_account_token(
-        tls_dir,
-        &ServiceAccountTokenRequest {
-            namespace: "team-a".into(),
-            service_account: "app".into(),
-            audience: WORKLOAD_IDENTITY_AUDIENCE.into(),
-            ttl: Duration::from_secs(600),
-            issuer: None,
-            pod_name: Some(pod.name.into()),
-            pod_uid: Some(pod.uid.clone()),
-            issued_at: None,
-        },
-    )?);
+    let token = pod.token.get().context("token minted above")?;
     let tokens = serde_json::json!({
         WORKLOAD_IDENTITY_AUDIENCE: {"token": token.expose(), "expirationTimestamp": "2099-01-01T00:00:00Z"}
     });
-    let client_id = DEMO_CLIENT_ID.to_owned();
-    let attributes: HashMap<&str, String> = HashMap::from([
-        ("keyvaultName", "demo".to_owned()),
-        ("tenantID", mock.tenant_id().to_owned()),
-        ("clientID", client_id),
-        ("objects", DEMO_OBJECTS.to_owned()),
-        ("secretProviderClass", "app-secrets".to_owned()),
-        ("csi.storage.k8s.io/pod.name", pod.name.to_owned()),
-        ("csi.storage.k8s.io/pod.namespace", "team-a".to_owned()),
-        ("csi.storage.k8s.io/pod.uid", pod.uid.clone()),
-        ("csi.storage.k8s.io/serviceAccount.name", "app".to_owned()),
-        ("csi.storage.k8s.io/ephemeral", "true".to_owned()),
-        (TOKENS_ATTRIBUTE, tokens.to_string()),
+    let mut request = NodePublishVolumeRequest::default();
+    request.volume_id = format!("csi-{}", pod.uid);
+    request.target_path = pod.target.display().to_string();
+    request.readonly = true;
+    request.volume_capability = Some(VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeReaderOnly as i32 }),
+    });
+    request.volume_context = HashMap::from([
+        ("keyvaultName".to_owned(), "demo".to_owned()),
+        ("tenantID".to_owned(), mock.tenant_id().to_owned()),
+        ("clientID".to_owned(), DEMO_CLIENT_ID.to_owned()),
+        ("objects".to_owned(), DEMO_OBJECTS.to_owned()),
+        ("csi.storage.k8s.io/pod.name".to_owned(), pod.name.to_owned()),
+        ("csi.storage.k8s.io/pod.namespace".to_owned(), "team-a".to_owned()),
+        ("csi.storage.k8s.io/pod.uid".to_owned(), pod.uid.clone()),
+        ("csi.storage.k8s.io/serviceAccount.name".to_owned(), "app".to_owned()),
+        ("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned()),
+        (TOKENS_ATTRIBUTE.to_owned(), tokens.to_string()),
     ]);
-    let request = MountRequest {
-        attributes: serde_json::to_string(&attributes)?,
-        secrets: "{}".into(),
-        target_path: pod.target.display().to_string(),
-        permission: "420".into(),
-        current_object_version: vec![],
-    };
-    drop(attributes);
-    let response = client.mount(request).await?.into_inner();
-    let writer = AtomicWriter::open(&pod.target)?;
-    let specs: Vec<FileSpec<'_>> = response
-        .files
-        .iter()
-        .map(|f| FileSpec {
-            path: &f.path,
-            mode: f.mode as u32,
-            contents: &f.contents,
-        })
-        .collect();
-    let outcome = writer.write(&specs, &Ownership::default())?;
-    let versions: Vec<String> = response
-        .object_version
-        .iter()
-        .map(|v| format!("{}@{}", v.id, &v.version[..v.version.len().min(8)]))
-        .collect();
-    println!(
-        "    {}: Mount returned {} files ({}); {}",
-        pod.name,
-        response.files.len(),
-        versions.join(", "),
-        if outcome.changed {
-            "written atomically (..data switched)"
-        } else {
-            "unchanged, nothing rewritten"
-        }
-    );
+    node.node_publish_volume(request).await?;
+    println!("    {}: NodePublishVolume OK, tmpfs at {}", pod.name, pod.target.display());
     show_files(&pod.target)?;
     Ok(())
 }
@@ -377,10 +359,14 @@ fn show_files(target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unpublish(pod: &Pod) -> anyhow::Result<()> {
-    kvmount_volume::teardown(&pod.target)?;
+async fn unpublish(node: &mut NodeClient<tonic::transport::Channel>, pod: &Pod) -> anyhow::Result<()> {
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: format!("csi-{}", pod.uid),
+        target_path: pod.target.display().to_string(),
+    })
+    .await?;
     println!(
-        "    {}: unmounted; {} exists: {}",
+        "    {}: NodeUnpublishVolume OK; {} exists: {}",
         pod.name,
         pod.target.display(),
         pod.target.exists()
@@ -411,12 +397,15 @@ async fn rotate(
     Ok(id.rsplit('/').next().unwrap_or_default().to_owned())
 }
 
-fn show_stats(mock: &MockVault, when: &str) {
+fn show_node(mock: &MockVault, handle: &DaemonHandle, when: &str) {
     let stats = mock.stats();
     let gets = stats.count(Some("demo"), Some("secret.get"), None, Some(200));
     let tokens = stats.count(None, Some("token"), None, Some(200));
-    let challenges = stats.count(Some("demo"), None, None, Some(401));
+    let counters = &handle.cache.counters;
     println!(
-        "    Key Vault requests {when}: {gets} secret GETs, {tokens} token requests, {challenges} auth challenges"
+        "    {when}: Key Vault secret GETs {gets}, token requests {tokens}; node cache: {} objects, {} hits, {} misses",
+        handle.cache.len(),
+        counters.hits.load(std::sync::atomic::Ordering::Relaxed),
+        counters.misses.load(std::sync::atomic::Ordering::Relaxed),
     );
 }

@@ -18,18 +18,29 @@ pub fn harden_process() {
     }
 }
 
-/// Locks the daemon's memory (current and future) so secrets are never swapped out, when the
-/// memlock limit allows it (unlimited, as for root with CAP_IPC_LOCK). Returns what happened,
-/// for the caller to log once.
+/// Locks the daemon's memory so secrets are never swapped out: raises RLIMIT_MEMLOCK to
+/// unlimited where the process may (root), then `mlockall(CURRENT | FUTURE | ONFAULT)` (pages are
+/// locked as they are touched, so thread stacks are not populated up front). Without an
+/// unlimited limit, nothing is locked: locking future mappings under a finite limit would make
+/// allocations fail later. Returns a warning to log once when memory is not locked.
 pub fn lock_memory() -> Result<(), String> {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
-    if limit.current.is_some() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    if getrlimit(Resource::Memlock).current.is_some() {
+        let _ = setrlimit(
+            Resource::Memlock,
+            Rlimit {
+                current: None,
+                maximum: None,
+            },
+        );
+    }
+    if let Some(limit) = getrlimit(Resource::Memlock).current {
         return Err(format!(
-            "the memlock limit is {} bytes, not unlimited; memory is not locked and secrets could be swapped (run with CAP_IPC_LOCK and an unlimited RLIMIT_MEMLOCK)",
-            limit.current.unwrap_or(0)
+            "the memlock limit is {limit} bytes and cannot be raised; memory is not locked and secrets could be swapped (give the daemon CAP_IPC_LOCK or CAP_SYS_RESOURCE)"
         ));
     }
-    rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE)
+    use rustix::mm::MlockAllFlags;
+    rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
         .map_err(|e| format!("mlockall failed ({e}); secrets could be swapped"))
 }
 

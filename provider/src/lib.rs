@@ -6,8 +6,10 @@
 //! - [`server`]: Unix-socket serving, shutdown and a client channel helper;
 //! - [`cli`]: command-line flags; [`dev`]: the one-machine life cycle.
 
+pub mod alloc;
 pub mod cache;
 pub mod cli;
+pub mod daemon;
 pub mod dev;
 pub mod grpc;
 pub mod hardening;

@@ -3,6 +3,10 @@
 use clap::Parser;
 use kvmount_provider::cli::{Cli, Command};
 
+/// Freed memory is zeroed, so secrets do not outlive the buffers that held them.
+#[global_allocator]
+static ALLOCATOR: kvmount_provider::alloc::ZeroingAllocator = kvmount_provider::alloc::ZeroingAllocator;
+
 fn main() -> std::process::ExitCode {
     kvmount_provider::hardening::harden_process();
     let cli = Cli::parse();
@@ -18,7 +22,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => args.run().await,
+            Command::Serve(args) => {
+                args.log.init();
+                kvmount_provider::daemon::run(args, None).await
+            }
             Command::MockVault(args) => kvmount_mock_vault::run_cli(args).await,
             Command::Dev(args) => kvmount_provider::dev::run(args).await,
         }

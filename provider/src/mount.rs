@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kvmount_vault::params::{self, parse_default_mode, parse_string_map};
-use kvmount_vault::{Connector, ObjectError, ParamError, RenderedObject};
+use kvmount_vault::{ObjectError, ParamError, RenderedObject};
+
+use crate::cache::NodeCache;
 use zeroize::Zeroize;
 
 /// What the upstream driver hands us, as plain strings.
@@ -48,10 +50,10 @@ pub struct MountOutput {
     pub objects: Vec<RenderedObject>,
 }
 
-/// Serves Mount calls with a shared connector.
-#[derive(Clone, Debug)]
+/// Serves Mount calls from the node cache.
+#[derive(Clone)]
 pub struct Mounter {
-    connector: Connector,
+    cache: std::sync::Arc<NodeCache>,
     deadline: Duration,
 }
 
@@ -67,12 +69,9 @@ impl Drop for ZeroOnDrop {
 }
 
 impl Mounter {
-    /// A mounter that fetches through `connector`, giving each mount `deadline`.
-    pub fn new(connector: Connector, deadline: Duration) -> Self {
-        Self {
-            connector,
-            deadline,
-        }
+    /// A mounter that reads through `cache`, giving each mount `deadline`.
+    pub fn new(cache: std::sync::Arc<NodeCache>, deadline: Duration) -> Self {
+        Self { cache, deadline }
     }
 
     /// Parses the request, fetches every object concurrently and renders the files.
@@ -94,12 +93,11 @@ impl Mounter {
             target = %input.target_path,
             "mount"
         );
-        let objects = tokio::time::timeout(
-            self.deadline,
-            kvmount_vault::fetch_all(&self.connector, &params),
-        )
-        .await
-        .map_err(|_| MountError::Deadline(self.deadline))??;
+        // The upstream driver never tells us when a volume goes away: these reads are not
+        // retained by any volume and expire after the cache's idle time.
+        let (objects, _keys) = tokio::time::timeout(self.deadline, self.cache.fetch(&params))
+            .await
+            .map_err(|_| MountError::Deadline(self.deadline))??;
         for object in &objects {
             tracing::info!(object = %object.id, version = %object.version, pod = %params.pod.name, "object ready");
         }

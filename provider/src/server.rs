@@ -78,7 +78,8 @@ impl BoundSocket {
         &self.path
     }
 
-    fn take_listener(&mut self) -> Option<UnixListener> {
+    /// Takes the listener out (once), leaving the guard to remove the socket on drop.
+    pub fn take_listener(&mut self) -> Option<UnixListener> {
         self.listener.take()
     }
 }
@@ -95,7 +96,7 @@ pub async fn serve_provider(
     mut socket: BoundSocket,
     service: ProviderService,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> anyhow::Result<()> {
     let listener = socket
         .take_listener()
         .ok_or_else(|| ServeError::NotASocket(socket.path().to_owned()))?;

@@ -354,6 +354,7 @@ async fn key_vault_errors_map_to_clear_statuses() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     // Throttling that outlasts the retries: UNAVAILABLE, after honouring Retry-After.
+    // (api-key: db-password is cached by now, and the cache would answer without Key Vault.)
     vault
         .mock
         .set_faults(vec![FaultRule {
@@ -365,7 +366,7 @@ async fn key_vault_errors_map_to_clear_statuses() {
         .expect("faults");
     let status = client
         .mount(req(
-            objects(&[object("db-password", "")]),
+            objects(&[object("api-key", "")]),
             "team-a",
             APP_A,
             &token_a,
@@ -392,7 +393,7 @@ async fn key_vault_errors_map_to_clear_statuses() {
         .expect("faults");
     client
         .mount(req(
-            objects(&[object("db-password", "")]),
+            objects(&[object("api-key", "")]),
             "team-a",
             APP_A,
             &token_a,

@@ -1,0 +1,154 @@
+//! `kvmount-provider serve`: the node daemon. One node cache serves both entry points: the
+//! provider API (for the upstream driver) and, with `--csi-socket`, the CSI node plugin.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use kvmount_proto::csi::identity_server::IdentityServer;
+use kvmount_proto::csi::node_server::NodeServer;
+use kvmount_vault::Connector;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use crate::cache::{CacheConfig, NodeCache};
+use crate::cli::ServeArgs;
+use crate::grpc::identity::IdentityService;
+use crate::grpc::node::NodeService;
+use crate::grpc::provider::ProviderService;
+use crate::hardening;
+use crate::mount::Mounter;
+use crate::server::{BoundSocket, serve_provider, shutdown_signal};
+
+use crate::state::StateStore;
+use crate::volumes::{ClassLookup, VolumeConfig, Volumes};
+
+/// What a started daemon exposes to an in-process caller (`dev`, tests).
+#[derive(Clone)]
+pub struct DaemonHandle {
+    /// The node cache.
+    pub cache: Arc<NodeCache>,
+    /// The published volumes, when the CSI socket is served.
+    pub volumes: Option<Arc<Volumes>>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(args: ServeArgs, classes: Option<Arc<dyn ClassLookup>>) -> anyhow::Result<()> {
+    run_until(args, classes, shutdown_signal(), None).await
+}
+
+/// Runs the daemon until `shutdown` resolves; sends a [`DaemonHandle`] once it serves.
+pub async fn run_until(
+    args: ServeArgs,
+    classes: Option<Arc<dyn ClassLookup>>,
+    shutdown: impl Future<Output = ()>,
+    started: Option<tokio::sync::oneshot::Sender<DaemonHandle>>,
+) -> anyhow::Result<()> {
+    if let Err(warning) = hardening::lock_memory() {
+        tracing::warn!("{warning}");
+    }
+    let connector = Connector::new(args.vault.connector_config()?)?;
+    let refresh = Duration::from_secs(args.refresh_interval_seconds.max(1));
+    let idle = args.cache_idle_seconds.map(Duration::from_secs).unwrap_or(refresh);
+    let cache = Arc::new(NodeCache::new(
+        connector,
+        CacheConfig {
+            refresh_after: refresh,
+            idle_ttl: idle,
+        },
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let mounter = Mounter::new(Arc::clone(&cache), Duration::from_secs(args.mount_timeout_seconds));
+    let provider_socket = BoundSocket::bind(&args.provider_socket)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve_provider(provider_socket, ProviderService::new(mounter), stopped()));
+
+    let mut handle = DaemonHandle {
+        cache: Arc::clone(&cache),
+        volumes: None,
+    };
+    if let Some(csi_path) = &args.csi_socket {
+        let node_id = args
+            .node_id
+            .clone()
+            .filter(|n| !n.is_empty())
+            .context("--node-id (or NODE_NAME) is required with --csi-socket")?;
+        let state = StateStore::open(&args.state_dir)?;
+        let volumes = Arc::new(Volumes::new(
+            Arc::clone(&cache),
+            classes,
+            state,
+            VolumeConfig {
+                tmpfs_bytes: args.tmpfs_bytes,
+            },
+        ));
+        handle.volumes = Some(Arc::clone(&volumes));
+        let (adopted, cleaned) = volumes.recover()?;
+        tracing::info!(adopted, cleaned, "recovered published volumes from the state file");
+        let mut csi_socket = BoundSocket::bind(csi_path)?;
+        let listener = csi_socket.take_listener().context("CSI socket listener")?;
+        let identity = IdentityService::new(args.driver_name.clone(), Arc::clone(&ready));
+        let node = NodeService::new(node_id, volumes);
+        let shutdown = stopped();
+        tasks.spawn(async move {
+            tracing::info!(socket = %csi_socket.path().display(), "serving CSI Identity and Node");
+            Server::builder()
+                .add_service(IdentityServer::new(identity))
+                .add_service(NodeServer::new(node))
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await?;
+            tracing::info!(socket = %csi_socket.path().display(), "CSI services stopped");
+            drop(csi_socket);
+            Ok(())
+        });
+    }
+
+    // Idle entries of the upstream-driver path are erased on a timer.
+    let sweeper_cache = Arc::clone(&cache);
+    let sweep_every = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    let sweeper_stop = stopped();
+    tasks.spawn(async move {
+        tokio::pin!(sweeper_stop);
+        let mut tick = tokio::time::interval(sweep_every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if sweeper_cache.sweep() > 0 {
+                        hardening::scrub_stack();
+                    }
+                }
+                _ = &mut sweeper_stop => return Ok(()),
+            }
+        }
+    });
+
+    ready.store(true, Ordering::Release);
+    tracing::info!("ready");
+    if let Some(started) = started {
+        let _ = started.send(handle);
+    }
+    tokio::select! {
+        _ = shutdown => {}
+        Some(result) = tasks.join_next() => {
+            // A server ended on its own: that is a failure; stop the others.
+            let _ = stop_tx.send(true);
+            result??;
+            anyhow::bail!("a server stopped unexpectedly");
+        }
+    }
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
