@@ -14,6 +14,7 @@ sweep() {
         | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     pkill -f "$root/target/debug/kvmount-provider" 2>/dev/null || true
     pkill -f "$root/target/debug/examples/" 2>/dev/null || true
+    rm -rf /dev/shm/kvmount-* 2>/dev/null || true
 }
 trap sweep EXIT
 
@@ -33,6 +34,25 @@ cargo build --workspace --bins
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+
+echo "== csi-sanity (CSI conformance) against the node plugin"
+tests/csi-sanity/install.sh >/dev/null   # cached under .tools/; the first build takes ~3 min
+csi_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-csi.XXXXXX")
+state_dir=$(mktemp -d /dev/shm/kvmount-csi-state.XXXXXX)
+"$root/target/debug/kvmount-provider" serve \
+    --provider-socket "$csi_dir/provider.sock" --csi-socket "$csi_dir/csi.sock" \
+    --node-id csi-sanity-node --state-dir "$state_dir" >"$csi_dir/daemon.log" 2>&1 &
+csi_pid=$!
+rc=0
+tests/csi-sanity/run.sh --endpoint "$csi_dir/csi.sock" --wait 30 || rc=$?
+kill "$csi_pid" 2>/dev/null || true
+wait "$csi_pid" 2>/dev/null || true
+if [ "$rc" != 0 ]; then
+    echo "csi-sanity failed ($rc); daemon log:" >&2
+    cat "$csi_dir/daemon.log" >&2
+fi
+rm -rf "$csi_dir" "$state_dir"
+[ "$rc" = 0 ] || exit "$rc"
 
 echo "== Python Key Vault SDK against the mock vault"
 venv=$root/.venv

@@ -340,3 +340,200 @@ pub fn objects(docs: &[String]) -> String {
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     kvmount_provider::dev::mounts_under(root)
 }
+
+/// `kvmount-provider serve` with both sockets (CSI node plugin + provider API) as a child
+/// process, with its state dir on tmpfs (/dev/shm). Killed, and its dirs removed, on drop.
+pub struct NodeDaemon {
+    child: Option<Child>,
+    /// The CSI socket.
+    pub csi_socket: PathBuf,
+    /// The provider socket.
+    pub provider_socket: PathBuf,
+    /// The state dir (on tmpfs).
+    pub state_dir: PathBuf,
+    /// Where test pods' volumes live (a stand-in for /var/lib/kubelet/pods).
+    pub pods_dir: PathBuf,
+    flags: Vec<String>,
+    dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+    output: Arc<Mutex<String>>,
+}
+
+impl NodeDaemon {
+    /// Starts the daemon with `flags` (e.g. [`Vault::provider_flags`]).
+    pub fn start(flags: &[String]) -> Self {
+        let dir = tempfile::Builder::new().prefix("kvmount-test-node.").tempdir().expect("tempdir");
+        let state = tempfile::Builder::new()
+            .prefix("kvmount-test-state.")
+            .tempdir_in("/dev/shm")
+            .expect("state dir on /dev/shm");
+        let mut daemon = Self {
+            child: None,
+            csi_socket: dir.path().join("plugins/csi.sock"),
+            provider_socket: dir.path().join("providers/kvmount.sock"),
+            state_dir: state.path().to_owned(),
+            pods_dir: dir.path().join("pods"),
+            flags: flags.to_vec(),
+            dir,
+            state,
+            output: Arc::new(Mutex::new(String::new())),
+        };
+        std::fs::create_dir_all(&daemon.pods_dir).expect("pods dir");
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(workspace_bin("kvmount-provider"))
+            .arg("serve")
+            .arg("--provider-socket")
+            .arg(&self.provider_socket)
+            .arg("--csi-socket")
+            .arg(&self.csi_socket)
+            .arg("--node-id")
+            .arg("test-node")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(&self.flags)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvmount-provider serve");
+        let mark = self.output().len();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = Arc::clone(&self.output);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().expect("output lock");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.output()[mark..].contains("ready") {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("kvmount-provider exited with {status}:\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "daemon never became ready:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output lock").clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL, then start again with the same sockets and state dir.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
+    /// A channel to the CSI socket.
+    pub async fn csi_channel(&self) -> Channel {
+        kvmount_provider::server::unix_channel(&self.csi_socket)
+            .await
+            .expect("connect to the CSI socket")
+    }
+
+    /// A pod volume target (its parent exists, as kubelet guarantees).
+    pub fn target(&self, pod_uid: &str) -> PathBuf {
+        let parent = self.pods_dir.join(pod_uid).join("volumes/kubernetes.io~csi/secrets");
+        std::fs::create_dir_all(&parent).expect("target parent");
+        parent.join("mount")
+    }
+
+    /// The test's temp dir (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The state tmp dir handle (removed on drop).
+    pub fn state(&self) -> &Path {
+        self.state.path()
+    }
+}
+
+impl Drop for NodeDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for mount in mounts_under(self.dir.path()) {
+            let _ = kvmount_volume::teardown(&mount);
+        }
+    }
+}
+
+/// A NodePublishVolumeRequest the way kubelet sends it for a pod's inline CSI volume.
+pub fn publish_request(
+    target: &Path,
+    volume_id: &str,
+    context: &HashMap<String, String>,
+) -> kvmount_proto::csi::NodePublishVolumeRequest {
+    use kvmount_proto::csi::volume_capability::access_mode::Mode;
+    use kvmount_proto::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+    let mut request = kvmount_proto::csi::NodePublishVolumeRequest::default();
+    request.volume_id = volume_id.into();
+    request.target_path = target.display().to_string();
+    request.readonly = true;
+    request.volume_capability = Some(kvmount_proto::csi::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeReaderOnly as i32,
+        }),
+    });
+    request.volume_context = context.clone();
+    request
+}
+
+/// Counts occurrences of `needle` in the readable memory of process `pid`, read from another
+/// process through /proc/<pid>/maps and /proc/<pid>/mem (needs root for a non-dumpable process).
+pub fn scan_process_memory(pid: u32, needle: &[u8]) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    let mut hits = 0;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") || line.ends_with("[vvar_vclock]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else { continue };
+        let mut buf = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() {
+            continue;
+        }
+        let mut read = 0;
+        while read < buf.len() {
+            match mem.read(&mut buf[read..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        hits += buf[..read].windows(needle.len()).filter(|w| *w == needle).count();
+    }
+    hits
+}
