@@ -128,8 +128,8 @@ impl LookupError {
         }
     }
 
-    /// Maps an error from a GET of `namespace/name`.
-    pub(crate) fn from_kube(err: kube::Error, namespace: &str, name: &str) -> Self {
+    /// Maps an error from a GET of `namespace/name` sent to `server` (`host:port`).
+    pub(crate) fn from_kube(err: kube::Error, server: &str, namespace: &str, name: &str) -> Self {
         use kube::Error as E;
         match err {
             E::Api(status) => {
@@ -146,7 +146,9 @@ impl LookupError {
                     },
                     401 => Self::Unauthorized { message },
                     code @ (408 | 429 | 500..=599) => Self::Unavailable {
-                        message: format!("API server answered {code}: {message}"),
+                        message: format!(
+                            "{server} answered {code} for SecretProviderClass {namespace}/{name}: {message}"
+                        ),
                     },
                     code => Self::Rejected {
                         namespace: namespace.to_owned(),
@@ -170,7 +172,12 @@ impl LookupError {
             | E::ProxyProtocolUnsupported { .. }
             | E::ProxyProtocolDisabled { .. }
             | E::BuildRequest(_)) => Self::config(chain(&e)),
-            e => Self::Unavailable { message: chain(&e) },
+            e => Self::Unavailable {
+                message: format!(
+                    "{server} (SecretProviderClass {namespace}/{name}): {}",
+                    chain(&e)
+                ),
+            },
         }
     }
 }
@@ -233,7 +240,7 @@ mod tests {
                     .boxed(),
             )
         };
-        let kind = |code| LookupError::from_kube(status(code), "ns", "n").kind();
+        let kind = |code| LookupError::from_kube(status(code), "127.0.0.1:6443", "ns", "n").kind();
         assert_eq!(kind(404), ErrorKind::NotFound);
         assert_eq!(kind(403), ErrorKind::PermissionDenied);
         assert_eq!(kind(401), ErrorKind::PermissionDenied);

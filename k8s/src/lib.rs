@@ -112,7 +112,7 @@ impl ClassResolver {
         let obj = match tokio::time::timeout(self.timeout, api.get(name)).await {
             Ok(Ok(obj)) => obj,
             Ok(Err(e)) => {
-                let err = LookupError::from_kube(e, namespace, name);
+                let err = LookupError::from_kube(e, &self.server, namespace, name);
                 tracing::debug!(error = %err, "SecretProviderClass lookup failed");
                 return Err(err);
             }

@@ -285,3 +285,25 @@ async fn infer_child() {
     let spc = resolver.get("team-a", "app-secrets").await.unwrap();
     assert_eq!(spc.provider, "azure");
 }
+
+#[tokio::test]
+async fn untrusted_server_certificate_is_unavailable() {
+    let server = FakeApiServer::start().await;
+    let other = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    // Right address, another cluster's CA.
+    std::fs::write(
+        &path,
+        support::kubeconfig_yaml(
+            &format!("https://{}", server.addr),
+            &other.ca_pem,
+            support::TOKEN,
+        ),
+    )
+    .unwrap();
+    let resolver = ClassResolver::from_kubeconfig(&path).await.unwrap();
+    let err = resolver.get("team-a", "app-secrets").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    assert_eq!(server.requests(), 0);
+}
