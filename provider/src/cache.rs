@@ -287,7 +287,8 @@ impl NodeCache {
             self.slot(key).users().volumes.insert(volume.to_owned());
         }
         if let Some(previous) = previous {
-            let stale: Vec<ObjectKey> = previous.into_iter().filter(|k| !keys.contains(k)).collect();
+            let stale: Vec<ObjectKey> =
+                previous.into_iter().filter(|k| !keys.contains(k)).collect();
             self.drop_users(volume, &stale);
         }
     }
@@ -318,7 +319,9 @@ impl NodeCache {
                 }
             }
         }
-        self.counters.erased.fetch_add(erased as u64, Ordering::Relaxed);
+        self.counters
+            .erased
+            .fetch_add(erased as u64, Ordering::Relaxed);
         self.forget_unused_vaults(vaults);
         erased
     }
@@ -353,7 +356,9 @@ impl NodeCache {
             before - slots.len()
         };
         lock(&self.credentials).retain(|_, c| c.last_used.elapsed() < ttl);
-        self.counters.erased.fetch_add(erased as u64, Ordering::Relaxed);
+        self.counters
+            .erased
+            .fetch_add(erased as u64, Ordering::Relaxed);
         self.forget_unused_vaults(vaults);
         erased
     }

@@ -1,10 +1,10 @@
 //! Command-line interface of `kvmount-provider`.
 
-use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kvmount_vault::client::{DEFAULT_AUTHORITY_HOST, DEFAULT_KEYVAULT_DNS_SUFFIX};
 use kvmount_vault::{ConnectorConfig, ResolveRule};
+use std::path::PathBuf;
 
 use crate::logging::{self, LogFormat};
 

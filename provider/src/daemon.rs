@@ -50,7 +50,10 @@ pub async fn run_until(
     }
     let connector = Connector::new(args.vault.connector_config()?)?;
     let refresh = Duration::from_secs(args.refresh_interval_seconds.max(1));
-    let idle = args.cache_idle_seconds.map(Duration::from_secs).unwrap_or(refresh);
+    let idle = args
+        .cache_idle_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(refresh);
     let cache = Arc::new(NodeCache::new(
         connector,
         CacheConfig {
@@ -67,10 +70,17 @@ pub async fn run_until(
         }
     };
 
-    let mounter = Mounter::new(Arc::clone(&cache), Duration::from_secs(args.mount_timeout_seconds));
+    let mounter = Mounter::new(
+        Arc::clone(&cache),
+        Duration::from_secs(args.mount_timeout_seconds),
+    );
     let provider_socket = BoundSocket::bind(&args.provider_socket)?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(serve_provider(provider_socket, ProviderService::new(mounter), stopped()));
+    tasks.spawn(serve_provider(
+        provider_socket,
+        ProviderService::new(mounter),
+        stopped(),
+    ));
 
     let mut handle = DaemonHandle {
         cache: Arc::clone(&cache),
@@ -93,7 +103,11 @@ pub async fn run_until(
         ));
         handle.volumes = Some(Arc::clone(&volumes));
         let (adopted, cleaned) = volumes.recover()?;
-        tracing::info!(adopted, cleaned, "recovered published volumes from the state file");
+        tracing::info!(
+            adopted,
+            cleaned,
+            "recovered published volumes from the state file"
+        );
         let mut csi_socket = BoundSocket::bind(csi_path)?;
         let listener = csi_socket.take_listener().context("CSI socket listener")?;
         let identity = IdentityService::new(args.driver_name.clone(), Arc::clone(&ready));

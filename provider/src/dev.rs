@@ -131,7 +131,10 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     println!("kvmount dev: the life cycle of a secret on one node, with a local Key Vault");
     println!("    work directory {} (removed at the end)", root.display());
 
-    step(1, "start the mock Key Vault (TLS, challenge auth, Entra token endpoint)");
+    step(
+        1,
+        "start the mock Key Vault (TLS, challenge auth, Entra token endpoint)",
+    );
     let tls_dir = root.join("tls");
     let mock = kvmount_mock_vault::start(MockVaultConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -141,15 +144,31 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     })
     .await
     .context("starting the mock vault")?;
-    println!("    Key Vault  {}  (served at {})", mock.vault_url("demo"), mock.base_url());
-    println!("    Entra ID   {}/{}/oauth2/v2.0/token", mock.base_url(), mock.tenant_id());
+    println!(
+        "    Key Vault  {}  (served at {})",
+        mock.vault_url("demo"),
+        mock.base_url()
+    );
+    println!(
+        "    Entra ID   {}/{}/oauth2/v2.0/token",
+        mock.base_url(),
+        mock.tenant_id()
+    );
 
-    step(2, "start the node daemon: CSI node plugin and provider API, one node cache");
+    step(
+        2,
+        "start the node daemon: CSI node plugin and provider API, one node cache",
+    );
     let state_dir = root.join("state");
     std::fs::create_dir_all(&state_dir)?;
     kvmount_volume::mount_tmpfs(
         &state_dir,
-        &TmpfsOptions { size_bytes: 1 << 20, mode: 0o700, uid: None, gid: None },
+        &TmpfsOptions {
+            size_bytes: 1 << 20,
+            mode: 0o700,
+            uid: None,
+            gid: None,
+        },
     )?;
     let csi_socket = root.join("plugins/secrets.kvmount.io/csi.sock");
     let args = ServeArgs {
@@ -170,7 +189,10 @@ async fn play(root: &Path) -> anyhow::Result<()> {
             resolve: vec![format!("*.{}={}", mock.dns_suffix(), mock.addr())],
             max_retries: 2,
         },
-        log: LogArgs { log_level: "warn".into(), log_format: crate::logging::LogFormat::Text },
+        log: LogArgs {
+            log_level: "warn".into(),
+            log_format: crate::logging::LogFormat::Text,
+        },
     };
     let connector = Connector::new(args.vault.connector_config()?)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -196,7 +218,10 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     let channel = unix_channel(&csi_socket).await?;
     let mut identity = IdentityClient::new(channel.clone());
     let mut node = NodeClient::new(channel);
-    let info = identity.get_plugin_info(GetPluginInfoRequest {}).await?.into_inner();
+    let info = identity
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await?
+        .into_inner();
     let probe = identity.probe(ProbeRequest {}).await?.into_inner();
     println!(
         "    CSI driver {} {} on {} (ready: {})",
@@ -277,7 +302,9 @@ async fn play(root: &Path) -> anyhow::Result<()> {
     let _ = kvmount_volume::teardown(&state_dir);
     mock.shutdown().await;
     outcome?;
-    println!("\ndone: every volume unmounted, the sockets removed, the work directory removed next.");
+    println!(
+        "\ndone: every volume unmounted, the sockets removed, the work directory removed next."
+    );
     Ok(())
 }
 
@@ -317,22 +344,37 @@ async fn publish(
     request.readonly = true;
     request.volume_capability = Some(VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeReaderOnly as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeReaderOnly as i32,
+        }),
     });
     request.volume_context = HashMap::from([
         ("keyvaultName".to_owned(), "demo".to_owned()),
         ("tenantID".to_owned(), mock.tenant_id().to_owned()),
         ("clientID".to_owned(), DEMO_CLIENT_ID.to_owned()),
         ("objects".to_owned(), DEMO_OBJECTS.to_owned()),
-        ("csi.storage.k8s.io/pod.name".to_owned(), pod.name.to_owned()),
-        ("csi.storage.k8s.io/pod.namespace".to_owned(), "team-a".to_owned()),
+        (
+            "csi.storage.k8s.io/pod.name".to_owned(),
+            pod.name.to_owned(),
+        ),
+        (
+            "csi.storage.k8s.io/pod.namespace".to_owned(),
+            "team-a".to_owned(),
+        ),
         ("csi.storage.k8s.io/pod.uid".to_owned(), pod.uid.clone()),
-        ("csi.storage.k8s.io/serviceAccount.name".to_owned(), "app".to_owned()),
+        (
+            "csi.storage.k8s.io/serviceAccount.name".to_owned(),
+            "app".to_owned(),
+        ),
         ("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned()),
         (TOKENS_ATTRIBUTE.to_owned(), tokens.to_string()),
     ]);
     node.node_publish_volume(request).await?;
-    println!("    {}: NodePublishVolume OK, tmpfs at {}", pod.name, pod.target.display());
+    println!(
+        "    {}: NodePublishVolume OK, tmpfs at {}",
+        pod.name,
+        pod.target.display()
+    );
     show_files(&pod.target)?;
     Ok(())
 }
@@ -359,7 +401,10 @@ fn show_files(target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn unpublish(node: &mut NodeClient<tonic::transport::Channel>, pod: &Pod) -> anyhow::Result<()> {
+async fn unpublish(
+    node: &mut NodeClient<tonic::transport::Channel>,
+    pod: &Pod,
+) -> anyhow::Result<()> {
     node.node_unpublish_volume(NodeUnpublishVolumeRequest {
         volume_id: format!("csi-{}", pod.uid),
         target_path: pod.target.display().to_string(),

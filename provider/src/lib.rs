@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod cache;
+pub mod classes;
 pub mod cli;
 pub mod daemon;
 pub mod dev;

@@ -5,7 +5,8 @@ use kvmount_provider::cli::{Cli, Command};
 
 /// Freed memory is zeroed, so secrets do not outlive the buffers that held them.
 #[global_allocator]
-static ALLOCATOR: kvmount_provider::alloc::ZeroingAllocator = kvmount_provider::alloc::ZeroingAllocator;
+static ALLOCATOR: kvmount_provider::alloc::ZeroingAllocator =
+    kvmount_provider::alloc::ZeroingAllocator;
 
 fn main() -> std::process::ExitCode {
     kvmount_provider::hardening::harden_process();
@@ -24,7 +25,10 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 args.log.init();
-                kvmount_provider::daemon::run(args, None).await
+                match kvmount_provider::classes::from_flags(args.kubeconfig.as_deref()).await {
+                    Ok(classes) => kvmount_provider::daemon::run(args, classes).await,
+                    Err(err) => Err(err),
+                }
             }
             Command::MockVault(args) => kvmount_mock_vault::run_cli(args).await,
             Command::Dev(args) => kvmount_provider::dev::run(args).await,

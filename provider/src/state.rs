@@ -52,7 +52,9 @@ struct StateFile {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The state directory is not on tmpfs or ramfs.
-    #[error("--state-dir {0}: not on tmpfs or ramfs; choose a memory-backed directory such as /run/kvmount on a node or /dev/shm/kvmount")]
+    #[error(
+        "--state-dir {0}: not on tmpfs or ramfs; choose a memory-backed directory such as /run/kvmount on a node or /dev/shm/kvmount"
+    )]
     NotMemoryBacked(PathBuf),
     /// Reading or writing failed.
     #[error("state file {path}: {source}")]
@@ -85,8 +87,11 @@ impl StateStore {
             path: dir.to_owned(),
             source,
         })?;
-        kvmount_volume::memory_fs_kind(dir).map_err(|_| StateError::NotMemoryBacked(dir.to_owned()))?;
-        Ok(Self { dir: dir.to_owned() })
+        kvmount_volume::memory_fs_kind(dir)
+            .map_err(|_| StateError::NotMemoryBacked(dir.to_owned()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
     }
 
     fn file(&self) -> PathBuf {
@@ -108,7 +113,10 @@ impl StateStore {
         if state.version != FORMAT_VERSION {
             return Err(StateError::Corrupt {
                 path,
-                message: format!("format version {} (this daemon reads {FORMAT_VERSION})", state.version),
+                message: format!(
+                    "format version {} (this daemon reads {FORMAT_VERSION})",
+                    state.version
+                ),
             });
         }
         Ok(state.volumes)

@@ -128,21 +128,32 @@ struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.target);
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.target);
     }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Checks a target path: absolute, no `..`, not `/`.
 fn validate_target(target: &str) -> Result<PathBuf, VolumeError> {
     let path = Path::new(target);
     if target.is_empty() {
-        return Err(VolumeError::InvalidArgument("target_path is required".into()));
+        return Err(VolumeError::InvalidArgument(
+            "target_path is required".into(),
+        ));
     }
-    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) || path.parent().is_none() {
+    if !path.is_absolute()
+        || path.components().any(|c| matches!(c, Component::ParentDir))
+        || path.parent().is_none()
+    {
         return Err(VolumeError::InvalidArgument(format!(
             "target_path {target:?}: must be an absolute path without '..' elements"
         )));
@@ -153,7 +164,10 @@ fn validate_target(target: &str) -> Result<PathBuf, VolumeError> {
 /// SHA-256 (hex) of the attributes that define the volume's content: everything but the
 /// tokens (kubelet renews them) and the pod's own identity fields.
 fn attributes_digest(attributes: &HashMap<String, String>, fs_group: Option<u32>) -> String {
-    let mut keys: Vec<&String> = attributes.keys().filter(|k| k.as_str() != TOKENS_ATTRIBUTE).collect();
+    let mut keys: Vec<&String> = attributes
+        .keys()
+        .filter(|k| k.as_str() != TOKENS_ATTRIBUTE)
+        .collect();
     keys.sort();
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for key in keys {
@@ -240,10 +254,15 @@ impl Volumes {
         }
         let target = validate_target(&request.target_path)?;
         match request.mount_capability {
-            None => return Err(VolumeError::InvalidArgument("volume_capability is required".into())),
+            None => {
+                return Err(VolumeError::InvalidArgument(
+                    "volume_capability is required".into(),
+                ));
+            }
             Some(false) => {
                 return Err(VolumeError::InvalidArgument(
-                    "volume_capability: block volumes are not supported; accepted: a mount volume".into(),
+                    "volume_capability: block volumes are not supported; accepted: a mount volume"
+                        .into(),
                 ));
             }
             Some(true) => {}
@@ -273,7 +292,10 @@ impl Volumes {
         if mounted_here {
             if !target.exists() {
                 std::fs::create_dir(&target).map_err(|e| {
-                    VolumeError::InvalidArgument(format!("target_path {}: cannot create: {e}", target.display()))
+                    VolumeError::InvalidArgument(format!(
+                        "target_path {}: cannot create: {e}",
+                        target.display()
+                    ))
                 })?;
             }
             kvmount_volume::mount_tmpfs(
@@ -297,7 +319,13 @@ impl Volumes {
                     contents: f.contents.expose(),
                 })
                 .collect();
-            writer.write(&specs, &Ownership { uid: None, gid: fs_group })
+            writer.write(
+                &specs,
+                &Ownership {
+                    uid: None,
+                    gid: fs_group,
+                },
+            )
         })();
         let outcome = match written {
             Ok(outcome) => outcome,
@@ -314,7 +342,11 @@ impl Volumes {
             volume_id: request.volume_id.clone(),
             target_path: request.target_path.clone(),
             pod_name: request.context.get(POD_NAME).cloned().unwrap_or_default(),
-            pod_namespace: request.context.get(POD_NAMESPACE).cloned().unwrap_or_default(),
+            pod_namespace: request
+                .context
+                .get(POD_NAMESPACE)
+                .cloned()
+                .unwrap_or_default(),
             pod_uid: request.context.get(POD_UID).cloned().unwrap_or_default(),
             class,
             attributes_digest: digest,
@@ -345,9 +377,17 @@ impl Volumes {
         request: &PublishRequest,
     ) -> Result<(HashMap<String, String>, Option<String>), VolumeError> {
         let mut attributes = HashMap::new();
-        let class = request.context.get(CLASS_ATTRIBUTE).map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+        let class = request
+            .context
+            .get(CLASS_ATTRIBUTE)
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty());
         if let Some(name) = &class {
-            let namespace = request.context.get(POD_NAMESPACE).map(String::as_str).unwrap_or("");
+            let namespace = request
+                .context
+                .get(POD_NAMESPACE)
+                .map(String::as_str)
+                .unwrap_or("");
             if namespace.is_empty() {
                 return Err(VolumeError::InvalidArgument(format!(
                     "{POD_NAMESPACE} is required to look up secretProviderClass {name:?} (set podInfoOnMount: true on the CSIDriver)"
@@ -356,11 +396,16 @@ impl Volumes {
             let Some(classes) = &self.classes else {
                 return Err(VolumeError::Class(ClassError {
                     kind: kvmount_vault::ErrorKind::Unavailable,
-                    message: format!("cannot look up {name:?}: the daemon has no Kubernetes API access (run in a cluster or pass --kubeconfig)"),
+                    message: format!(
+                        "cannot look up {name:?}: the daemon has no Kubernetes API access (run in a cluster or pass --kubeconfig)"
+                    ),
                 }));
             };
             let found = classes.get(namespace, name).await?;
-            if !ACCEPTED_PROVIDERS.iter().any(|p| found.provider.eq_ignore_ascii_case(p)) {
+            if !ACCEPTED_PROVIDERS
+                .iter()
+                .any(|p| found.provider.eq_ignore_ascii_case(p))
+            {
                 return Err(VolumeError::Class(ClassError {
                     kind: kvmount_vault::ErrorKind::InvalidArgument,
                     message: format!(
@@ -404,12 +449,19 @@ impl Volumes {
 
 /// The files' group: `volume_capability.mount.volume_mount_group`, else the `fsGroup` attribute.
 fn fs_group(request: &PublishRequest) -> Result<Option<u32>, VolumeError> {
-    let (field, text) = match (&request.mount_group, request.context.get(FS_GROUP_ATTRIBUTE)) {
-        (Some(g), _) if !g.trim().is_empty() => ("volume_capability.mount.volume_mount_group", g.as_str()),
+    let (field, text) = match (
+        &request.mount_group,
+        request.context.get(FS_GROUP_ATTRIBUTE),
+    ) {
+        (Some(g), _) if !g.trim().is_empty() => {
+            ("volume_capability.mount.volume_mount_group", g.as_str())
+        }
         (_, Some(g)) if !g.trim().is_empty() => (FS_GROUP_ATTRIBUTE, g.as_str()),
         _ => return Ok(None),
     };
     text.trim().parse::<u32>().map(Some).map_err(|_| {
-        VolumeError::InvalidArgument(format!("{field}: {text:?} is not a group id; accepted: a number from 0 to 4294967295"))
+        VolumeError::InvalidArgument(format!(
+            "{field}: {text:?} is not a group id; accepted: a number from 0 to 4294967295"
+        ))
     })
 }

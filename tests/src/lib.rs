@@ -362,7 +362,10 @@ pub struct NodeDaemon {
 impl NodeDaemon {
     /// Starts the daemon with `flags` (e.g. [`Vault::provider_flags`]).
     pub fn start(flags: &[String]) -> Self {
-        let dir = tempfile::Builder::new().prefix("kvmount-test-node.").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("kvmount-test-node.")
+            .tempdir()
+            .expect("tempdir");
         let state = tempfile::Builder::new()
             .prefix("kvmount-test-state.")
             .tempdir_in("/dev/shm")
@@ -403,8 +406,14 @@ impl NodeDaemon {
             .expect("spawn kvmount-provider serve");
         let mark = self.output().len();
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -421,10 +430,18 @@ impl NodeDaemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.output()[mark..].contains("ready") {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("kvmount-provider exited with {status}:\n{}", self.output());
             }
-            assert!(Instant::now() < deadline, "daemon never became ready:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "daemon never became ready:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -457,7 +474,10 @@ impl NodeDaemon {
 
     /// A pod volume target (its parent exists, as kubelet guarantees).
     pub fn target(&self, pod_uid: &str) -> PathBuf {
-        let parent = self.pods_dir.join(pod_uid).join("volumes/kubernetes.io~csi/secrets");
+        let parent = self
+            .pods_dir
+            .join(pod_uid)
+            .join("volumes/kubernetes.io~csi/secrets");
         std::fs::create_dir_all(&parent).expect("target parent");
         parent.join("mount")
     }
@@ -516,12 +536,23 @@ pub fn scan_process_memory(pid: u32, needle: &[u8]) -> usize {
     let mut hits = 0;
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
-        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") || line.ends_with("[vvar_vclock]") {
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r')
+            || line.ends_with("[vvar]")
+            || line.ends_with("[vsyscall]")
+            || line.ends_with("[vvar_vclock]")
+        {
             continue;
         }
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else { continue };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
         let mut buf = vec![0u8; (end - start) as usize];
         if mem.seek(SeekFrom::Start(start)).is_err() {
             continue;
@@ -533,7 +564,10 @@ pub fn scan_process_memory(pid: u32, needle: &[u8]) -> usize {
                 Ok(n) => read += n,
             }
         }
-        hits += buf[..read].windows(needle.len()).filter(|w| *w == needle).count();
+        hits += buf[..read]
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count();
     }
     hits
 }

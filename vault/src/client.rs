@@ -204,7 +204,9 @@ impl Connector {
     /// Checks the configuration and builds the Entra ID HTTP client.
     pub fn new(config: ConnectorConfig) -> Result<Self, ConfigError> {
         if config.authority_host.scheme() != "https" {
-            return Err(ConfigError::AuthorityHost(config.authority_host.to_string()));
+            return Err(ConfigError::AuthorityHost(
+                config.authority_host.to_string(),
+            ));
         }
         let auth_http = build_http(&config)?;
         Ok(Self {
@@ -359,7 +361,9 @@ fn build_http(config: &ConnectorConfig) -> Result<reqwest::Client, ConfigError> 
             rules: Arc::new(config.resolve.clone()),
         }));
     }
-    builder.build().map_err(|e| ConfigError::Http(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| ConfigError::Http(e.to_string()))
 }
 
 /// Asks `credential` for a Key Vault token: proof that these credentials are valid for their

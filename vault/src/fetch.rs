@@ -122,7 +122,11 @@ pub async fn fetch_object(
 }
 
 /// The files of `object` as the volume will show them (alias, mode).
-pub fn rendered_object(spec: &ObjectSpec, object: &FetchedObject, default_mode: u32) -> RenderedObject {
+pub fn rendered_object(
+    spec: &ObjectSpec,
+    object: &FetchedObject,
+    default_mode: u32,
+) -> RenderedObject {
     RenderedObject {
         id: spec.id(),
         version: object.version.clone(),

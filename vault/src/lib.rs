@@ -17,7 +17,8 @@ pub mod secret;
 pub use client::{Connector, ConnectorConfig, ResolveRule};
 pub use error::{ErrorKind, VaultError};
 pub use fetch::{
-    FetchedObject, ObjectError, RenderedFile, RenderedObject, fetch_all, fetch_object, rendered_object,
+    FetchedObject, ObjectError, RenderedFile, RenderedObject, fetch_all, fetch_object,
+    rendered_object,
 };
 pub use params::{Auth, MountParams, ObjectSpec, ParamError};
 pub use secret::{SecretBytes, SecretString};

@@ -35,14 +35,18 @@ impl Node for NodeService {
         &self,
         _request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
-        Err(Status::unimplemented("NodeStageVolume: kvmount volumes are not staged"))
+        Err(Status::unimplemented(
+            "NodeStageVolume: kvmount volumes are not staged",
+        ))
     }
 
     async fn node_unstage_volume(
         &self,
         _request: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
-        Err(Status::unimplemented("NodeUnstageVolume: kvmount volumes are not staged"))
+        Err(Status::unimplemented(
+            "NodeUnstageVolume: kvmount volumes are not staged",
+        ))
     }
 
     async fn node_publish_volume(
@@ -53,7 +57,9 @@ impl Node for NodeService {
         let (mount_capability, mount_group) = match &request.volume_capability {
             None => (None, None),
             Some(capability) => match &capability.access_type {
-                Some(AccessType::Mount(mount)) => (Some(true), Some(mount.volume_mount_group.clone())),
+                Some(AccessType::Mount(mount)) => {
+                    (Some(true), Some(mount.volume_mount_group.clone()))
+                }
                 Some(AccessType::Block(_)) => (Some(false), None),
                 None => (Some(true), None),
             },
@@ -84,7 +90,10 @@ impl Node for NodeService {
         request: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let request = request.into_inner();
-        match self.volumes.unpublish(&request.volume_id, &request.target_path) {
+        match self
+            .volumes
+            .unpublish(&request.volume_id, &request.target_path)
+        {
             Ok(()) => Ok(Response::new(NodeUnpublishVolumeResponse {})),
             Err(err) => {
                 let status = Status::from(err);

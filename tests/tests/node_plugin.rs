@@ -1,0 +1,722 @@
+//! The CSI node plugin end to end: the real daemon on real sockets, real tmpfs mounts, the
+//! mock vault over TLS. Shared fetches, identity isolation, erase on last unpublish (checked
+//! in the daemon's memory from outside), restart after SIGKILL, SecretProviderClass lookups,
+//! CSI idempotency rules, and secrets kept out of logs.
+
+#[path = "../../k8s/tests/support/mod.rs"]
+mod fake_apiserver;
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use kvmount_proto::csi::NodeUnpublishVolumeRequest;
+use kvmount_proto::csi::identity_client::IdentityClient;
+use kvmount_proto::csi::node_client::NodeClient;
+use kvmount_tests::{
+    NodeDaemon, Vault, mounts_under, object, objects, publish_request, scan_process_memory,
+};
+use tonic::Code;
+
+const APP_A: &str = "00000000-0000-0000-0000-00000000000a";
+const APP_B: &str = "00000000-0000-0000-0000-00000000000b";
+
+fn context(
+    vault: &Vault,
+    namespace: &str,
+    pod: &str,
+    client_id: &str,
+    token: &str,
+    objs: &str,
+) -> HashMap<String, String> {
+    let tokens = serde_json::json!({"api://AzureADTokenExchange": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}});
+    HashMap::from([
+        ("keyvaultName".to_owned(), "demo".to_owned()),
+        ("tenantID".to_owned(), vault.mock.tenant_id().to_owned()),
+        ("clientID".to_owned(), client_id.to_owned()),
+        ("objects".to_owned(), objs.to_owned()),
+        ("csi.storage.k8s.io/pod.name".to_owned(), pod.to_owned()),
+        (
+            "csi.storage.k8s.io/pod.namespace".to_owned(),
+            namespace.to_owned(),
+        ),
+        (
+            "csi.storage.k8s.io/pod.uid".to_owned(),
+            format!("uid-{pod}"),
+        ),
+        (
+            "csi.storage.k8s.io/serviceAccount.name".to_owned(),
+            "app".to_owned(),
+        ),
+        ("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned()),
+        (
+            "csi.storage.k8s.io/serviceAccount.tokens".to_owned(),
+            tokens.to_string(),
+        ),
+    ])
+}
+
+fn two_objects() -> String {
+    objects(&[
+        object("db-password", "filePermission: \"0640\"\n"),
+        object("api-key", ""),
+    ])
+}
+
+fn read(target: &Path, file: &str) -> String {
+    std::fs::read_to_string(target.join(file))
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", target.display()))
+}
+
+fn unpublish(volume: &str, target: &Path) -> NodeUnpublishVolumeRequest {
+    NodeUnpublishVolumeRequest {
+        volume_id: volume.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+fn state_volumes(daemon: &NodeDaemon) -> usize {
+    let text = std::fs::read_to_string(daemon.state_dir.join("volumes.json")).unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    value["volumes"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn two_pods_share_one_fetch_and_the_last_unpublish_erases() {
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let channel = daemon.csi_channel().await;
+    let mut node = NodeClient::new(channel.clone());
+    let probe = IdentityClient::new(channel)
+        .probe(kvmount_proto::csi::ProbeRequest {})
+        .await
+        .expect("probe")
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+
+    let token_1 = vault.sa_token("team-a", "app");
+    let token_2 = vault.sa_token("team-a", "app");
+    let (t1, t2) = (daemon.target("pod-1"), daemon.target("pod-2"));
+    let ctx1 = context(&vault, "team-a", "pod-1", APP_A, &token_1, &two_objects());
+    let ctx2 = context(&vault, "team-a", "pod-2", APP_A, &token_2, &two_objects());
+    // Concurrent first mounts of the same objects collapse into one Key Vault read each.
+    let (mut n1, mut n2) = (node.clone(), node.clone());
+    let (r1, r2) = tokio::join!(
+        n1.node_publish_volume(publish_request(&t1, "vol-1", &ctx1)),
+        n2.node_publish_volume(publish_request(&t2, "vol-2", &ctx2)),
+    );
+    r1.expect("publish pod-1");
+    r2.expect("publish pod-2");
+    let stats = vault.mock.stats();
+    assert_eq!(
+        stats.count(
+            Some("demo"),
+            Some("secret.get"),
+            Some("secret/db-password"),
+            Some(200)
+        ),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.count(
+            Some("demo"),
+            Some("secret.get"),
+            Some("secret/api-key"),
+            Some(200)
+        ),
+        1
+    );
+    for target in [&t1, &t2] {
+        assert_eq!(read(target, "db-password"), "current-value");
+        assert_eq!(read(target, "api-key"), "demo-api-key-0001");
+        let mode = std::fs::metadata(target.join("db-password"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+        assert!(kvmount_volume::is_mount_point(target).expect("mount check"));
+        assert!(
+            kvmount_volume::memory_fs_kind(target).is_ok(),
+            "volume is tmpfs"
+        );
+    }
+    // The same publish again is OK and costs nothing at Key Vault.
+    node.node_publish_volume(publish_request(&t1, "vol-1", &ctx1))
+        .await
+        .expect("idempotent publish");
+    assert_eq!(
+        vault
+            .mock
+            .stats()
+            .count(Some("demo"), Some("secret.get"), None, Some(200)),
+        2
+    );
+    assert_eq!(state_volumes(&daemon), 2);
+
+    node.node_unpublish_volume(unpublish("vol-1", &t1))
+        .await
+        .expect("unpublish pod-1");
+    assert!(!t1.exists(), "pod-1 target removed");
+    assert_eq!(read(&t2, "db-password"), "current-value", "pod-2 intact");
+    assert!(
+        !daemon.output().contains("erased: no volume uses it"),
+        "nothing erased while pod-2 uses it"
+    );
+
+    node.node_unpublish_volume(unpublish("vol-2", &t2))
+        .await
+        .expect("unpublish pod-2");
+    assert!(!t2.exists());
+    assert!(mounts_under(daemon.dir()).is_empty(), "no mount left");
+    assert_eq!(state_volumes(&daemon), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        daemon.output().matches("erased: no volume uses it").count(),
+        2,
+        "both entries erased:\n{}",
+        daemon.output()
+    );
+    // Unpublish is idempotent: again, and for a target never published.
+    node.node_unpublish_volume(unpublish("vol-2", &t2))
+        .await
+        .expect("unpublish twice");
+    node.node_unpublish_volume(unpublish("vol-x", &daemon.target("never")))
+        .await
+        .expect("unknown target");
+}
+
+#[tokio::test]
+async fn another_identity_never_sees_a_cached_object() {
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let objs = objects(&[object("db-password", "")]);
+    let t_a = daemon.target("pod-a");
+    node.node_publish_volume(publish_request(
+        &t_a,
+        "vol-a",
+        &context(
+            &vault,
+            "team-a",
+            "pod-a",
+            APP_A,
+            &vault.sa_token("team-a", "app"),
+            &objs,
+        ),
+    ))
+    .await
+    .expect("team-a publish");
+
+    // team-b's service account maps to app-b, which the vault's access list does not allow.
+    let t_b = daemon.target("pod-b");
+    let status = node
+        .node_publish_volume(publish_request(
+            &t_b,
+            "vol-b",
+            &context(
+                &vault,
+                "team-b",
+                "pod-b",
+                APP_B,
+                &vault.sa_token("team-b", "app"),
+                &objs,
+            ),
+        ))
+        .await
+        .expect_err("app-b may not read");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(!t_b.exists(), "no directory, no file for the denied pod");
+
+    // A team-b pod claiming app-a's client ID: its token is not federated with app-a.
+    let t_c = daemon.target("pod-c");
+    let status = node
+        .node_publish_volume(publish_request(
+            &t_c,
+            "vol-c",
+            &context(
+                &vault,
+                "team-b",
+                "pod-c",
+                APP_A,
+                &vault.sa_token("team-b", "app"),
+                &objs,
+            ),
+        ))
+        .await
+        .expect_err("not federated");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(!t_c.exists());
+    // A garbage token is refused too, although app-a's entry is cached.
+    let t_d = daemon.target("pod-d");
+    let status = node
+        .node_publish_volume(publish_request(
+            &t_d,
+            "vol-d",
+            &context(&vault, "team-a", "pod-d", APP_A, "not-a-jwt", &objs),
+        ))
+        .await
+        .expect_err("garbage token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(!t_d.exists());
+    assert_eq!(
+        vault.mock.stats().count(
+            Some("demo"),
+            Some("secret.get"),
+            Some("secret/db-password"),
+            Some(200)
+        ),
+        1
+    );
+    node.node_unpublish_volume(unpublish("vol-a", &t_a))
+        .await
+        .expect("unpublish");
+}
+
+#[tokio::test]
+async fn no_copy_of_the_secret_survives_the_last_unpublish() {
+    let seed = kvmount_mock_vault::Seed::from_yaml(
+        "tenantId: 00000000-0000-0000-0000-000000000001\nidentities:\n  - name: app\n    clientId: 00000000-0000-0000-0000-00000000000a\n    federated:\n      - { issuer: https://oidc.kvmount.local, subject: \"system:serviceaccount:team-a:app\" }\nvaults:\n  - name: demo\n    secrets:\n      - { name: canary, versions: [\"kvmount-canary-7d1f0b9e5a3c\"] }\n      - { name: canary-b64, versions: [\"a3Ztb3VudC1iNjQtY2FuYXJ5LTRlOGE=\"] }\n",
+    )
+    .expect("seed");
+    let vault = Vault::start(Some(seed)).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let objs = objects(&[
+        object("canary", ""),
+        object("canary-b64", "objectEncoding: base64\n"),
+    ]);
+    let targets: Vec<_> = (0..2)
+        .map(|i| daemon.target(&format!("canary-{i}")))
+        .collect();
+    for (i, target) in targets.iter().enumerate() {
+        let ctx = context(
+            &vault,
+            "team-a",
+            &format!("canary-{i}"),
+            APP_A,
+            &vault.sa_token("team-a", "app"),
+            &objs,
+        );
+        node.node_publish_volume(publish_request(target, &format!("vol-{i}"), &ctx))
+            .await
+            .expect("publish");
+        assert_eq!(read(target, "canary"), "kvmount-canary-7d1f0b9e5a3c");
+        assert_eq!(read(target, "canary-b64"), "kvmount-b64-canary-4e8a");
+    }
+    let pid = daemon.pid();
+    // While published, the cache holds the values: the scanner must see them.
+    assert!(
+        scan_process_memory(pid, b"kvmount-canary-7d1f0b9e5a3c") > 0,
+        "scanner sees the cached value"
+    );
+    for (i, target) in targets.iter().enumerate() {
+        node.node_unpublish_volume(unpublish(&format!("vol-{i}"), target))
+            .await
+            .expect("unpublish");
+    }
+    drop(node);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for canary in [
+        &b"kvmount-canary-7d1f0b9e5a3c"[..],
+        b"a3Ztb3VudC1iNjQtY2FuYXJ5LTRlOGE",
+        b"kvmount-b64-canary-4e8a",
+    ] {
+        let hits = scan_process_memory(pid, canary);
+        assert_eq!(
+            hits,
+            0,
+            "{} copies of {:?} in the daemon's memory after the last unpublish",
+            hits,
+            String::from_utf8_lossy(canary)
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(
+        !daemon.output().contains("kvmount-canary"),
+        "value not logged"
+    );
+    // Hardening: not dumpable (core dumps off, no ptrace by other users).
+    let stat = std::fs::metadata(format!("/proc/{pid}/mem")).expect("mem");
+    assert_eq!(stat.uid(), 0);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core line");
+    assert!(
+        core.split_whitespace().nth(4) == Some("0"),
+        "core limit 0: {core}"
+    );
+    assert!(status.contains("State:"));
+}
+
+#[tokio::test]
+async fn sigkill_and_restart_keep_volumes_served_and_refreshed() {
+    let vault = Vault::start(None).await;
+    let mut flags = vault.provider_flags();
+    flags.extend(["--refresh-interval-seconds".into(), "1".into()]);
+    let mut daemon = NodeDaemon::start(&flags);
+    let objs = two_objects();
+    let targets = [daemon.target("r-1"), daemon.target("r-2")];
+    let contexts: Vec<_> = (0..2)
+        .map(|i| {
+            context(
+                &vault,
+                "team-a",
+                &format!("r-{}", i + 1),
+                APP_A,
+                &vault.sa_token("team-a", "app"),
+                &objs,
+            )
+        })
+        .collect();
+    {
+        let mut node = NodeClient::new(daemon.csi_channel().await);
+        for i in 0..2 {
+            node.node_publish_volume(publish_request(
+                &targets[i],
+                &format!("vol-r{i}"),
+                &contexts[i],
+            ))
+            .await
+            .expect("publish");
+        }
+    }
+    daemon.kill_and_restart();
+    assert!(daemon.output().contains("adopted=2"), "{}", daemon.output());
+    for target in &targets {
+        assert_eq!(
+            read(target, "db-password"),
+            "current-value",
+            "still served after the crash"
+        );
+    }
+    // Rotate, then kubelet's republish (fresh call, same parameters) refreshes both volumes.
+    let connector = kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig {
+        keyvault_dns_suffix: vault.mock.dns_suffix().into(),
+        authority_host: url::Url::parse(&vault.mock.base_url()).expect("url"),
+        extra_roots_pem: std::fs::read(vault.mock.ca_path()).expect("ca"),
+        resolve: vec![
+            kvmount_vault::ResolveRule::parse(&format!(
+                "*.{}={}",
+                vault.mock.dns_suffix(),
+                vault.mock.addr()
+            ))
+            .expect("rule"),
+        ],
+        ..Default::default()
+    })
+    .expect("connector");
+    let credential = connector
+        .credential(
+            vault.mock.tenant_id(),
+            &kvmount_vault::Auth::ServicePrincipal {
+                client_id: APP_A.into(),
+                client_secret: kvmount_vault::SecretString::new("app-a-password".into()),
+            },
+        )
+        .expect("credential");
+    let client = connector.secret_client("demo", credential).expect("client");
+    let body: azure_core::http::RequestContent<
+        azure_security_keyvault_secrets::models::SetSecretParameters,
+    > = azure_security_keyvault_secrets::models::SetSecretParameters {
+        value: Some("after-restart".into()),
+        ..Default::default()
+    }
+    .try_into()
+    .expect("body");
+    client
+        .set_secret("db-password", body, None)
+        .await
+        .expect("rotate");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    for i in 0..2 {
+        node.node_publish_volume(publish_request(
+            &targets[i],
+            &format!("vol-r{i}"),
+            &contexts[i],
+        ))
+        .await
+        .expect("republish");
+        assert_eq!(read(&targets[i], "db-password"), "after-restart");
+    }
+    for i in 0..2 {
+        node.node_unpublish_volume(unpublish(&format!("vol-r{i}"), &targets[i]))
+            .await
+            .expect("unpublish");
+    }
+    assert!(mounts_under(daemon.dir()).is_empty());
+    assert!(targets.iter().all(|t| !t.exists()));
+    assert_eq!(state_volumes(&daemon), 0);
+    // A target recorded but gone by the time the daemon restarts is dropped from the state.
+    node.node_publish_volume(publish_request(&targets[0], "vol-r0", &contexts[0]))
+        .await
+        .expect("publish again");
+    drop(node);
+    kvmount_volume::teardown(&targets[0]).expect("kubelet-side cleanup");
+    daemon.kill_and_restart();
+    assert!(daemon.output().contains("cleaned=1"), "{}", daemon.output());
+    assert_eq!(state_volumes(&daemon), 0);
+}
+
+#[tokio::test]
+async fn csi_rules_for_publish() {
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let token = vault.sa_token("team-a", "app");
+    let ctx = context(
+        &vault,
+        "team-a",
+        "p",
+        APP_A,
+        &token,
+        &objects(&[object("db-password", "")]),
+    );
+    let target = daemon.target("rules");
+
+    let mut writable = publish_request(&target, "vol", &ctx);
+    writable.readonly = false;
+    let status = node
+        .node_publish_volume(writable)
+        .await
+        .expect_err("readonly false");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("readonly"));
+
+    let mut no_capability = publish_request(&target, "vol", &ctx);
+    no_capability.volume_capability = None;
+    assert_eq!(
+        node.node_publish_volume(no_capability)
+            .await
+            .expect_err("cap")
+            .code(),
+        Code::InvalidArgument
+    );
+    let mut relative = publish_request(&target, "vol", &ctx);
+    relative.target_path = "relative/mount".into();
+    assert_eq!(
+        node.node_publish_volume(relative)
+            .await
+            .expect_err("relative")
+            .code(),
+        Code::InvalidArgument
+    );
+    let mut bad_class = ctx.clone();
+    bad_class.insert("objects".into(), "array: [".into());
+    let status = node
+        .node_publish_volume(publish_request(&target, "vol", &bad_class))
+        .await
+        .expect_err("bad objects");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(!target.exists(), "nothing created for a refused publish");
+
+    // fsGroup: files group-owned and group-readable for non-root pods.
+    let mut grouped = ctx.clone();
+    grouped.insert("fsGroup".into(), "2345".into());
+    node.node_publish_volume(publish_request(&target, "vol", &grouped))
+        .await
+        .expect("publish");
+    let meta = std::fs::metadata(target.join("db-password")).expect("meta");
+    assert_eq!(meta.gid(), 2345);
+    assert_eq!(meta.permissions().mode() & 0o040, 0o040);
+    // Same target, other parameters: ALREADY_EXISTS; same again: OK.
+    let mut other = grouped.clone();
+    other.insert("objects".into(), objects(&[object("api-key", "")]));
+    let status = node
+        .node_publish_volume(publish_request(&target, "vol", &other))
+        .await
+        .expect_err("other params");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(read(&target, "db-password"), "current-value", "kept");
+    node.node_publish_volume(publish_request(&target, "vol", &grouped))
+        .await
+        .expect("same again");
+    // A failed refresh (vault down) keeps the last good content and the mount.
+    vault
+        .mock
+        .set_faults(vec![kvmount_mock_vault::FaultRule {
+            route: Some("secret.get".into()),
+            status: Some(503),
+            ..Default::default()
+        }])
+        .expect("faults");
+    let mut new_token = grouped.clone();
+    new_token.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), serde_json::json!({"api://AzureADTokenExchange": {"token": vault.sa_token("team-a", "app")}}).to_string());
+    node.node_publish_volume(publish_request(&target, "vol", &new_token))
+        .await
+        .expect("served from cache within the interval");
+    vault.mock.clear_faults();
+    node.node_unpublish_volume(unpublish("vol", &target))
+        .await
+        .expect("unpublish");
+    assert!(!target.exists());
+}
+
+#[tokio::test]
+async fn secret_provider_class_from_the_kubernetes_api() {
+    let api = fake_apiserver::FakeApiServer::start().await;
+    let vault = Vault::start(None).await;
+    api.insert(fake_apiserver::spc_object(
+        "team-a",
+        "app-secrets",
+        serde_json::json!({
+            "keyvaultName": "demo",
+            "tenantID": vault.mock.tenant_id(),
+            "clientID": APP_A,
+            "objects": objects(&[object("db-password", "")]),
+        }),
+    ));
+    let mut spc = fake_apiserver::spc_object(
+        "team-b",
+        "only-in-b",
+        serde_json::json!({"keyvaultName": "demo", "tenantID": vault.mock.tenant_id(), "objects": objects(&[object("db-password", "")])}),
+    );
+    spc["spec"]["provider"] = "kvmount".into();
+    api.insert(spc);
+    let mut flags = vault.provider_flags();
+    flags.extend(["--kubeconfig".into(), api.kubeconfig.display().to_string()]);
+    let daemon = NodeDaemon::start(&flags);
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let token = vault.sa_token("team-a", "app");
+    let tokens = serde_json::json!({"api://AzureADTokenExchange": {"token": token}}).to_string();
+    let volume_context = |class: &str| {
+        HashMap::from([
+            ("secretProviderClass".to_owned(), class.to_owned()),
+            ("csi.storage.k8s.io/pod.name".to_owned(), "p".to_owned()),
+            (
+                "csi.storage.k8s.io/pod.namespace".to_owned(),
+                "team-a".to_owned(),
+            ),
+            (
+                "csi.storage.k8s.io/serviceAccount.tokens".to_owned(),
+                tokens.clone(),
+            ),
+        ])
+    };
+    let target = daemon.target("spc");
+    node.node_publish_volume(publish_request(
+        &target,
+        "vol-spc",
+        &volume_context("app-secrets"),
+    ))
+    .await
+    .expect("publish with class");
+    assert_eq!(read(&target, "db-password"), "current-value");
+    let other = daemon.target("spc-other");
+    let status = node
+        .node_publish_volume(publish_request(
+            &other,
+            "vol-other",
+            &volume_context("only-in-b"),
+        ))
+        .await
+        .expect_err("a class of another namespace");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        api.paths()
+            .iter()
+            .all(|p| p.contains("/namespaces/team-a/")),
+        "{:?}",
+        api.paths()
+    );
+    node.node_unpublish_volume(unpublish("vol-spc", &target))
+        .await
+        .expect("unpublish");
+}
+
+/// Every publish/unpublish path, success and failure, at trace level: no secret value, token or
+/// client secret in the output.
+#[tokio::test]
+async fn nothing_secret_in_node_plugin_logs() {
+    let vault = Vault::start(None).await;
+    let mut flags = vault.provider_flags();
+    flags.extend(["--log-level".into(), "trace".into()]);
+    let daemon = NodeDaemon::start(&flags);
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let token = vault.sa_token("team-a", "app");
+    let token_b = vault.sa_token("team-b", "app");
+    let objs = objects(&[object("db-password", ""), object("api-key", "")]);
+    let target = daemon.target("logs");
+    node.node_publish_volume(publish_request(
+        &target,
+        "vol",
+        &context(&vault, "team-a", "p", APP_A, &token, &objs),
+    ))
+    .await
+    .expect("publish");
+    let _ = node
+        .node_publish_volume(publish_request(
+            &daemon.target("l2"),
+            "v2",
+            &context(&vault, "team-b", "p", APP_B, &token_b, &objs),
+        ))
+        .await;
+    let _ = node
+        .node_publish_volume(publish_request(
+            &daemon.target("l3"),
+            "v3",
+            &context(&vault, "team-b", "p", APP_A, &token_b, &objs),
+        ))
+        .await;
+    let _ = node
+        .node_publish_volume(publish_request(
+            &daemon.target("l4"),
+            "v4",
+            &context(
+                &vault,
+                "team-a",
+                "p",
+                APP_A,
+                &token,
+                &objects(&[object("missing", "")]),
+            ),
+        ))
+        .await;
+    let mut sp = context(&vault, "team-a", "p", APP_A, &token, &objs);
+    sp.remove("clientID");
+    sp.remove("csi.storage.k8s.io/serviceAccount.tokens");
+    let mut request = publish_request(&daemon.target("l5"), "v5", &sp);
+    request.secrets = HashMap::from([
+        ("clientid".into(), APP_A.into()),
+        ("clientsecret".into(), "wrong-canary-secret-91ab".into()),
+    ]);
+    let _ = node.node_publish_volume(request).await;
+    node.node_unpublish_volume(unpublish("vol", &target))
+        .await
+        .expect("unpublish");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let output = daemon.output();
+    assert!(output.contains("TRACE"), "trace level was on");
+    for needle in [
+        "current-value",
+        "demo-api-key-0001",
+        "wrong-canary-secret",
+        &token,
+        &token_b,
+        &token[token.len() - 24..],
+    ] {
+        assert!(!output.contains(needle), "log contains {needle:?}");
+    }
+}
+
+#[test]
+fn a_state_dir_not_on_tmpfs_is_refused() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("disk dir");
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(kvmount_tests::workspace_bin("kvmount-provider"))
+        .args(["serve", "--node-id", "n", "--provider-socket"])
+        .arg(sockets.path().join("p.sock"))
+        .arg("--csi-socket")
+        .arg(sockets.path().join("c.sock"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not on tmpfs"), "{stderr}");
+}
