@@ -443,8 +443,8 @@ async fn sigkill_and_restart_keep_volumes_served_and_refreshed() {
         .expect("republish");
         assert_eq!(read(&targets[i], "db-password"), "after-restart");
     }
-    for i in 0..2 {
-        node.node_unpublish_volume(unpublish(&format!("vol-r{i}"), &targets[i]))
+    for (i, target) in targets.iter().enumerate() {
+        node.node_unpublish_volume(unpublish(&format!("vol-r{i}"), target))
             .await
             .expect("unpublish");
     }
