@@ -1,0 +1,234 @@
+//! Node plugin benchmark: NodePublishVolume latency for a class of 10 secrets (cold and warm
+//! cache, mock vault with 0 and 20 ms added latency) and daemon RSS idle and with 1,000
+//! published volumes. Runs the release daemon against the mock vault on this machine and
+//! prints a Markdown table. `bench/run.sh node` builds and runs it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvmount_mock_vault::{FaultRule, Seed};
+use kvmount_proto::csi::NodeUnpublishVolumeRequest;
+use kvmount_proto::csi::node_client::NodeClient;
+use kvmount_tests::{NodeDaemon, Vault, object, objects, publish_request};
+use tonic::transport::Channel;
+
+const CLIENT_ID: &str = "00000000-0000-0000-0000-0000000000be";
+const OBJECTS_PER_CLASS: usize = 10;
+const SAMPLES: usize = 40;
+const VOLUMES: usize = 1000;
+
+fn seed(secrets: usize) -> Seed {
+    let mut yaml = String::from(
+        "tenantId: 00000000-0000-0000-0000-000000000001\nidentities:\n  - name: bench\n    clientId: 00000000-0000-0000-0000-0000000000be\n    federated:\n      - { issuer: https://oidc.kvmount.local, subject: \"system:serviceaccount:bench:app\" }\nvaults:\n  - name: bench\n    secrets:\n",
+    );
+    for i in 0..secrets {
+        yaml.push_str(&format!(
+            "      - {{ name: s-{i}, versions: [\"value-{i}-0123456789abcdef\"] }}\n"
+        ));
+    }
+    Seed::from_yaml(&yaml).expect("bench seed")
+}
+
+fn class(first: usize) -> String {
+    let docs: Vec<String> = (first..first + OBJECTS_PER_CLASS)
+        .map(|i| object(&format!("s-{i}"), ""))
+        .collect();
+    objects(&docs)
+}
+
+fn context(vault: &Vault, pod: &str, token: &str, objs: &str) -> HashMap<String, String> {
+    let tokens = serde_json::json!({"api://AzureADTokenExchange": {"token": token}}).to_string();
+    HashMap::from([
+        ("keyvaultName".to_owned(), "bench".to_owned()),
+        ("tenantID".to_owned(), vault.mock.tenant_id().to_owned()),
+        ("clientID".to_owned(), CLIENT_ID.to_owned()),
+        ("objects".to_owned(), objs.to_owned()),
+        ("csi.storage.k8s.io/pod.name".to_owned(), pod.to_owned()),
+        (
+            "csi.storage.k8s.io/pod.namespace".to_owned(),
+            "bench".to_owned(),
+        ),
+        (
+            "csi.storage.k8s.io/serviceAccount.tokens".to_owned(),
+            tokens,
+        ),
+    ])
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn publish(
+    node: &mut NodeClient<Channel>,
+    target: &Path,
+    id: &str,
+    ctx: &HashMap<String, String>,
+) -> Duration {
+    let start = Instant::now();
+    node.node_publish_volume(publish_request(target, id, ctx))
+        .await
+        .expect("publish");
+    start.elapsed()
+}
+
+async fn unpublish(node: &mut NodeClient<Channel>, target: &Path, id: &str) {
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .expect("unpublish");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let secrets = OBJECTS_PER_CLASS * (2 * SAMPLES + 2);
+    let vault = Vault::start(Some(seed(secrets))).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let pid = daemon.pid();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = rss_kib(pid);
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let mut rows = Vec::new();
+    let mut next_class = 0usize;
+    for latency in [0u64, 20] {
+        vault.mock.clear_faults();
+        if latency > 0 {
+            vault
+                .mock
+                .set_faults(vec![FaultRule {
+                    route: Some("secret.get".into()),
+                    latency_ms: Some(latency),
+                    ..Default::default()
+                }])
+                .expect("latency fault");
+        }
+        // Cold: a new pod whose 10 objects nobody on the node has read yet.
+        let mut cold = Vec::new();
+        for i in 0..SAMPLES {
+            let pod = format!("cold-{latency}-{i}");
+            let target = daemon.target(&pod);
+            let ctx = context(
+                &vault,
+                &pod,
+                &vault.sa_token("bench", "app"),
+                &class(next_class * OBJECTS_PER_CLASS),
+            );
+            next_class += 1;
+            cold.push(publish(&mut node, &target, &pod, &ctx).await);
+            unpublish(&mut node, &target, &pod).await;
+        }
+        // Warm: the objects are cached (one pod keeps them); kubelet's republish of a pod, and a
+        // new pod of the same identity (which still proves its own token at Entra ID first).
+        let keeper = format!("keeper-{latency}");
+        let keeper_target = daemon.target(&keeper);
+        let shared = class(next_class * OBJECTS_PER_CLASS);
+        next_class += 1;
+        let keeper_ctx = context(&vault, &keeper, &vault.sa_token("bench", "app"), &shared);
+        publish(&mut node, &keeper_target, &keeper, &keeper_ctx).await;
+        let mut republish = Vec::new();
+        for _ in 0..SAMPLES {
+            republish.push(publish(&mut node, &keeper_target, &keeper, &keeper_ctx).await);
+        }
+        let mut new_pod = Vec::new();
+        for i in 0..SAMPLES {
+            let pod = format!("warm-{latency}-{i}");
+            let target = daemon.target(&pod);
+            let ctx = context(&vault, &pod, &vault.sa_token("bench", "app"), &shared);
+            new_pod.push(publish(&mut node, &target, &pod, &ctx).await);
+            unpublish(&mut node, &target, &pod).await;
+        }
+        unpublish(&mut node, &keeper_target, &keeper).await;
+        for (name, samples) in [
+            ("cold (new pod, objects not cached)", &mut cold),
+            ("warm (republish of a pod)", &mut republish),
+            ("warm (new pod, same identity)", &mut new_pod),
+        ] {
+            rows.push(format!(
+                "| {latency} ms | {name} | {} | {} |",
+                ms(percentile(samples, 50.0)),
+                ms(percentile(samples, 99.0))
+            ));
+        }
+    }
+    vault.mock.clear_faults();
+
+    // 1,000 published volumes, each its own pod (own token) of one identity and class.
+    let shared = class(next_class * OBJECTS_PER_CLASS);
+    let mut handles = Vec::new();
+    let started = Instant::now();
+    for chunk in (0..VOLUMES).collect::<Vec<_>>().chunks(VOLUMES / 8) {
+        let mut node = node.clone();
+        let jobs: Vec<(String, std::path::PathBuf, HashMap<String, String>)> = chunk
+            .iter()
+            .map(|i| {
+                let pod = format!("many-{i}");
+                let target = daemon.target(&pod);
+                let ctx = context(&vault, &pod, &vault.sa_token("bench", "app"), &shared);
+                (pod, target, ctx)
+            })
+            .collect();
+        handles.push(tokio::spawn(async move {
+            for (pod, target, ctx) in &jobs {
+                publish(&mut node, target, pod, ctx).await;
+            }
+            jobs
+        }));
+    }
+    let mut published = Vec::new();
+    for handle in handles {
+        published.extend(handle.await.expect("join"));
+    }
+    let publish_all = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let loaded_rss = rss_kib(pid);
+    let gets = vault
+        .mock
+        .stats()
+        .count(Some("bench"), Some("secret.get"), None, Some(200));
+    for (pod, target, _) in &published {
+        unpublish(&mut node, target, pod).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_rss = rss_kib(pid);
+
+    println!(
+        "### Node plugin (release build, mock vault on loopback, {SAMPLES} samples per row)\n"
+    );
+    println!(
+        "| added Key Vault latency | NodePublishVolume, class of {OBJECTS_PER_CLASS} secrets | p50 ms | p99 ms |"
+    );
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!("| daemon RSS | KiB |");
+    println!("|---|---|");
+    println!("| idle | {idle_rss} |");
+    println!("| {VOLUMES} published volumes | {loaded_rss} |");
+    println!("| after unpublishing them | {after_rss} |");
+    println!();
+    println!(
+        "{VOLUMES} volumes published (8 concurrent streams) in {:.1} s; Key Vault secret GETs in total for the run: {gets}.",
+        publish_all.as_secs_f64()
+    );
+}
