@@ -62,6 +62,56 @@ impl ObjectKey {
     pub fn id(&self) -> String {
         format!("{}/{}", self.object_type, self.name)
     }
+
+    /// The object spec that reads and renders this entry (file name and mode are the volume's).
+    fn spec(&self) -> Option<ObjectSpec> {
+        Some(ObjectSpec {
+            index: 0,
+            name: self.name.clone(),
+            object_type: NodeCache::object_type(self)?,
+            version: self.version.clone(),
+            alias: None,
+            encoding: match self.encoding.as_str() {
+                "base64" => ObjectEncoding::Base64,
+                "hex" => ObjectEncoding::Hex,
+                _ => ObjectEncoding::Utf8,
+            },
+            format: match self.format.as_str() {
+                "pfx" => ObjectFormat::Pfx,
+                _ => ObjectFormat::Pem,
+            },
+            file_mode: None,
+        })
+    }
+}
+
+/// The Entra identity of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct IdentityKey {
+    vault: String,
+    tenant: String,
+    client_id: String,
+}
+
+impl IdentityKey {
+    fn of(key: &ObjectKey) -> Self {
+        Self {
+            vault: key.vault.clone(),
+            tenant: key.tenant.clone(),
+            client_id: key.client_id.clone(),
+        }
+    }
+}
+
+/// The result of one rotation pass.
+#[derive(Debug, Default)]
+pub struct RotationReport {
+    /// Entries read (one Key Vault read each).
+    pub checked: usize,
+    /// Entries whose version changed: the volumes that use them must be rewritten.
+    pub changed: Vec<ObjectKey>,
+    /// Entries whose read failed, with the error (their last good value is kept).
+    pub failed: Vec<(ObjectKey, String)>,
 }
 
 fn encoding_name(e: ObjectEncoding) -> &'static str {
@@ -105,6 +155,10 @@ struct Slot {
 struct Users {
     volumes: HashSet<String>,
     last_used: Instant,
+    /// Consecutive failed rotation reads, and when to try again.
+    failures: u32,
+    next_check: Instant,
+    last_error: Option<String>,
 }
 
 impl Slot {
@@ -114,6 +168,9 @@ impl Slot {
             users: Mutex::new(Users {
                 volumes: HashSet::new(),
                 last_used: Instant::now(),
+                failures: 0,
+                next_check: Instant::now(),
+                last_error: None,
             }),
         }
     }
@@ -147,8 +204,29 @@ pub struct NodeCache {
     slots: Mutex<HashMap<ObjectKey, Arc<Slot>>>,
     volumes: Mutex<HashMap<String, Vec<ObjectKey>>>,
     credentials: Mutex<HashMap<[u8; 32], CredentialEntry>>,
+    /// The newest credential that proved valid for each identity: rotation reads with it.
+    identities: Mutex<HashMap<IdentityKey, Arc<dyn TokenCredential>>>,
     /// Counters.
     pub counters: CacheCounters,
+}
+
+/// A pseudo-random number in 0..1000 (spreads nodes' and objects' reads; not for security).
+fn noise() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_micros())
+        .unwrap_or(0)
+        % 1000
+}
+
+/// `d` plus or minus up to 10%.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.9 + f64::from(noise()) / 5000.0)
+}
+
+/// `d` plus up to 10%.
+fn late_jitter(d: Duration) -> Duration {
+    d.mul_f64(1.0 + f64::from(noise()) / 10_000.0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,6 +262,7 @@ impl NodeCache {
             slots: Mutex::default(),
             volumes: Mutex::default(),
             credentials: Mutex::default(),
+            identities: Mutex::default(),
             counters: CacheCounters::default(),
         }
     }
@@ -231,6 +310,14 @@ impl NodeCache {
         check_credential(&credential, &self.connector.token_scope(), &scrub)
             .await
             .map_err(vault_failure)?;
+        lock(&self.identities).insert(
+            IdentityKey {
+                vault: params.keyvault_name.to_ascii_lowercase(),
+                tenant: params.tenant_id.to_ascii_lowercase(),
+                client_id: params.auth.client_id().to_ascii_lowercase(),
+            },
+            Arc::clone(&credential),
+        );
         let client = self
             .connector
             .secret_client(&params.keyvault_name, credential)
@@ -243,7 +330,9 @@ impl NodeCache {
                 let slot = self.slot(&key);
                 let mut value = slot.value.lock().await;
                 let fresh = value.as_ref().is_some_and(|c| {
-                    spec.version.is_some() || c.fetched_at.elapsed() < self.config.refresh_after
+                    // The rotation loop keeps entries in use fresh; a publish reads again only
+                    // when that fell behind (a failing vault, a recovered entry).
+                    spec.version.is_some() || c.fetched_at.elapsed() < self.config.refresh_after * 2
                 });
                 if fresh {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -255,6 +344,7 @@ impl NodeCache {
                             error,
                         })?;
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    slot.users().next_check = Instant::now() + late_jitter(self.config.refresh_after);
                     tracing::info!(object = %spec.id(), version = %object.version, vault = %key.vault, "read from Key Vault");
                     *value = Some(Cached {
                         object,
@@ -326,7 +416,8 @@ impl NodeCache {
         erased
     }
 
-    /// Closes the connections of vaults no entry refers to any more.
+    /// Closes the connections of vaults no entry refers to any more, and forgets the rotation
+    /// credentials of identities without entries.
     fn forget_unused_vaults(&self, candidates: HashSet<String>) {
         let slots = lock(&self.slots);
         for vault in candidates {
@@ -334,6 +425,8 @@ impl NodeCache {
                 self.connector.forget_vault(&vault);
             }
         }
+        lock(&self.identities)
+            .retain(|identity, _| slots.keys().any(|k| IdentityKey::of(k) == *identity));
     }
 
     /// Erases entries that no volume uses and that were idle longer than the idle TTL, and
@@ -345,8 +438,10 @@ impl NodeCache {
             let mut slots = lock(&self.slots);
             let before = slots.len();
             slots.retain(|key, slot| {
+                let in_flight = slot.value.try_lock().is_err();
                 let users = slot.users();
-                let keep = !users.volumes.is_empty() || users.last_used.elapsed() < ttl;
+                let keep =
+                    in_flight || !users.volumes.is_empty() || users.last_used.elapsed() < ttl;
                 if !keep {
                     vaults.insert(key.vault.clone());
                     tracing::info!(object = %key.id(), vault = %key.vault, "erased: idle");
@@ -361,6 +456,114 @@ impl NodeCache {
             .fetch_add(erased as u64, Ordering::Relaxed);
         self.forget_unused_vaults(vaults);
         erased
+    }
+
+    /// The cached value of `key`, if any (for rewriting volumes after a rotation).
+    pub async fn peek(&self, key: &ObjectKey) -> Option<FetchedObject> {
+        let slot = lock(&self.slots).get(key).cloned()?;
+        let value = slot.value.lock().await;
+        value.as_ref().map(|c| c.object.clone())
+    }
+
+    /// The last rotation error of `key`, if its last read failed.
+    pub fn last_error(&self, key: &ObjectKey) -> Option<String> {
+        let slot = lock(&self.slots).get(key).cloned()?;
+        slot.users().last_error.clone()
+    }
+
+    /// One rotation pass: every entry of the newest version that is in use (by a volume, or
+    /// by the upstream driver within the idle time) and due is read once from Key Vault with
+    /// the newest valid credential of its identity. A failed read keeps the last good value and
+    /// backs off exponentially (with jitter, capped at `interval`).
+    pub async fn rotate(&self, interval: Duration) -> RotationReport {
+        let now = Instant::now();
+        let due: Vec<(ObjectKey, Arc<Slot>)> = lock(&self.slots)
+            .iter()
+            .filter(|(key, slot)| {
+                // A read in flight (a publish holds the value) is not doubled. Entries without
+                // a value (re-adopted after a restart) are filled here once the identity has a
+                // valid credential again.
+                let in_flight = slot.value.try_lock().is_err();
+                let users = slot.users();
+                !in_flight
+                    && (key.version.is_none() || slot.value.try_lock().is_ok_and(|v| v.is_none()))
+                    && users.next_check <= now
+                    && (!users.volumes.is_empty()
+                        || users.last_used.elapsed() < self.config.idle_ttl)
+            })
+            .map(|(k, s)| (k.clone(), Arc::clone(s)))
+            .collect();
+        let mut report = RotationReport::default();
+        let checks = due.into_iter().map(|(key, slot)| async move {
+            let outcome = self.check_one(&key, &slot).await;
+            let mut users = slot.users();
+            match &outcome {
+                Ok(_) => {
+                    users.failures = 0;
+                    users.last_error = None;
+                    // Never sooner than one interval: at most one read per object per interval.
+                    users.next_check = Instant::now() + late_jitter(interval);
+                }
+                Err(error) => {
+                    users.failures = users.failures.saturating_add(1);
+                    users.last_error = Some(error.clone());
+                    let backoff = Duration::from_secs(2)
+                        .saturating_mul(1 << users.failures.min(10))
+                        .min(interval);
+                    users.next_check = Instant::now() + jitter(backoff);
+                }
+            }
+            (key, outcome)
+        });
+        for (key, outcome) in futures::future::join_all(checks).await {
+            report.checked += 1;
+            match outcome {
+                Ok(true) => report.changed.push(key),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(object = %key.id(), vault = %key.vault, error = %error, "rotation read failed; keeping the last good content");
+                    report.failed.push((key, error));
+                }
+            }
+        }
+        report
+    }
+
+    /// Reads `key` again; Ok(true) when the version changed.
+    async fn check_one(&self, key: &ObjectKey, slot: &Slot) -> Result<bool, String> {
+        let credential = lock(&self.identities)
+            .get(&IdentityKey::of(key))
+            .cloned()
+            .ok_or_else(|| {
+                "no valid credential for this identity yet; waiting for the next publish".to_owned()
+            })?;
+        let spec = key
+            .spec()
+            .ok_or_else(|| format!("unknown object type {}", key.object_type))?;
+        let client = self
+            .connector
+            .secret_client(&key.vault, credential)
+            .map_err(|e| e.to_string())?;
+        let fetched = fetch_object(&client, &spec, &[]).await.map_err(|e| {
+            if e.kind == kvmount_vault::ErrorKind::Unauthenticated {
+                format!("{e} (the service-account token may have expired; kubelet's next republish brings a new one)")
+            } else {
+                e.to_string()
+            }
+        })?;
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let mut value = slot.value.lock().await;
+        let changed = value
+            .as_ref()
+            .is_none_or(|c| c.object.version != fetched.version);
+        if changed {
+            tracing::info!(object = %key.id(), vault = %key.vault, version = %fetched.version, "rotated: new version");
+        }
+        *value = Some(Cached {
+            object: fetched,
+            fetched_at: Instant::now(),
+        });
+        Ok(changed)
     }
 
     /// Number of entries (with or without a value).

@@ -1,5 +1,7 @@
 //! Command-line interface of `kvmount-provider`.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kvmount_vault::client::{DEFAULT_AUTHORITY_HOST, DEFAULT_KEYVAULT_DNS_SUFFIX};
@@ -29,6 +31,9 @@ pub enum Command {
     MockVault(kvmount_mock_vault::MockVaultArgs),
     /// Show the whole life cycle of a secret on this machine (mock vault, real tmpfs mounts).
     Dev(DevArgs),
+    /// Show the published volumes of this node: pod, class, objects and versions, last
+    /// refresh, last error.
+    Status(StatusArgs),
 }
 
 /// Logging flags.
@@ -118,14 +123,24 @@ pub struct ServeArgs {
     /// a pod, else none).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// How long a fetched newest version is served before it is read again, seconds (the
-    /// rotation interval).
-    #[arg(long, default_value_t = 120)]
-    pub refresh_interval_seconds: u64,
-    /// How long an entry no published volume uses stays cached, seconds (default: the refresh
-    /// interval). Entries used by volumes are erased when the last one is unpublished.
+    /// Rotation interval: each object in use is read once per interval (with jitter) for the
+    /// whole node, and volumes are rewritten atomically when its version changed. Accepts `90s`,
+    /// `2m`, `1h` or seconds.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub rotation_interval: Duration,
+    /// How long an entry no published volume uses stays cached (the upstream-driver path),
+    /// default: the rotation interval. Entries used by volumes are erased at the last unpublish.
+    #[arg(long, value_parser = parse_duration)]
+    pub cache_idle: Option<Duration>,
+    /// Key Vault requests per second allowed per vault from this node (every try, retries too).
+    #[arg(long, default_value_t = 20.0)]
+    pub vault_qps: f64,
+    /// Burst of Key Vault requests allowed per vault above `--vault-qps`.
+    #[arg(long, default_value_t = 40)]
+    pub vault_burst: u32,
+    /// Serve Prometheus metrics, /healthz and /readyz over HTTP here, e.g. 0.0.0.0:9808.
     #[arg(long)]
-    pub cache_idle_seconds: Option<u64>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Size limit of each volume's tmpfs, bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub tmpfs_bytes: u64,
@@ -138,6 +153,44 @@ pub struct ServeArgs {
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Parses `90s`, `2m`, `1h`, `500ms` or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration; accepted: e.g. 90s, 2m, 1h, 500ms or seconds")
+    })?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; accepted: ms, s, m, h"
+            ));
+        }
+    };
+    if !(0.0..=86_400.0 * 365.0).contains(&seconds) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `status` flags.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The daemon's state directory.
+    #[arg(long, default_value = "/run/kvmount")]
+    pub state_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dev` flags (none are needed).

@@ -18,7 +18,9 @@ use crate::grpc::identity::IdentityService;
 use crate::grpc::node::NodeService;
 use crate::grpc::provider::ProviderService;
 use crate::hardening;
+use crate::metrics::Metrics;
 use crate::mount::Mounter;
+use crate::ratelimit::{RateLimiter, VaultPolicies};
 use crate::server::{BoundSocket, serve_provider, shutdown_signal};
 
 use crate::state::StateStore;
@@ -48,12 +50,16 @@ pub async fn run_until(
     if let Err(warning) = hardening::lock_memory() {
         tracing::warn!("{warning}");
     }
-    let connector = Connector::new(args.vault.connector_config()?)?;
-    let refresh = Duration::from_secs(args.refresh_interval_seconds.max(1));
-    let idle = args
-        .cache_idle_seconds
-        .map(Duration::from_secs)
-        .unwrap_or(refresh);
+    let metrics = Arc::new(Metrics::default());
+    let limiter = Arc::new(RateLimiter::new(args.vault_qps, args.vault_burst));
+    let connector = Connector::new(args.vault.connector_config()?)?.with_vault_policies(Arc::new(
+        VaultPolicies {
+            limiter,
+            metrics: Arc::clone(&metrics),
+        },
+    ));
+    let refresh = args.rotation_interval.max(Duration::from_millis(200));
+    let idle = args.cache_idle.unwrap_or(refresh);
     let cache = Arc::new(NodeCache::new(
         connector,
         CacheConfig {
@@ -78,7 +84,7 @@ pub async fn run_until(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_provider(
         provider_socket,
-        ProviderService::new(mounter),
+        ProviderService::new(mounter, Arc::clone(&metrics)),
         stopped(),
     ));
 
@@ -111,7 +117,7 @@ pub async fn run_until(
         let mut csi_socket = BoundSocket::bind(csi_path)?;
         let listener = csi_socket.take_listener().context("CSI socket listener")?;
         let identity = IdentityService::new(args.driver_name.clone(), Arc::clone(&ready));
-        let node = NodeService::new(node_id, volumes);
+        let node = NodeService::new(node_id, Arc::clone(&volumes), Arc::clone(&metrics));
         let shutdown = stopped();
         tasks.spawn(async move {
             tracing::info!(socket = %csi_socket.path().display(), "serving CSI Identity and Node");
@@ -124,6 +130,111 @@ pub async fn run_until(
             drop(csi_socket);
             Ok(())
         });
+    }
+
+    // The rotation loop: one read per object in use per interval, for the whole node.
+    let rotation_cache = Arc::clone(&cache);
+    let rotation_volumes = handle.volumes.clone();
+    let rotation_metrics = Arc::clone(&metrics);
+    let rotation_stop = stopped();
+    tasks.spawn(async move {
+        tokio::pin!(rotation_stop);
+        // Check often; each entry decides whether it is due (interval, or its backoff).
+        let mut tick = tokio::time::interval(
+            (refresh / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut rotation_stop => return Ok(()),
+            }
+            let report = rotation_cache.rotate(refresh).await;
+            if report.checked == 0 {
+                continue;
+            }
+            let unchanged = report.checked - report.changed.len() - report.failed.len();
+            for (outcome, n) in [
+                ("unchanged", unchanged),
+                ("changed", report.changed.len()),
+                ("failed", report.failed.len()),
+            ] {
+                for _ in 0..n {
+                    rotation_metrics.inc(
+                        "kvmount_rotation_checks_total",
+                        "Rotation reads of cached objects, by outcome.",
+                        &[("outcome", outcome)],
+                    );
+                }
+            }
+            if let Some(volumes) = &rotation_volumes {
+                let (rewritten, failed) = volumes
+                    .apply_rotation(&report.changed, &report.failed)
+                    .await;
+                for _ in 0..rewritten {
+                    rotation_metrics.inc(
+                        "kvmount_rotation_volume_updates_total",
+                        "Volumes rewritten after a rotation, by outcome.",
+                        &[("outcome", "ok")],
+                    );
+                }
+                for _ in 0..failed {
+                    rotation_metrics.inc(
+                        "kvmount_rotation_volume_updates_total",
+                        "Volumes rewritten after a rotation, by outcome.",
+                        &[("outcome", "failed")],
+                    );
+                }
+            }
+            hardening::scrub_stack();
+        }
+    });
+
+    // Gauges and cache counters, refreshed at each scrape.
+    let collector_cache = Arc::clone(&cache);
+    let collector_volumes = handle.volumes.clone();
+    metrics.set_collector(Box::new(move |m| {
+        m.set(
+            "kvmount_cached_objects",
+            "Objects held in the node cache.",
+            &[],
+            collector_cache.len() as i64,
+        );
+        if let Some(volumes) = &collector_volumes {
+            m.set(
+                "kvmount_published_volumes",
+                "Volumes published by the CSI node plugin.",
+                &[],
+                volumes.list().len() as i64,
+            );
+        }
+        let counters = &collector_cache.counters;
+        m.set(
+            "kvmount_cache_hits",
+            "Objects served from the node cache (total).",
+            &[],
+            counters.hits.load(Ordering::Relaxed) as i64,
+        );
+        m.set(
+            "kvmount_cache_misses",
+            "Objects read from Key Vault (total).",
+            &[],
+            counters.misses.load(Ordering::Relaxed) as i64,
+        );
+        m.set(
+            "kvmount_cache_erased",
+            "Cache entries erased (total).",
+            &[],
+            counters.erased.load(Ordering::Relaxed) as i64,
+        );
+    }));
+    if let Some(addr) = args.metrics_addr {
+        tasks.spawn(crate::metrics::serve(
+            addr,
+            Arc::clone(&metrics),
+            Arc::clone(&ready),
+            stopped(),
+        ));
     }
 
     // Idle entries of the upstream-driver path are erased on a timer.

@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::MockVault(args) => kvmount_mock_vault::run_cli(args).await,
             Command::Dev(args) => kvmount_provider::dev::run(args).await,
+            Command::Status(args) => kvmount_provider::status::run(&args),
         }
     });
     match result {

@@ -34,12 +34,41 @@ pub struct VolumeRecord {
     pub attributes_digest: String,
     /// Group owning the files (fsGroup).
     pub fs_group: Option<u32>,
-    /// The cache entries the volume uses.
-    pub keys: Vec<ObjectKey>,
+    /// The files of the volume and the cache entries they come from.
+    pub files: Vec<VolumeFile>,
     /// Object versions last written, `id -> version`.
     pub versions: BTreeMap<String, String>,
     /// Unix seconds of the last successful write.
     pub refreshed_at: u64,
+    /// The last refresh failure, cleared by the next success.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl VolumeRecord {
+    /// The cache entries the volume uses.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        let mut keys: Vec<ObjectKey> = Vec::new();
+        for file in &self.files {
+            if !keys.contains(&file.key) {
+                keys.push(file.key.clone());
+            }
+        }
+        keys
+    }
+}
+
+/// One file of a volume: where it is, its mode, and which entry fills it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeFile {
+    /// `ObjectVersion`-style id, e.g. `secret/db-password`.
+    pub id: String,
+    /// Path relative to the volume.
+    pub path: String,
+    /// File mode.
+    pub mode: u32,
+    /// The cache entry.
+    pub key: ObjectKey,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -13,7 +13,8 @@ use kvmount_volume::{AtomicWriter, FileSpec, Ownership, TmpfsOptions};
 use zeroize::Zeroize;
 
 use crate::cache::NodeCache;
-use crate::state::{StateError, StateStore, VolumeRecord};
+use crate::cache::ObjectKey;
+use crate::state::{StateError, StateStore, VolumeFile, VolumeRecord};
 
 /// Volume attribute naming the group that owns the files (fsGroup style).
 pub const FS_GROUP_ATTRIBUTE: &str = "fsGroup";
@@ -231,7 +232,7 @@ impl Volumes {
                 && kvmount_volume::is_mount_point(&target).unwrap_or(false)
                 && kvmount_volume::memory_fs_kind(&target).is_ok();
             if live {
-                self.cache.retain(&record.target_path, record.keys.clone());
+                self.cache.retain(&record.target_path, record.keys());
                 tracing::info!(target = %record.target_path, pod = %record.pod_name, namespace = %record.pod_namespace, "re-adopted a published volume");
                 self.records().insert(record.target_path.clone(), record);
                 adopted += 1;
@@ -336,8 +337,21 @@ impl Volumes {
                 return Err(err.into());
             }
         };
+        let mut files = Vec::new();
+        let mut versions = BTreeMap::new();
+        for (object, key) in objects.iter().zip(&keys) {
+            versions.insert(object.id.clone(), object.version.clone());
+            for file in &object.files {
+                files.push(VolumeFile {
+                    id: object.id.clone(),
+                    path: file.path.clone(),
+                    mode: file.mode,
+                    key: key.clone(),
+                });
+            }
+        }
         drop(objects);
-        self.cache.retain(&request.target_path, keys.clone());
+        self.cache.retain(&request.target_path, keys);
         let record = VolumeRecord {
             volume_id: request.volume_id.clone(),
             target_path: request.target_path.clone(),
@@ -351,9 +365,10 @@ impl Volumes {
             class,
             attributes_digest: digest,
             fs_group,
-            versions: BTreeMap::new(),
-            keys,
+            versions,
+            files,
             refreshed_at: now_secs(),
+            last_error: None,
         };
         tracing::info!(
             target = %request.target_path,
@@ -444,6 +459,112 @@ impl Volumes {
     /// The published volumes.
     pub fn list(&self) -> Vec<VolumeRecord> {
         self.records().values().cloned().collect()
+    }
+
+    /// After a rotation pass: rewrites (atomically) every volume that uses a changed entry, and
+    /// records failures on the volumes whose entries could not be read. A volume whose rewrite
+    /// fails keeps its last content. Returns (volumes rewritten, volumes failed).
+    pub async fn apply_rotation(
+        &self,
+        changed: &[ObjectKey],
+        failed: &[(ObjectKey, String)],
+    ) -> (usize, usize) {
+        let records: Vec<VolumeRecord> = self.records().values().cloned().collect();
+        let mut rewritten = 0;
+        let mut failures = 0;
+        for record in records {
+            let keys = record.keys();
+            let error = failed
+                .iter()
+                .find(|(k, _)| keys.contains(k))
+                .map(|(k, e)| format!("{}: {e}", k.id()));
+            let touched = keys.iter().any(|k| changed.contains(k));
+            if !touched {
+                if error.is_some() {
+                    self.update_record(&record.target_path, |r| r.last_error = error.clone());
+                    failures += 1;
+                }
+                continue;
+            }
+            let Ok(_busy) = self.claim(&record.target_path) else {
+                // A publish or unpublish is running on it; the next pass or publish catches up.
+                continue;
+            };
+            match self.rewrite(&record).await {
+                Ok(versions) => {
+                    rewritten += 1;
+                    tracing::info!(target = %record.target_path, pod = %record.pod_name, namespace = %record.pod_namespace, "rotated volume rewritten");
+                    self.update_record(&record.target_path, |r| {
+                        r.versions = versions.clone();
+                        r.refreshed_at = now_secs();
+                        r.last_error = error.clone();
+                    });
+                }
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!(target = %record.target_path, error = %err, "rewriting a rotated volume failed; it keeps its last content");
+                    self.update_record(&record.target_path, |r| {
+                        r.last_error = Some(err.to_string())
+                    });
+                }
+            }
+        }
+        if let Err(err) = self.save() {
+            tracing::warn!(error = %err, "saving the state file failed");
+        }
+        crate::hardening::scrub_stack();
+        (rewritten, failures)
+    }
+
+    fn update_record(&self, target: &str, change: impl FnOnce(&mut VolumeRecord)) {
+        if let Some(record) = self.records().get_mut(target) {
+            change(record);
+        }
+    }
+
+    /// Writes a volume's whole file set from the cache, in one atomic switch.
+    async fn rewrite(
+        &self,
+        record: &VolumeRecord,
+    ) -> Result<BTreeMap<String, String>, VolumeError> {
+        let mut values = Vec::with_capacity(record.files.len());
+        let mut versions = BTreeMap::new();
+        for file in &record.files {
+            let Some(value) = self.cache.peek(&file.key).await else {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "{}: not cached",
+                    file.id
+                )));
+            };
+            versions.insert(file.id.clone(), value.version.clone());
+            values.push(value);
+        }
+        let target = PathBuf::from(&record.target_path);
+        if !kvmount_volume::is_mount_point(&target)? {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{}: no longer mounted",
+                record.target_path
+            )));
+        }
+        let writer = AtomicWriter::open(&target)?;
+        let specs: Vec<FileSpec<'_>> = record
+            .files
+            .iter()
+            .zip(&values)
+            .map(|(file, value)| FileSpec {
+                path: &file.path,
+                mode: file.mode,
+                contents: value.contents.expose(),
+            })
+            .collect();
+        writer.write(
+            &specs,
+            &Ownership {
+                uid: None,
+                gid: record.fs_group,
+            },
+        )?;
+        Ok(versions)
     }
 }
 

@@ -356,7 +356,7 @@ async fn no_copy_of_the_secret_survives_the_last_unpublish() {
 async fn sigkill_and_restart_keep_volumes_served_and_refreshed() {
     let vault = Vault::start(None).await;
     let mut flags = vault.provider_flags();
-    flags.extend(["--refresh-interval-seconds".into(), "1".into()]);
+    flags.extend(["--rotation-interval".into(), "1s".into()]);
     let mut daemon = NodeDaemon::start(&flags);
     let objs = two_objects();
     let targets = [daemon.target("r-1"), daemon.target("r-2")];

@@ -84,6 +84,13 @@ impl ResolveRule {
     }
 }
 
+/// Makes the extra per-try SDK policy of a vault's clients (rate limits, metrics): every HTTP
+/// try to that vault, the SDK's own retries included, goes through it.
+pub trait VaultPolicyFactory: Send + Sync {
+    /// The policy for requests to `vault`.
+    fn policy(&self, vault: &str) -> Arc<dyn azure_core::http::policies::Policy>;
+}
+
 /// DNS with `--resolve` overrides in front of the system resolver.
 struct OverrideResolver {
     rules: Arc<Vec<ResolveRule>>,
@@ -170,6 +177,7 @@ pub struct Connector {
     /// Per-vault clients, created on first use.
     vault_http: Arc<std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>>,
     config: Arc<ConnectorConfig>,
+    policies: Option<Arc<dyn VaultPolicyFactory>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -213,7 +221,14 @@ impl Connector {
             auth_http,
             vault_http: Arc::default(),
             config: Arc::new(config),
+            policies: None,
         })
+    }
+
+    /// Adds a per-try policy to every vault client this connector makes.
+    pub fn with_vault_policies(mut self, factory: Arc<dyn VaultPolicyFactory>) -> Self {
+        self.policies = Some(factory);
+        self
     }
 
     /// The HTTP client for `vault`, created on first use.
@@ -331,8 +346,12 @@ impl Connector {
         let http = self
             .vault_http(vault)
             .map_err(|e| VaultError::new(ErrorKind::Internal, e.to_string()))?;
+        let mut client_options = self.client_options(http);
+        if let Some(factory) = &self.policies {
+            client_options.per_try_policies.push(factory.policy(vault));
+        }
         let options = SecretClientOptions {
-            client_options: self.client_options(http),
+            client_options,
             ..Default::default()
         };
         SecretClient::new(&self.vault_url(vault), credential, Some(options)).map_err(|e| {

@@ -100,7 +100,7 @@ async fn unpublish(node: &mut NodeClient<Channel>, target: &Path, id: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let secrets = OBJECTS_PER_CLASS * (2 * SAMPLES + 2);
+    let secrets = OBJECTS_PER_CLASS * (2 * SAMPLES + 3);
     let vault = Vault::start(Some(seed(secrets))).await;
     let daemon = NodeDaemon::start(&vault.provider_flags());
     let pid = daemon.pid();

@@ -14,18 +14,24 @@ use kvmount_proto::csi::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::volumes::{PublishRequest, Volumes};
 
 /// The Node service over [`Volumes`].
 pub struct NodeService {
     node_id: String,
     volumes: Arc<Volumes>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeService {
-    /// A node service for node `node_id`.
-    pub fn new(node_id: String, volumes: Arc<Volumes>) -> Self {
-        Self { node_id, volumes }
+    /// A node service for node `node_id`; counts calls in `metrics`.
+    pub fn new(node_id: String, volumes: Arc<Volumes>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            node_id,
+            volumes,
+            metrics,
+        }
     }
 }
 
@@ -75,7 +81,21 @@ impl Node for NodeService {
         };
         drop(request);
         let target = publish.target_path.clone();
-        match self.volumes.publish(publish).await {
+        let started = std::time::Instant::now();
+        let result = self.volumes.publish(publish).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.inc(
+            "kvmount_mounts_total",
+            "Mount and NodePublishVolume calls, by path and outcome.",
+            &[("path", "csi"), ("outcome", outcome)],
+        );
+        self.metrics.observe(
+            "kvmount_mount_seconds",
+            "Mount / NodePublishVolume latency.",
+            &[("path", "csi")],
+            started.elapsed(),
+        );
+        match result {
             Ok(()) => Ok(Response::new(NodePublishVolumeResponse {})),
             Err(err) => {
                 let status = Status::from(err);

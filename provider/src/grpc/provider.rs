@@ -6,6 +6,9 @@ use kvmount_proto::provider::{
 };
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 use crate::mount::{MountInput, Mounter};
 
 /// Name reported by `Version`.
@@ -14,12 +17,13 @@ pub const RUNTIME_NAME: &str = "kvmount";
 /// The provider service over a [`Mounter`].
 pub struct ProviderService {
     mounter: Mounter,
+    metrics: Arc<Metrics>,
 }
 
 impl ProviderService {
-    /// Wraps `mounter`.
-    pub fn new(mounter: Mounter) -> Self {
-        Self { mounter }
+    /// Wraps `mounter`; counts mounts in `metrics`.
+    pub fn new(mounter: Mounter, metrics: Arc<Metrics>) -> Self {
+        Self { mounter, metrics }
     }
 }
 
@@ -53,7 +57,20 @@ impl CsiDriverProvider for ProviderService {
             target_path: std::mem::take(&mut request.target_path),
         };
         drop(request);
+        let started = std::time::Instant::now();
         let result = self.mounter.mount(input).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.inc(
+            "kvmount_mounts_total",
+            "Mount and NodePublishVolume calls, by path and outcome.",
+            &[("path", "provider"), ("outcome", outcome)],
+        );
+        self.metrics.observe(
+            "kvmount_mount_seconds",
+            "Mount / NodePublishVolume latency.",
+            &[("path", "provider")],
+            started.elapsed(),
+        );
         let output = match result {
             Ok(output) => output,
             Err(err) => {
