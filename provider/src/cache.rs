@@ -480,16 +480,23 @@ impl NodeCache {
         let due: Vec<(ObjectKey, Arc<Slot>)> = lock(&self.slots)
             .iter()
             .filter(|(key, slot)| {
-                // A read in flight (a publish holds the value) is not doubled. Entries without
-                // a value (re-adopted after a restart) are filled here once the identity has a
-                // valid credential again.
-                let in_flight = slot.value.try_lock().is_err();
+                // A read in flight (a publish holds the value) is not doubled.
+                let Ok(value) = slot.value.try_lock() else {
+                    return false;
+                };
+                let empty = value.is_none();
+                drop(value);
                 let users = slot.users();
-                !in_flight
-                    && (key.version.is_none() || slot.value.try_lock().is_ok_and(|v| v.is_none()))
-                    && users.next_check <= now
-                    && (!users.volumes.is_empty()
-                        || users.last_used.elapsed() < self.config.idle_ttl)
+                let wanted = if empty {
+                    // Re-adopted after a restart: filled once the identity has a credential.
+                    !users.volumes.is_empty()
+                } else {
+                    // Pinned versions never change.
+                    key.version.is_none()
+                        && (!users.volumes.is_empty()
+                            || users.last_used.elapsed() < self.config.idle_ttl)
+                };
+                wanted && users.next_check <= now
             })
             .map(|(k, s)| (k.clone(), Arc::clone(s)))
             .collect();
