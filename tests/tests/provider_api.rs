@@ -598,3 +598,33 @@ fn refuses_to_replace_a_regular_file() {
         "keep me"
     );
 }
+
+/// The upstream-driver path shares the node cache: repeated Mounts (the driver's rotation,
+/// other pods) cost no Key Vault read within the interval; entries nobody mounts again are
+/// erased after the idle time, and their bytes leave the daemon's memory.
+#[tokio::test]
+async fn provider_mounts_share_the_cache_and_idle_entries_are_erased() {
+    let seed = kvmount_mock_vault::Seed::from_yaml(
+        "tenantId: 00000000-0000-0000-0000-000000000001\nidentities:\n  - name: app\n    clientId: 00000000-0000-0000-0000-00000000000a\n    clientSecret: idle-test-secret\nvaults:\n  - name: demo\n    secrets:\n      - { name: idle-canary, versions: [\"kvmount-idle-canary-3f9a2c\"] }\n",
+    )
+    .expect("seed");
+    let vault = Vault::start(Some(seed)).await;
+    let mut flags = vault.provider_flags();
+    flags.extend(["--cache-idle".into(), "1s".into(), "--rotation-interval".into(), "1h".into()]);
+    let provider = Provider::start(&flags);
+    let mut client = provider.client().await;
+    for pod in ["p1", "p2", "p3"] {
+        let request = DriverRequest::new("demo", vault.mock.tenant_id(), &objects(&[object("idle-canary", "")]), "ns", pod)
+            .service_principal(APP_A, "idle-test-secret")
+            .build();
+        let response = client.mount(request).await.expect("mount").into_inner();
+        assert_eq!(response.files[0].contents, b"kvmount-idle-canary-3f9a2c");
+    }
+    let gets = vault.mock.stats().count(Some("demo"), Some("secret.get"), None, Some(200));
+    assert_eq!(gets, 1, "three Mounts, one Key Vault read");
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(provider.output().contains("erased: idle"), "{}", provider.output());
+    let copies = kvmount_tests::scan_process_memory(provider.pid(), b"kvmount-idle-canary-3f9a2c");
+    assert_eq!(copies, 0, "{copies} copies left after the idle erase");
+}
