@@ -7,14 +7,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
+# Everything a run creates lives under two private directories (one on disk, one on tmpfs for
+# the daemons' state), so the sweep below never touches another run's mounts or files.
+run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-run.XXXXXX")
+run_shm=$(mktemp -d /dev/shm/kvmount-run.XXXXXX)
+export TMPDIR=$run_tmp KVMOUNT_TEST_SHM=$run_shm
+
 sweep() {
-    # Leftovers of an interrupted run: kvmount mounts under the temp dir, test processes.
-    local tmp=${TMPDIR:-/tmp}
-    awk -v t="$tmp/" '$5 ~ "^"t"(kvmount|\\.tmp)" {print $5}' /proc/self/mountinfo 2>/dev/null \
-        | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    # Leftovers of a failed or interrupted test: mounts under this run's dirs, its processes.
+    for dir in "$run_tmp" "$run_shm"; do
+        awk -v d="$dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo 2>/dev/null \
+            | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    done
     pkill -f "$root/target/debug/kvmount-provider" 2>/dev/null || true
+    pkill -f "$root/target/debug/kvmount-sidecar" 2>/dev/null || true
     pkill -f "$root/target/debug/examples/" 2>/dev/null || true
-    rm -rf /dev/shm/kvmount-* 2>/dev/null || true
+    rm -rf "$run_tmp" "$run_shm" 2>/dev/null || true
 }
 trap sweep EXIT
 
@@ -38,7 +46,7 @@ cargo test --workspace --no-fail-fast
 echo "== csi-sanity (CSI conformance) against the node plugin"
 tests/csi-sanity/install.sh >/dev/null   # cached under .tools/; the first build takes ~3 min
 csi_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-csi.XXXXXX")
-state_dir=$(mktemp -d /dev/shm/kvmount-csi-state.XXXXXX)
+state_dir=$(mktemp -d "$run_shm/csi-state.XXXXXX")
 "$root/target/debug/kvmount-provider" serve \
     --provider-socket "$csi_dir/provider.sock" --csi-socket "$csi_dir/csi.sock" \
     --node-id csi-sanity-node --state-dir "$state_dir" >"$csi_dir/daemon.log" 2>&1 &

@@ -366,10 +366,12 @@ impl NodeDaemon {
             .prefix("kvmount-test-node.")
             .tempdir()
             .expect("tempdir");
+        // On tmpfs, as the daemon requires; tests/run.sh gives each run its own directory.
+        let shm = std::env::var_os("KVMOUNT_TEST_SHM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/dev/shm"));
         let state = tempfile::Builder::new()
             .prefix("kvmount-test-state.")
-            .tempdir_in("/dev/shm")
-            .expect("state dir on /dev/shm");
+            .tempdir_in(&shm)
+            .expect("state dir on tmpfs");
         let mut daemon = Self {
             child: None,
             csi_socket: dir.path().join("plugins/csi.sock"),
