@@ -11,10 +11,13 @@ static ALLOCATOR: kvmount_provider::alloc::ZeroingAllocator =
 fn main() -> std::process::ExitCode {
     kvmount_provider::hardening::harden_process();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The daemon runs on one thread: every Key Vault answer is then decoded on the one stack
+    // that `hardening::scrub_stack` clears, and one core is plenty for its work.
+    let mut builder = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("kvmount-provider: cannot start the async runtime: {err}");

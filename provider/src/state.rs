@@ -107,6 +107,8 @@ pub enum StateError {
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
+    /// Saves replace one temp file: never two at once.
+    saving: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl StateStore {
@@ -120,6 +122,7 @@ impl StateStore {
             .map_err(|_| StateError::NotMemoryBacked(dir.to_owned()))?;
         Ok(Self {
             dir: dir.to_owned(),
+            saving: std::sync::Arc::default(),
         })
     }
 
@@ -153,6 +156,10 @@ impl StateStore {
 
     /// Replaces the file with `records`, atomically.
     pub fn save(&self, records: &[VolumeRecord]) -> Result<(), StateError> {
+        let _one_at_a_time = self
+            .saving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let path = self.file();
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let body = serde_json::to_vec_pretty(&StateFile {

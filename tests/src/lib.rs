@@ -367,7 +367,9 @@ impl NodeDaemon {
             .tempdir()
             .expect("tempdir");
         // On tmpfs, as the daemon requires; tests/run.sh gives each run its own directory.
-        let shm = std::env::var_os("KVMOUNT_TEST_SHM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/dev/shm"));
+        let shm = std::env::var_os("KVMOUNT_TEST_SHM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/dev/shm"));
         let state = tempfile::Builder::new()
             .prefix("kvmount-test-state.")
             .tempdir_in(&shm)
