@@ -23,18 +23,31 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 
+# The build also sets the Kubernetes version helm assumes without a cluster (.Capabilities in
+# `helm template`, `helm lint`), as helm's Makefile does from its client-go version; without it
+# helm says v1.20.0. The pin check requires that setting too.
 is_pinned() {
     [ -x "$bin" ] && go version -m "$bin" 2>/dev/null \
-        | awk -v m="$module" -v v="$version" '$1 == "mod" && $2 == m && $3 == v {ok = 1} END {exit !ok}'
+        | awk -v m="$module" -v v="$version" '$1 == "mod" && $2 == m && $3 == v {ok = 1}
+              $1 == "build" && /chartutil.k8sVersionMinor=/ {k = 1} END {exit !(ok && k)}'
 }
 
 if ! is_pinned; then
     echo "helm install: building $module/cmd/helm@$version with $(go env GOVERSION) into $dir/bin" >&2
     mkdir -p "$dir/bin" "$tools/go/path" "$tools/go/cache"
     start=$(date +%s)
+    # helm's go.mod names the client-go it is built with: v0.MINOR.x is Kubernetes 1.MINOR.
+    env GOPATH="$tools/go/path" GOMODCACHE="$tools/go/path/pkg/mod" GOTOOLCHAIN=local GOFLAGS=-modcacherw \
+        go mod download "$module@$version" >&2
+    gomod=$tools/go/path/pkg/mod/helm.sh/helm/v3@$version/go.mod
+    k8s_minor=$(awk '$1 == "k8s.io/client-go" {split($2, v, "."); print v[2]}' "$gomod")
+    [ -n "$k8s_minor" ] || { echo "helm install: no k8s.io/client-go in $gomod" >&2; exit 1; }
+    ldflags="-X helm.sh/helm/v3/internal/version.version=$version"
+    for pkg in pkg/lint/rules pkg/chartutil; do
+        ldflags+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$k8s_minor"
+    done
     # GOTOOLCHAIN=local: fail with a clear message rather than download a newer Go.
     # GOFLAGS=-modcacherw: the module cache can be removed with rm -rf.
-    # The -X flag sets what `helm version` prints (helm's Makefile does the same).
     env GOBIN="$dir/bin" \
         GOPATH="$tools/go/path" \
         GOMODCACHE="$tools/go/path/pkg/mod" \
@@ -42,7 +55,7 @@ if ! is_pinned; then
         GOTOOLCHAIN=local \
         GOFLAGS=-modcacherw \
         CGO_ENABLED=0 \
-        go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$version" "$module/cmd/helm@$version" >&2
+        go install -ldflags "$ldflags" "$module/cmd/helm@$version" >&2
     is_pinned || { echo "helm install: $bin is not $module $version after the build" >&2; exit 1; }
     echo "helm install: built in $(($(date +%s) - start))s" >&2
 fi

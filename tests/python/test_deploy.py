@@ -248,7 +248,8 @@ def test_tuned_values_reach_the_daemon():
     assert c["resources"]["requests"] == {"cpu": "20m", "memory": "32Mi"}
     (ds,) = by_kind(docs, "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {"agentpool": "secrets"}
+    # Helm merges maps: the default kubernetes.io/os stays.
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "agentpool": "secrets"}
     assert pod["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists"}]
     assert pod["imagePullSecrets"] == [{"name": "acr"}]
 
@@ -348,3 +349,26 @@ def test_dockerfile(name):
     hadolint = shutil.which("hadolint") or str(pathlib.Path(sys.executable).parent / "hadolint")
     out = subprocess.run([hadolint, "--failure-threshold", "info", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---- the validator itself catches mistakes -----------------------------------------------------
+
+@pytest.mark.parametrize("kind,mutate", [
+    ("DaemonSet", lambda d: d["spec"]["template"]["spec"]["containers"][0].update(mountPropagaton="x")),
+    ("CSIDriver", lambda d: d["spec"].update(podInfoOnMount="yes")),
+    ("MutatingWebhookConfiguration", lambda d: d["webhooks"][0].update(timeoutSeconds="5s")),
+    ("CustomResourceDefinition", lambda d: d["spec"].update(scope=7)),
+])
+def test_validation_rejects_a_broken_object(kind, mutate):
+    docs = render(COMBOS[[p.stem for p in COMBOS].index("everything")])
+    (doc,) = by_kind(docs, kind)
+    mutate(doc)
+    with pytest.raises(AssertionError):
+        validate_objects([doc])
+
+
+def test_spc_schema_rejects_a_non_string_parameter():
+    bad = {"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
+           "metadata": {"name": "x"}, "spec": {"provider": "kvmount", "parameters": {"objects": ["not", "a", "string"]}}}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_objects([bad])
