@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes kvmount.json, the Grafana dashboard for the node daemon's metrics (provider/src:
-metrics.rs, ratelimit.rs, daemon.rs, grpc/). tests/python/test_deploy.py checks that every
+metrics.rs, ratelimit.rs, daemon.rs, grpc/). tests/deploy/test_deploy.py checks that every
 metric it queries is one the daemon exports. Run: python3 deploy/grafana/generate.py [OUT]"""
 
 import json

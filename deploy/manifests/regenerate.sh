@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders the plain-YAML install files in deploy/manifests/ from the Helm chart, one per file in
-# deploy/manifests/values/ (release "kvmount" in namespace "kvmount"). tests/python/test_deploy.py
+# deploy/manifests/values/ (release "kvmount" in namespace "kvmount"). tests/deploy/test_deploy.py
 # fails when the committed files differ from a fresh render, so run this after every chart change.
 #
 #   deploy/manifests/regenerate.sh            # writes deploy/manifests/<name>.yaml

