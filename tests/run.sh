@@ -70,3 +70,7 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
+
+echo "== deploy: helm lint + template of every values combination, Kubernetes schemas, manifest drift"
+helm=$(tests/deploy/install-helm.sh)   # cached under .tools/; the first build took ~12 min here
+KVMOUNT_HELM="$helm" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/deploy
