@@ -122,9 +122,7 @@ pub async fn decide(state: &State, body: &[u8]) -> Result<(String, Decision), St
         Prepared::Inject(injection) => match &injection.secret_provider_class {
             None => webhook::mutate(&state.config, &review, &injection, None),
             Some(name) => match &state.classes {
-                None => Decision::Deny(format!(
-                    "kvmount: annotation kvmount.io/secret-provider-class: this webhook has no Kubernetes API access to read SecretProviderClass {name:?}; accepted: per-file kvmount.io/secret-<file> annotations"
-                )),
+                None => Decision::Deny(webhook::no_api_denial(name)),
                 Some(classes) => match classes.get(&review.namespace, name).await {
                     Err(e) => Decision::Deny(format!(
                         "kvmount: annotation kvmount.io/secret-provider-class: {e}"

@@ -758,6 +758,15 @@ pub fn response(uid: &str, decision: &Decision) -> Vec<u8> {
     serde_json::to_vec(&review).unwrap_or_default()
 }
 
+/// The denial for a SecretProviderClass pod when the webhook has no API access.
+pub fn no_api_denial(class: &str) -> String {
+    deny_message(&format!(
+        "annotation {}: this webhook has no Kubernetes API access to read SecretProviderClass {class:?} (start it with --in-cluster or --kubeconfig); accepted: per-file {}secret-<file> annotations",
+        annotation("secret-provider-class"),
+        annotations::PREFIX
+    ))
+}
+
 /// The whole review without lookups (a SecretProviderClass pod is denied: the caller, which
 /// can reach the API server, uses [`prepare`] and [`mutate`] instead).
 pub fn review_offline(
@@ -768,10 +777,12 @@ pub fn review_offline(
     let decision = match prepare(config, &review) {
         Prepared::Done(d) => d,
         Prepared::Inject(injection) if injection.secret_provider_class.is_some() => {
-            Decision::Deny(deny_message(&format!(
-                "annotation {}: this webhook cannot read SecretProviderClasses (started without API access)",
-                annotation("secret-provider-class")
-            )))
+            Decision::Deny(no_api_denial(
+                injection
+                    .secret_provider_class
+                    .as_deref()
+                    .unwrap_or_default(),
+            ))
         }
         Prepared::Inject(injection) => mutate(config, &review, &injection, None),
     };
