@@ -13,6 +13,7 @@ sweep() {
     awk -v t="$tmp/" '$5 ~ "^"t"(kvmount|\\.tmp)" {print $5}' /proc/self/mountinfo 2>/dev/null \
         | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     pkill -f "$root/target/debug/kvmount-provider" 2>/dev/null || true
+    pkill -f "$root/target/debug/kvmount-sidecar" 2>/dev/null || true
     pkill -f "$root/target/debug/examples/" 2>/dev/null || true
     rm -rf /dev/shm/kvmount-* 2>/dev/null || true
 }
@@ -54,11 +55,12 @@ fi
 rm -rf "$csi_dir" "$state_dir"
 [ "$rc" = 0 ] || exit "$rc"
 
-echo "== Python Key Vault SDK against the mock vault"
+echo "== Python: Key Vault SDK against the mock vault; sidecar webhook patches against the Kubernetes schemas"
 venv=$root/.venv
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
+    KVMOUNT_SIDECAR_BIN="$root/target/debug/kvmount-sidecar" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
