@@ -19,6 +19,7 @@ pub mod agent;
 pub mod annotations;
 pub mod config;
 pub mod exec;
+pub mod kube_api;
 pub mod logging;
 pub mod patch;
 pub mod server;

@@ -158,6 +158,10 @@ struct WebhookArgs {
     /// Write the self-managed CA (PEM) here: the caBundle for the MutatingWebhookConfiguration.
     #[arg(long)]
     ca_bundle_out: Option<PathBuf>,
+    /// Self-managed: set the caBundle of this MutatingWebhookConfiguration (needs get and update
+    /// on it, and --in-cluster or --kubeconfig); not ready until it is set.
+    #[arg(long, requires = "tls_self_managed")]
+    webhook_config_name: Option<String>,
     /// The agent image.
     #[arg(
         long,
@@ -334,7 +338,32 @@ async fn webhook_main(args: WebhookArgs) -> Result<(), String> {
             std::fs::write(out, ca.ca_pem())
                 .map_err(|e| format!("--ca-bundle-out {}: {e}", out.display()))?;
         }
-        tokio::spawn(ca.maintain(certs.clone()));
+        match (&args.webhook_config_name, &classes) {
+            (None, _) => {
+                tokio::spawn(ca.maintain(certs.clone()));
+            }
+            (Some(_), None) => {
+                return Err(
+                    "--webhook-config-name needs API access: --in-cluster or --kubeconfig".into(),
+                );
+            }
+            (Some(name), Some(classes)) => {
+                let client = classes.client();
+                let name = name.clone();
+                let store = certs.clone();
+                tokio::spawn(async move {
+                    // The leaf is served only once the API server trusts its CA.
+                    while let Err(e) =
+                        kvmount_sidecar::kube_api::patch_ca_bundle(&client, &name, ca.ca_pem())
+                            .await
+                    {
+                        tracing::warn!(error = %e, "setting the caBundle failed; retrying in 10s");
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    ca.maintain(store).await;
+                });
+            }
+        }
     } else {
         return Err("the webhook serves HTTPS only: give --tls-cert-file and --tls-key-file, or --tls-self-managed".into());
     }
@@ -345,6 +374,7 @@ async fn webhook_main(args: WebhookArgs) -> Result<(), String> {
     tracing::info!(%addr, api_access = classes.is_some(), "webhook listening (HTTPS)");
     let state = Arc::new(server::State {
         config,
+        kube: classes.as_ref().map(kvmount_k8s::ClassResolver::client),
         classes,
         certs,
         metrics: server::Metrics::default(),

@@ -96,6 +96,8 @@ pub struct State {
     pub config: WebhookConfig,
     /// SecretProviderClass lookups, when the webhook has API access.
     pub classes: Option<kvmount_k8s::ClassResolver>,
+    /// The same API access for service-account lookups.
+    pub kube: Option<kube::Client>,
     /// The serving certificate.
     pub certs: Arc<CertStore>,
     /// Counters.
@@ -119,30 +121,50 @@ pub async fn decide(state: &State, body: &[u8]) -> Result<(String, Decision), St
     let review = webhook::parse_review(body).map_err(|e| e.to_string())?;
     let decision = match webhook::prepare(&state.config, &review) {
         Prepared::Done(d) => d,
-        Prepared::Inject(injection) => match &injection.secret_provider_class {
-            None => webhook::mutate(&state.config, &review, &injection, None),
-            Some(name) => match &state.classes {
-                None => Decision::Deny(webhook::no_api_denial(name)),
-                Some(classes) => match classes.get(&review.namespace, name).await {
-                    Err(e) => Decision::Deny(format!(
+        Prepared::Inject(injection) => {
+            let class = match (&injection.secret_provider_class, &state.classes) {
+                (None, _) => Ok(None),
+                (Some(name), None) => Err(webhook::no_api_denial(name)),
+                (Some(name), Some(classes)) => match classes.get(&review.namespace, name).await {
+                    Err(e) => Err(format!(
                         "kvmount: annotation kvmount.io/secret-provider-class: {e}"
                     )),
                     Ok(class) if !CLASS_PROVIDERS.contains(&class.provider.as_str()) => {
-                        Decision::Deny(format!(
+                        Err(format!(
                             "kvmount: annotation kvmount.io/secret-provider-class: SecretProviderClass {name:?} is for provider {:?}; accepted: provider {}",
                             class.provider,
                             CLASS_PROVIDERS.join(" or ")
                         ))
                     }
-                    Ok(class) => webhook::mutate(
-                        &state.config,
-                        &review,
-                        &injection,
-                        Some((name, &class.parameters)),
-                    ),
+                    Ok(class) => Ok(Some((name.as_str(), class.parameters))),
                 },
-            },
-        },
+            };
+            match class {
+                Err(message) => Decision::Deny(message),
+                Ok(class) => {
+                    let mut sa_client_id = None;
+                    if let Some(kube) = &state.kube
+                        && let Some((ns, sa)) = webhook::client_id_lookup(
+                            &review,
+                            &injection,
+                            class.as_ref().map(|c| &c.1),
+                        )
+                    {
+                        match crate::kube_api::service_account_client_id(kube, ns, sa).await {
+                            Ok(id) => sa_client_id = id,
+                            // Without permission (or an answer) the pod may still name its
+                            // client ID another way; the decision below says what is missing.
+                            Err(e) => tracing::debug!(error = %e, "service account lookup failed"),
+                        }
+                    }
+                    let lookups = webhook::Lookups {
+                        class: class.as_ref().map(|(n, p)| (*n, p)),
+                        service_account_client_id: sa_client_id.as_deref(),
+                    };
+                    webhook::mutate(&state.config, &review, &injection, lookups)
+                }
+            }
+        }
     };
     Ok((review.uid, decision))
 }

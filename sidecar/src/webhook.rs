@@ -161,6 +161,9 @@ pub struct PodSpec {
     /// `securityContext`.
     #[serde(default)]
     pub security_context: Option<PodSecurityContext>,
+    /// `serviceAccountName` (`default` when absent).
+    #[serde(default)]
+    pub service_account_name: Option<String>,
 }
 
 /// The pod security context fields the agent follows.
@@ -337,18 +340,49 @@ fn deny_message(problem: &str) -> String {
 /// `clientID`, `objects`).
 pub type ClassParameters = BTreeMap<String, String>;
 
-/// Second step: the patch (or a denial) for a pod that asks for injection. `class` holds the
-/// parameters of the pod's `secret-provider-class` (looked up by the caller).
+/// What the caller looked up in the API for this pod.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lookups<'a> {
+    /// The name and parameters of the pod's `secret-provider-class`.
+    pub class: Option<(&'a str, &'a ClassParameters)>,
+    /// The service account's `azure.workload.identity/client-id`.
+    pub service_account_client_id: Option<&'a str>,
+}
+
+/// The service account whose client ID the webhook may look up: only when neither the
+/// annotations nor the class give one.
+pub fn client_id_lookup<'a>(
+    review: &'a Review,
+    injection: &Injection,
+    class: Option<&ClassParameters>,
+) -> Option<(&'a str, &'a str)> {
+    let pod = review.pod.as_ref()?;
+    let class_has = class
+        .and_then(|c| c.get("clientID"))
+        .is_some_and(|v| !v.trim().is_empty());
+    if injection.client_id.is_some() || class_has {
+        return None;
+    }
+    let sa = pod
+        .spec
+        .service_account_name
+        .as_deref()
+        .unwrap_or("default");
+    Some((review.namespace.as_str(), sa))
+}
+
+/// Second step: the patch (or a denial) for a pod that asks for injection, given what the
+/// caller looked up in the API.
 pub fn mutate(
     config: &WebhookConfig,
     review: &Review,
     injection: &Injection,
-    class: Option<(&str, &ClassParameters)>,
+    lookups: Lookups<'_>,
 ) -> Decision {
     let Some(pod) = &review.pod else {
         return Decision::Skip("no object");
     };
-    match build_patch(config, pod, injection, class) {
+    match build_patch(config, pod, injection, lookups) {
         Ok(patch) => Decision::Patch(patch),
         Err(message) => Decision::Deny(deny_message(&message)),
     }
@@ -373,8 +407,9 @@ fn build_patch(
     config: &WebhookConfig,
     pod: &Pod,
     injection: &Injection,
-    class: Option<(&str, &ClassParameters)>,
+    lookups: Lookups<'_>,
 ) -> Result<Patch, String> {
+    let class = lookups.class;
     let spec = &pod.spec;
     // Which app containers get the volume.
     let selected: Vec<(usize, &Container)> = match &injection.containers {
@@ -470,10 +505,11 @@ fn build_patch(
         .client_id
         .clone()
         .or_else(|| class_param("clientID"))
-        .or_else(|| app_env(&selected_containers, "AZURE_CLIENT_ID").map(str::to_owned));
+        .or_else(|| app_env(&selected_containers, "AZURE_CLIENT_ID").map(str::to_owned))
+        .or_else(|| lookups.service_account_client_id.map(str::to_owned));
     if client_id.is_none() && !uses_workload_identity {
         return Err(format!(
-            "annotation {}: is required (no clientID in the class or the containers' AZURE_CLIENT_ID); accepted: the application (client) ID, or the label azure.workload.identity/use: \"true\" with the service account annotated azure.workload.identity/client-id",
+            "annotation {}: is required (no clientID in the class, the containers' AZURE_CLIENT_ID or the service account's azure.workload.identity/client-id); accepted: the application (client) ID, or the label azure.workload.identity/use: \"true\" with the service account annotated azure.workload.identity/client-id",
             annotation("client-id")
         ));
     }
@@ -784,7 +820,7 @@ pub fn review_offline(
                     .unwrap_or_default(),
             ))
         }
-        Prepared::Inject(injection) => mutate(config, &review, &injection, None),
+        Prepared::Inject(injection) => mutate(config, &review, &injection, Lookups::default()),
     };
     Ok((review, decision))
 }

@@ -324,3 +324,123 @@ fn refuses_to_start_without_tls() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTPS only"));
 }
+
+#[path = "../../k8s/tests/support/mod.rs"]
+mod fake_api;
+
+#[tokio::test]
+async fn secret_provider_class_is_read_through_the_api() {
+    let api = fake_api::FakeApiServer::start().await;
+    let objects =
+        "array:\n  - |\n    objectName: db-password\n    objectType: secret\n    objectAlias: db\n";
+    let mut class = fake_api::spc_object(
+        "team-a",
+        "app-secrets",
+        serde_json::json!({
+            "keyvaultName": "demo",
+            "tenantID": "00000000-0000-0000-0000-000000000001",
+            "clientID": "00000000-0000-0000-0000-00000000000a",
+            "objects": objects,
+        }),
+    );
+    api.insert(class.clone());
+    class["metadata"]["name"] = "other-provider".into();
+    class["spec"]["provider"] = "vault".into();
+    api.insert(class);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig_with_token(dir.path(), fake_api::TOKEN);
+    let ca_out = dir.path().join("ca.crt");
+    let webhook = Webhook::start(&[
+        "--tls-self-managed",
+        "--tls-dns-name",
+        "localhost",
+        "--ca-bundle-out",
+        ca_out.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    let client = client(Some(&std::fs::read(&ca_out).unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&client, &webhook.url("/readyz"))
+        .await
+        .map(|r| r.0)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never ready:\n{}",
+            webhook.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let post = |class: &str| {
+        let mut r = review("invalid-secret-provider-class-without-api");
+        let annotations = r["request"]["object"]["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap();
+        annotations.remove("kvmount.io/keyvault");
+        annotations.remove("kvmount.io/tenant-id");
+        annotations.remove("kvmount.io/client-id");
+        annotations.insert("kvmount.io/secret-provider-class".into(), class.into());
+        let client = client.clone();
+        let url = webhook.url("/mutate");
+        async move {
+            client
+                .post(url)
+                .body(r.to_string())
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let answer = post("app-secrets").await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let patch: Vec<Value> = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            answer["response"]["patch"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let init = patch
+        .iter()
+        .find(|op| op["path"] == "/spec/initContainers")
+        .unwrap();
+    let config_json = init["value"][0]["env"][0]["value"].as_str().unwrap();
+    let config: Value = serde_json::from_str(config_json).unwrap();
+    assert_eq!(config["keyvaultName"], "demo");
+    assert_eq!(config["clientId"], "00000000-0000-0000-0000-00000000000a");
+    assert_eq!(
+        config["objects"], objects.trim_end(),
+        "the class's objects, as written"
+    );
+    assert!(
+        api.paths()
+            .iter()
+            .any(|p| p.ends_with("/namespaces/team-a/secretproviderclasses/app-secrets"))
+    );
+
+    for (class, needle) in [
+        ("missing", "missing"),
+        ("other-provider", "provider \"vault\""),
+    ] {
+        let answer = post(class).await;
+        assert_eq!(answer["response"]["allowed"], false, "{answer}");
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("annotation kvmount.io/secret-provider-class:")
+                && message.contains(needle),
+            "{message}"
+        );
+    }
+    assert!(
+        !webhook.output().contains(fake_api::TOKEN),
+        "the API token is never logged"
+    );
+}
