@@ -417,7 +417,8 @@ async fn secret_provider_class_is_read_through_the_api() {
     assert_eq!(config["keyvaultName"], "demo");
     assert_eq!(config["clientId"], "00000000-0000-0000-0000-00000000000a");
     assert_eq!(
-        config["objects"], objects.trim_end(),
+        config["objects"],
+        objects.trim_end(),
         "the class's objects, as written"
     );
     assert!(
@@ -442,5 +443,214 @@ async fn secret_provider_class_is_read_through_the_api() {
     assert!(
         !webhook.output().contains(fake_api::TOKEN),
         "the API token is never logged"
+    );
+}
+
+/// A fake API server for service accounts and the MutatingWebhookConfiguration: records the
+/// PUT bodies it gets.
+struct FakeKube {
+    addr: SocketAddr,
+    ca_pem: String,
+    puts: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn fake_kube() -> FakeKube {
+    use http_body_util::BodyExt as _;
+    let ca = || {
+        let mut p = CertificateParams::default();
+        p.distinguished_name
+            .push(DnType::CommonName, "fake kube CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        p
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca().self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca(), ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let certified =
+        kvmount_sidecar::tls::certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap();
+    let store = kvmount_sidecar::tls::CertStore::new().unwrap();
+    store.set(certified);
+    let acceptor = tokio_rustls::TlsAcceptor::from(store.server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let puts: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let recorded = puts.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let recorded = recorded.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let method = req.method().clone();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let config = serde_json::json!({
+                                "apiVersion": "admissionregistration.k8s.io/v1",
+                                "kind": "MutatingWebhookConfiguration",
+                                "metadata": {"name": "kvmount", "resourceVersion": "7"},
+                                "webhooks": [
+                                    {"name": "pods.kvmount.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                                     "clientConfig": {"service": {"name": "kvmount-webhook", "namespace": "kvmount", "path": "/mutate"}}},
+                                    {"name": "pods-dry.kvmount.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                                     "clientConfig": {"service": {"name": "kvmount-webhook", "namespace": "kvmount", "path": "/mutate"}}}
+                                ]
+                            });
+                            let (status, answer) = match (method.as_str(), path.as_str()) {
+                                ("GET", "/api/v1/namespaces/team-a/serviceaccounts/app") => (
+                                    200,
+                                    serde_json::json!({
+                                        "apiVersion": "v1", "kind": "ServiceAccount",
+                                        "metadata": {"name": "app", "namespace": "team-a",
+                                            "annotations": {"azure.workload.identity/client-id": "00000000-0000-0000-0000-00000000000a"}}
+                                    }),
+                                ),
+                                (
+                                    "GET",
+                                    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/kvmount",
+                                ) => (200, config),
+                                (
+                                    "PUT",
+                                    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/kvmount",
+                                ) => {
+                                    let v: Value = serde_json::from_slice(&body).unwrap();
+                                    recorded.lock().unwrap().push(v.clone());
+                                    (200, v)
+                                }
+                                _ => (
+                                    404,
+                                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                    "reason": "NotFound", "code": 404, "message": "not found"}),
+                                ),
+                            };
+                            let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(answer.to_string()),
+                            ));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    FakeKube {
+        addr,
+        ca_pem: ca_cert.pem(),
+        puts,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ca_bundle_is_patched_and_service_account_client_ids_are_used() {
+    let api = fake_kube().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        fake_api::kubeconfig_yaml(&format!("https://{}", api.addr), &api.ca_pem, "test-token"),
+    )
+    .unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let webhook = Webhook::start(&[
+        "--tls-self-managed",
+        "--tls-dns-name",
+        "localhost",
+        "--ca-bundle-out",
+        ca_out.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--webhook-config-name",
+        "kvmount",
+    ]);
+    let ca = std::fs::read(&ca_out).unwrap();
+    let client = client(Some(&ca));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&client, &webhook.url("/readyz"))
+        .await
+        .map(|r| r.0)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never ready:\n{}",
+            webhook.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ready only after the caBundle was written, on every webhook of the configuration.
+    let puts = api.puts.lock().unwrap().clone();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    for w in puts[0]["webhooks"].as_array().unwrap() {
+        let bundle = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            w["clientConfig"]["caBundle"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(bundle, ca);
+    }
+    assert_eq!(
+        puts[0]["metadata"]["resourceVersion"], "7",
+        "optimistic concurrency"
+    );
+
+    let post = |sa: &str| {
+        let mut r = review("invalid-client-id-missing");
+        r["request"]["object"]["spec"]["serviceAccountName"] = sa.into();
+        let client = client.clone();
+        let url = webhook.url("/mutate");
+        async move {
+            client
+                .post(url)
+                .body(r.to_string())
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let answer = post("app").await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let patch = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            answer["response"]["patch"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        patch.contains(r#"\"clientId\":\"00000000-0000-0000-0000-00000000000a\""#),
+        "{patch}"
+    );
+    // A service account without the annotation (here: none at all) still needs kvmount.io/client-id.
+    let answer = post("other").await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("annotation kvmount.io/client-id:")
     );
 }
