@@ -11,5 +11,6 @@ if [ "$which" = all ] || [ "$which" = node ]; then
 fi
 if [ "$which" = all ] || [ "$which" = sidecar ]; then
     cargo build --release -p kvmount-sidecar -p kvmount-bench
-    KVMOUNT_KVMOUNT_SIDECAR_BIN="$PWD/target/release/kvmount-sidecar" target/release/sidecar-bench
+    KVMOUNT_KVMOUNT_SIDECAR_BIN="$PWD/target/release/kvmount-sidecar" \
+        KVMOUNT_KVMOUNT_AGENT_BIN="$PWD/target/release/kvmount-agent" target/release/sidecar-bench
 fi

@@ -409,11 +409,11 @@ pub fn probe(mount: &Path) -> bool {
     std::fs::symlink_metadata(mount.join(kvmount_volume::DATA_DIR_NAME)).is_ok()
 }
 
-/// `install DIR`: copies this binary to `DIR/kvmount-sidecar` (mode 0555) for `exec`.
+/// `install DIR`: copies this binary to `DIR/kvmount-agent` (mode 0555) for `exec`.
 pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let target = dir.join("kvmount-sidecar");
-    let tmp = dir.join(".kvmount-sidecar.tmp");
+    let target = dir.join("kvmount-agent");
+    let tmp = dir.join(".kvmount-agent.tmp");
     std::fs::copy("/proc/self/exe", &tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555))?;
     std::fs::rename(&tmp, &target)?;

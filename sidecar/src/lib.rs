@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod agent_cli;
 pub mod annotations;
 pub mod config;
 pub mod exec;

@@ -19,7 +19,7 @@ pub const SECRETS_VOLUME: &str = "kvmount-secrets";
 pub const TOKEN_VOLUME: &str = "kvmount-token";
 /// Where the token volume is mounted.
 pub const TOKEN_DIR: &str = "/var/run/secrets/kvmount.io/serviceaccount";
-/// Name of the memory volume that carries the `kvmount-sidecar` binary for `exec`.
+/// Name of the memory volume that carries the `kvmount-agent` binary for `exec`.
 pub const BIN_VOLUME: &str = "kvmount-bin";
 /// Where the binary volume is mounted.
 pub const BIN_DIR: &str = "/kvmount/bin";
@@ -50,7 +50,7 @@ pub const INSTALL_CONTAINER: &str = "kvmount-install";
 pub struct WebhookConfig {
     /// The agent image.
     pub agent_image: String,
-    /// Path of `kvmount-sidecar` inside the image.
+    /// Path of `kvmount-agent` inside the image.
     pub agent_command: String,
     /// Extra arguments for every agent (e.g. `--keyvault-dns-suffix` for other clouds).
     pub agent_args: Vec<String>,
@@ -68,7 +68,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             agent_image: "ghcr.io/kvmount/kvmount-sidecar:0.1.0".into(),
-            agent_command: "/usr/local/bin/kvmount-sidecar".into(),
+            agent_command: "/usr/local/bin/kvmount-agent".into(),
             agent_args: Vec::new(),
             default_mode: Mode::Native,
             skip_namespaces: vec!["kube-system".into(), "kube-public".into()],
@@ -655,7 +655,7 @@ fn build_patch(
                 vec![json!({ "name": EXEC_CONFIG_ENV, "value": exec.to_json() })],
             );
             let mut command = vec![
-                format!("{BIN_DIR}/kvmount-sidecar"),
+                format!("{BIN_DIR}/kvmount-agent"),
                 "exec".to_owned(),
                 "--".to_owned(),
             ];

@@ -324,7 +324,7 @@ fn exec_env_rewrites_the_command_and_installs_the_binary() {
     assert_eq!(
         app["command"],
         json!([
-            "/kvmount/bin/kvmount-sidecar",
+            "/kvmount/bin/kvmount-agent",
             "exec",
             "--",
             "/app",

@@ -69,7 +69,13 @@ async fn renders_rotates_and_stops_on_sigterm() {
     let token = token_file(&vault, dir.path());
     let env = [(AGENT_CONFIG_ENV, config(&vault, &token, &tmpfs.path, 1))];
     let started = Instant::now();
-    let mut agent = Sidecar::spawn(&agent_args(&vault, &[]), &env, None);
+    // kvmount-agent: the binary the webhook injects.
+    let mut agent = Sidecar::spawn_bin(
+        &kvmount_tests::workspace_bin("kvmount-agent"),
+        &agent_args(&vault, &[]),
+        &env,
+        None,
+    );
     agent.wait_for("first render", Duration::from_secs(20));
     println!(
         "first render after {:?} (debug build, process start to log line)",

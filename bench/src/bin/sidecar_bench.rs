@@ -101,7 +101,7 @@ fn spawn_agent(
     env: &str,
     extra: &[&str],
 ) -> (std::process::Child, Arc<Mutex<String>>) {
-    let mut child = Command::new(bin())
+    let mut child = Command::new(agent_bin())
         .arg("agent")
         .args(extra)
         .args(vault.provider_flags())
@@ -122,6 +122,19 @@ fn spawn_agent(
         }
     });
     (child, out)
+}
+
+fn rss_parts_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -215,7 +228,13 @@ async fn main() {
     let pid = child.id();
     let mut samples = Vec::new();
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
+    let window = Duration::from_secs(
+        std::env::var("KVMOUNT_BENCH_RSS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    );
+    while started.elapsed() < window {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if started.elapsed() > Duration::from_secs(5) {
             samples.push(rss_kib(pid));
@@ -223,6 +242,7 @@ async fn main() {
     }
     let refreshes = out.lock().expect("lock").matches("fetch failed").count();
     let (_, hwm) = rss_kib(pid);
+    let (anon, file) = rss_parts_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
     drop(tmpfs);
@@ -351,6 +371,11 @@ async fn main() {
         rss_max as f64 / 1024.0,
         rss_last as f64 / 1024.0,
         hwm as f64 / 1024.0
+    );
+    println!(
+        "| agent RSS split at the end: anonymous (heap, stacks) / file-backed (binary and libraries) | {:.2} MiB / {:.2} MiB |",
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
     );
     println!(
         "| agent refresh failures during the RSS run / secret GETs served | {refreshes} / {gets} |"

@@ -64,7 +64,17 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn spawn(args: &[String], env: &[(&str, String)], cwd: Option<&Path>) -> Self {
-        let mut cmd = Command::new(workspace_bin("kvmount-sidecar"));
+        Self::spawn_bin(&workspace_bin("kvmount-sidecar"), args, env, cwd)
+    }
+
+    /// Like [`Sidecar::spawn`] with another binary (`kvmount-agent`, or an installed copy).
+    pub fn spawn_bin(
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        cwd: Option<&Path>,
+    ) -> Self {
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .env_remove("RUST_LOG")
             .env_remove("AZURE_CLIENT_ID")
