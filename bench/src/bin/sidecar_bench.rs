@@ -28,6 +28,12 @@ fn bin() -> String {
         .unwrap_or_else(|_| "target/release/kvmount-sidecar".into())
 }
 
+/// The injected binary.
+fn agent_bin() -> String {
+    std::env::var("KVMOUNT_KVMOUNT_AGENT_BIN")
+        .unwrap_or_else(|_| "target/release/kvmount-agent".into())
+}
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     samples[((samples.len() - 1) as f64 * p).round() as usize]
