@@ -142,6 +142,7 @@ pub fn objects_document(objects: &[String]) -> String {
     struct Document<'a> {
         array: &'a [String],
     }
+    // A list of strings always serialises; an empty document would be refused by the parser.
     serde_yaml::to_string(&Document { array: objects }).unwrap_or_default()
 }
 

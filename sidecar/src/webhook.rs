@@ -791,6 +791,7 @@ pub fn response(uid: &str, decision: &Decision) -> Vec<u8> {
         "kind": "AdmissionReview",
         "response": body,
     });
+    // A `json!` value always serialises.
     serde_json::to_vec(&review).unwrap_or_default()
 }
 
