@@ -13,7 +13,6 @@ sweep() {
     awk -v t="$tmp/" '$5 ~ "^"t"(kvmount|\\.tmp)" {print $5}' /proc/self/mountinfo 2>/dev/null \
         | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     pkill -f "$root/target/debug/kvmount-provider" 2>/dev/null || true
-    pkill -f "$root/target/debug/kvmount-sidecar" 2>/dev/null || true
     pkill -f "$root/target/debug/examples/" 2>/dev/null || true
     rm -rf /dev/shm/kvmount-* 2>/dev/null || true
 }
