@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# Benchmarks (needs root: real tmpfs mounts). Builds the release daemon, then runs against the
-# mock vault on this machine: the node plugin benchmark (publish latency, RSS) and the rotation
-# benchmark (Key Vault requests per interval; writes docs/rotation-requests.svg). Prints Markdown.
+# Benchmarks (needs root: real tmpfs mounts). Builds the release binaries, then runs against the
+# mock vault on this machine: the node plugin benchmark (publish latency, RSS), the rotation
+# benchmark (Key Vault requests per interval; writes docs/rotation-requests.svg) and the sidecar
+# benchmark. Each prints a Markdown table. `bench/run.sh node|rotation|sidecar` runs one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p kvmount-provider -p kvmount-bench
-export KVMOUNT_KVMOUNT_PROVIDER_BIN="$PWD/target/release/kvmount-provider"
+which=${1:-all}
 # Private temp dirs (disk and tmpfs), removed at the end.
 bench_tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-bench.XXXXXX")
 bench_shm=$(mktemp -d /dev/shm/kvbench.XXXXXX)
 trap 'rm -rf "$bench_tmp" "$bench_shm"' EXIT
 export TMPDIR=$bench_tmp KVMOUNT_TEST_SHM=$bench_shm
-what=${1:-all}
-case "$what" in
-    node) target/release/node-bench ;;
-    rotation) target/release/rotation-bench ;;
-    all) target/release/node-bench; echo; target/release/rotation-bench ;;
-    *) echo "usage: bench/run.sh [node|rotation|all]" >&2; exit 2 ;;
+export KVMOUNT_KVMOUNT_PROVIDER_BIN="$PWD/target/release/kvmount-provider"
+case "$which" in
+    all|node|rotation|sidecar) ;;
+    *) echo "usage: bench/run.sh [all|node|rotation|sidecar]" >&2; exit 2 ;;
 esac
+cargo build --release -p kvmount-provider -p kvmount-sidecar -p kvmount-bench
+if [ "$which" = all ] || [ "$which" = node ]; then
+    target/release/node-bench
+fi
+if [ "$which" = all ] || [ "$which" = rotation ]; then
+    target/release/rotation-bench
+fi
+if [ "$which" = all ] || [ "$which" = sidecar ]; then
+    KVMOUNT_KVMOUNT_SIDECAR_BIN="$PWD/target/release/kvmount-sidecar" \
+        KVMOUNT_KVMOUNT_AGENT_BIN="$PWD/target/release/kvmount-agent" target/release/sidecar-bench
+fi

@@ -62,13 +62,14 @@ fi
 rm -rf "$csi_dir" "$state_dir"
 [ "$rc" = 0 ] || exit "$rc"
 
-echo "== Python Key Vault SDK against the mock vault"
+echo "== Python: Key Vault SDK against the mock vault; sidecar webhook patches against the Kubernetes schemas"
 venv=$root/.venv
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
+    KVMOUNT_SIDECAR_BIN="$root/target/debug/kvmount-sidecar" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
 echo "== deploy: helm lint + template of every values combination, Kubernetes schemas, manifest drift"

@@ -89,6 +89,12 @@ impl ClassResolver {
         }
     }
 
+    /// The configured Kubernetes client (shares this resolver's connections and credentials),
+    /// for callers that read other objects with the same identity.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// The same resolver with another bound on each lookup (default [`DEFAULT_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

@@ -1,0 +1,827 @@
+//! AdmissionReview v1 in, AdmissionReview v1 out: the mutation itself, without I/O.
+//!
+//! [`parse_review`] reads the request; [`mutate`] decides (skip, patch or deny) given the
+//! SecretProviderClass parameters when the pod names one; [`response`] writes the answer.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::annotations::{self, Injection, Mode, STATUS, STATUS_INJECTED};
+use crate::config::{AGENT_CONFIG_ENV, AgentConfig, EXEC_CONFIG_ENV, Plan};
+use crate::patch::Patch;
+
+/// Name of the memory volume with the rendered files.
+pub const SECRETS_VOLUME: &str = "kvmount-secrets";
+/// Name of the projected service-account token volume.
+pub const TOKEN_VOLUME: &str = "kvmount-token";
+/// Where the token volume is mounted.
+pub const TOKEN_DIR: &str = "/var/run/secrets/kvmount.io/serviceaccount";
+/// Name of the memory volume that carries the `kvmount-agent` binary for `exec`.
+pub const BIN_VOLUME: &str = "kvmount-bin";
+/// Where the binary volume is mounted.
+pub const BIN_DIR: &str = "/kvmount/bin";
+/// The Azure Workload Identity webhook's token volume, reused when present.
+pub const AZURE_TOKEN_VOLUME: &str = "azure-identity-token";
+/// Where Azure Workload Identity mounts it.
+pub const AZURE_TOKEN_DIR: &str = "/var/run/secrets/azure/tokens";
+/// Audience of workload-identity tokens.
+pub const AUDIENCE: &str = kvmount_vault::params::WORKLOAD_IDENTITY_AUDIENCE;
+/// Azure Workload Identity env vars copied into the agent when an app container has them.
+const AZURE_ENV: &[&str] = &[
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+];
+/// The user the agent runs as when the pod sets none.
+pub const AGENT_UID: i64 = 65532;
+/// Injected container names.
+pub const AGENT_CONTAINER: &str = "kvmount-agent";
+/// The init container of `sidecar` and `init-only` modes.
+pub const AGENT_INIT_CONTAINER: &str = "kvmount-agent-init";
+/// The init container that copies the binary for `exec`.
+pub const INSTALL_CONTAINER: &str = "kvmount-install";
+
+/// How the webhook builds what it injects.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The agent image.
+    pub agent_image: String,
+    /// Path of `kvmount-agent` inside the image.
+    pub agent_command: String,
+    /// Extra arguments for every agent (e.g. `--keyvault-dns-suffix` for other clouds).
+    pub agent_args: Vec<String>,
+    /// Mode when the pod does not choose one.
+    pub default_mode: Mode,
+    /// Namespaces never mutated (the webhook's own, kube-system, kube-public).
+    pub skip_namespaces: Vec<String>,
+    /// Tenant when neither the pod nor Azure Workload Identity gives one.
+    pub default_tenant_id: Option<String>,
+    /// Lifetime of the projected token.
+    pub token_expiration_seconds: i64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            agent_image: "ghcr.io/kvmount/kvmount-sidecar:0.1.0".into(),
+            agent_command: "/usr/local/bin/kvmount-agent".into(),
+            agent_args: Vec::new(),
+            default_mode: Mode::Native,
+            skip_namespaces: vec!["kube-system".into(), "kube-public".into()],
+            default_tenant_id: None,
+            token_expiration_seconds: 3600,
+        }
+    }
+}
+
+/// The review could not be read (answered with HTTP 400, not an AdmissionReview).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON, or not an AdmissionReview v1 with a request.
+    #[error("not an admission.k8s.io/v1 AdmissionReview request: {0}")]
+    Malformed(String),
+}
+
+/// The parts of an AdmissionReview request we read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewDocument {
+    api_version: String,
+    kind: String,
+    request: Option<RequestDocument>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestDocument {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    object: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    kind: String,
+}
+
+/// The pod fields the mutation reads; everything else is left alone.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    /// `metadata`.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// `spec`.
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+/// Pod metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// `name` (often empty on CREATE: `generateName`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `generateName`.
+    #[serde(default)]
+    pub generate_name: Option<String>,
+    /// `annotations`; `None` when absent or null.
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// `labels`.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Pod spec.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    /// `containers`.
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    /// `initContainers`.
+    #[serde(default)]
+    pub init_containers: Option<Vec<Container>>,
+    /// `volumes`.
+    #[serde(default)]
+    pub volumes: Option<Vec<Named>>,
+    /// `securityContext`.
+    #[serde(default)]
+    pub security_context: Option<PodSecurityContext>,
+    /// `serviceAccountName` (`default` when absent).
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+}
+
+/// The pod security context fields the agent follows.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    /// `runAsUser`.
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    /// `runAsGroup`.
+    #[serde(default)]
+    pub run_as_group: Option<i64>,
+    /// `fsGroup`.
+    #[serde(default)]
+    pub fs_group: Option<i64>,
+}
+
+/// Anything with a name (volumes, volume mounts).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Named {
+    /// `name`.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A container.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// `name`.
+    pub name: String,
+    /// `command`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// `env`.
+    #[serde(default)]
+    pub env: Option<Vec<EnvVar>>,
+    /// `volumeMounts`.
+    #[serde(default)]
+    pub volume_mounts: Option<Vec<VolumeMount>>,
+}
+
+/// A container env var.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EnvVar {
+    /// `name`.
+    pub name: String,
+    /// `value` (absent for `valueFrom`).
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// A volume mount.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// `name`.
+    #[serde(default)]
+    pub name: String,
+    /// `mountPath`.
+    #[serde(default)]
+    pub mount_path: String,
+}
+
+/// A parsed AdmissionReview request.
+#[derive(Debug, Clone)]
+pub struct Review {
+    /// `request.uid`, echoed in the response.
+    pub uid: String,
+    /// `request.namespace`.
+    pub namespace: String,
+    /// `CREATE`, `UPDATE`, ...
+    pub operation: String,
+    /// True for core/v1 Pod.
+    pub is_pod: bool,
+    /// The pod, when `is_pod`.
+    pub pod: Option<Pod>,
+}
+
+/// Reads an AdmissionReview v1 request.
+pub fn parse_review(body: &[u8]) -> Result<Review, ReviewError> {
+    let doc: ReviewDocument = serde_json::from_slice(body).map_err(|e| {
+        ReviewError::Malformed(format!(
+            "{:?} at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if doc.api_version != "admission.k8s.io/v1" || doc.kind != "AdmissionReview" {
+        return Err(ReviewError::Malformed(format!(
+            "apiVersion {:?} kind {:?}; accepted: admission.k8s.io/v1 AdmissionReview",
+            doc.api_version, doc.kind
+        )));
+    }
+    let request = doc
+        .request
+        .ok_or_else(|| ReviewError::Malformed("no request".into()))?;
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    let pod = if is_pod {
+        match request.object {
+            Some(object) => Some(serde_json::from_value::<Pod>(object).map_err(|e| {
+                ReviewError::Malformed(format!("request.object is not a Pod: {e}"))
+            })?),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok(Review {
+        uid: request.uid,
+        namespace: request.namespace.unwrap_or_default(),
+        operation: request.operation,
+        is_pod,
+        pod,
+    })
+}
+
+/// What the webhook does with a review.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Allow unchanged; the reason is for logs and metrics.
+    Skip(&'static str),
+    /// Allow with this patch.
+    Patch(Patch),
+    /// Refuse the pod with this message.
+    Deny(String),
+}
+
+/// What the mutation needs before it can decide.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// Decided without any lookup.
+    Done(Decision),
+    /// The pod asks for injection.
+    Inject(Box<Injection>),
+}
+
+/// First step: skip, deny invalid annotations, or hand back the parsed injection.
+pub fn prepare(config: &WebhookConfig, review: &Review) -> Prepared {
+    if !review.is_pod {
+        return Prepared::Done(Decision::Skip("not a pod"));
+    }
+    if review.operation != "CREATE" {
+        return Prepared::Done(Decision::Skip("not a CREATE"));
+    }
+    if config.skip_namespaces.contains(&review.namespace) {
+        return Prepared::Done(Decision::Skip("namespace excluded"));
+    }
+    let Some(pod) = &review.pod else {
+        return Prepared::Done(Decision::Skip("no object"));
+    };
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    if annotations::already_injected(annotations) {
+        return Prepared::Done(Decision::Skip("already injected"));
+    }
+    match annotations::wants_injection(annotations) {
+        Ok(false) => return Prepared::Done(Decision::Skip("not annotated")),
+        Ok(true) => {}
+        Err(e) => return Prepared::Done(Decision::Deny(deny_message(&e.to_string()))),
+    }
+    match annotations::parse(annotations) {
+        Ok(injection) => Prepared::Inject(Box::new(injection)),
+        Err(e) => Prepared::Done(Decision::Deny(deny_message(&e.to_string()))),
+    }
+}
+
+fn deny_message(problem: &str) -> String {
+    format!("kvmount: {problem}")
+}
+
+/// The SecretProviderClass parameters the webhook takes (`keyvaultName`, `tenantID`,
+/// `clientID`, `objects`).
+pub type ClassParameters = BTreeMap<String, String>;
+
+/// What the caller looked up in the API for this pod.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lookups<'a> {
+    /// The name and parameters of the pod's `secret-provider-class`.
+    pub class: Option<(&'a str, &'a ClassParameters)>,
+    /// The service account's `azure.workload.identity/client-id`.
+    pub service_account_client_id: Option<&'a str>,
+}
+
+/// The service account whose client ID the webhook may look up: only when neither the
+/// annotations nor the class give one.
+pub fn client_id_lookup<'a>(
+    review: &'a Review,
+    injection: &Injection,
+    class: Option<&ClassParameters>,
+) -> Option<(&'a str, &'a str)> {
+    let pod = review.pod.as_ref()?;
+    let class_has = class
+        .and_then(|c| c.get("clientID"))
+        .is_some_and(|v| !v.trim().is_empty());
+    if injection.client_id.is_some() || class_has {
+        return None;
+    }
+    let sa = pod
+        .spec
+        .service_account_name
+        .as_deref()
+        .unwrap_or("default");
+    Some((review.namespace.as_str(), sa))
+}
+
+/// Second step: the patch (or a denial) for a pod that asks for injection, given what the
+/// caller looked up in the API.
+pub fn mutate(
+    config: &WebhookConfig,
+    review: &Review,
+    injection: &Injection,
+    lookups: Lookups<'_>,
+) -> Decision {
+    let Some(pod) = &review.pod else {
+        return Decision::Skip("no object");
+    };
+    match build_patch(config, pod, injection, lookups) {
+        Ok(patch) => Decision::Patch(patch),
+        Err(message) => Decision::Deny(deny_message(&message)),
+    }
+}
+
+fn annotation(key: &str) -> String {
+    format!("{}{key}", annotations::PREFIX)
+}
+
+/// A plain env value of the first selected container that has it.
+fn app_env<'a>(containers: &[&'a Container], name: &str) -> Option<&'a str> {
+    containers.iter().find_map(|c| {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref())
+    })
+}
+
+fn build_patch(
+    config: &WebhookConfig,
+    pod: &Pod,
+    injection: &Injection,
+    lookups: Lookups<'_>,
+) -> Result<Patch, String> {
+    let class = lookups.class;
+    let spec = &pod.spec;
+    // Which app containers get the volume.
+    let selected: Vec<(usize, &Container)> = match &injection.containers {
+        None => spec.containers.iter().enumerate().collect(),
+        Some(names) => {
+            let mut out = Vec::new();
+            for name in names {
+                match spec.containers.iter().position(|c| &c.name == name) {
+                    Some(i) => out.push((i, &spec.containers[i])),
+                    None => {
+                        let have: Vec<&str> =
+                            spec.containers.iter().map(|c| c.name.as_str()).collect();
+                        return Err(format!(
+                            "annotation {}: the pod has no container {name:?}; accepted: names of its containers ({})",
+                            annotation("containers"),
+                            have.join(", ")
+                        ));
+                    }
+                }
+            }
+            out
+        }
+    };
+    if selected.is_empty() {
+        return Err(format!(
+            "annotation {}: the pod has no containers to mount the secrets into",
+            annotation("containers")
+        ));
+    }
+    let selected_containers: Vec<&Container> = selected.iter().map(|(_, c)| *c).collect();
+    let volumes = spec.volumes.as_deref().unwrap_or(&[]);
+    for ours in [SECRETS_VOLUME, TOKEN_VOLUME, BIN_VOLUME] {
+        if volumes.iter().any(|v| v.name == ours) {
+            return Err(format!(
+                "the pod already has a volume named {ours:?}, which kvmount injects; rename it"
+            ));
+        }
+    }
+    for (_, c) in &selected {
+        if let Some(m) = c
+            .volume_mounts
+            .as_ref()
+            .and_then(|ms| ms.iter().find(|m| m.mount_path == injection.mount_path))
+        {
+            return Err(format!(
+                "annotation {}: container {:?} already mounts volume {:?} at {}; accepted: a free path",
+                annotation("mount-path"),
+                c.name,
+                m.name,
+                injection.mount_path
+            ));
+        }
+    }
+
+    // Vault, tenant, client, objects: annotations, then the class, then Workload Identity.
+    let class_param = |key: &str| {
+        class
+            .and_then(|(_, p)| p.get(key))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let keyvault = injection
+        .keyvault
+        .clone()
+        .or_else(|| class_param("keyvaultName"))
+        .ok_or_else(|| {
+            format!(
+                "annotation {}: SecretProviderClass {:?} has no keyvaultName",
+                annotation("secret-provider-class"),
+                class.map(|(n, _)| n).unwrap_or_default()
+            )
+        })?;
+    let uses_workload_identity = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("azure.workload.identity/use"))
+        .is_some_and(|v| v == "true");
+    let reuse_azure_token = volumes.iter().any(|v| v.name == AZURE_TOKEN_VOLUME);
+    let tenant_id = injection
+        .tenant_id
+        .clone()
+        .or_else(|| class_param("tenantID").or_else(|| class_param("tenantId")))
+        .or_else(|| app_env(&selected_containers, "AZURE_TENANT_ID").map(str::to_owned))
+        .or_else(|| config.default_tenant_id.clone());
+    if tenant_id.is_none() && !uses_workload_identity {
+        return Err(format!(
+            "annotation {}: is required (no tenant in the class, the containers' AZURE_TENANT_ID or the webhook's default); accepted: a tenant GUID or domain, or the label azure.workload.identity/use: \"true\"",
+            annotation("tenant-id")
+        ));
+    }
+    let client_id = injection
+        .client_id
+        .clone()
+        .or_else(|| class_param("clientID"))
+        .or_else(|| app_env(&selected_containers, "AZURE_CLIENT_ID").map(str::to_owned))
+        .or_else(|| lookups.service_account_client_id.map(str::to_owned));
+    if client_id.is_none() && !uses_workload_identity {
+        return Err(format!(
+            "annotation {}: is required (no clientID in the class, the containers' AZURE_CLIENT_ID or the service account's azure.workload.identity/client-id); accepted: the application (client) ID, or the label azure.workload.identity/use: \"true\" with the service account annotated azure.workload.identity/client-id",
+            annotation("client-id")
+        ));
+    }
+    let objects = injection.objects.clone().or_else(|| class_param("objects"));
+    let token_file = if reuse_azure_token {
+        format!("{AZURE_TOKEN_DIR}/azure-identity-token")
+    } else {
+        format!("{TOKEN_DIR}/token")
+    };
+    let security = spec.security_context.clone().unwrap_or_default();
+    let fs_group = security.fs_group.and_then(|g| u32::try_from(g).ok());
+
+    let agent_config = AgentConfig {
+        keyvault_name: keyvault.clone(),
+        tenant_id: tenant_id.clone(),
+        client_id: client_id.clone(),
+        token_file: Some(token_file.clone()),
+        mount_path: Some(injection.mount_path.clone()),
+        objects,
+        templates: injection.templates.clone(),
+        env: BTreeMap::new(),
+        refresh_seconds: injection.refresh.map(|d| d.as_secs()),
+        fs_group,
+    };
+    let has_files = agent_config.objects.is_some() || !agent_config.templates.is_empty();
+    if let Err(e) = Plan::new(&agent_config) {
+        let source = match class {
+            Some((name, _)) => format!(
+                "annotation {}: SecretProviderClass {name:?}",
+                annotation("secret-provider-class")
+            ),
+            None => "the agent configuration".to_owned(),
+        };
+        return Err(format!("{source}: {e}"));
+    }
+    let exec_config = (!injection.env.is_empty()).then(|| AgentConfig {
+        keyvault_name: keyvault.clone(),
+        tenant_id: tenant_id.clone(),
+        client_id: client_id.clone(),
+        token_file: Some(token_file.clone()),
+        env: injection.env.clone(),
+        ..Default::default()
+    });
+    if let Some(exec) = &exec_config {
+        for (_, c) in &selected {
+            if c.command.as_ref().is_none_or(|cmd| cmd.is_empty()) {
+                let var = exec
+                    .env
+                    .keys()
+                    .next()
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                return Err(format!(
+                    "annotation {}: container {:?} has no command in its spec, and kvmount does not read image entrypoints from registries; accepted: set the container's command, or select other containers with {}",
+                    annotation(&format!("env-{var}")),
+                    c.name,
+                    annotation("containers")
+                ));
+            }
+            for var in exec.env.keys() {
+                if c.env
+                    .as_ref()
+                    .is_some_and(|env| env.iter().any(|e| &e.name == var))
+                {
+                    return Err(format!(
+                        "annotation {}: container {:?} already sets {var}; accepted: a variable the container does not set",
+                        annotation(&format!("env-{var}")),
+                        c.name
+                    ));
+                }
+            }
+        }
+    }
+
+    let mode = if has_files {
+        injection.mode.unwrap_or(config.default_mode)
+    } else {
+        // Only env references: nothing to keep fresh on disk.
+        Mode::InitOnly
+    };
+
+    let mut patch = Patch::new();
+    // 1. The status annotation (blocks a second mutation).
+    match &pod.metadata.annotations {
+        None => patch.add(
+            &["metadata", "annotations"],
+            json!({ STATUS: STATUS_INJECTED }),
+        ),
+        Some(_) => patch.add(&["metadata", "annotations", STATUS], json!(STATUS_INJECTED)),
+    }
+
+    // 2. Volumes.
+    let mut new_volumes = Vec::new();
+    if has_files {
+        new_volumes.push(json!({
+            "name": SECRETS_VOLUME,
+            "emptyDir": { "medium": "Memory", "sizeLimit": injection.size_limit },
+        }));
+    }
+    if !reuse_azure_token {
+        new_volumes.push(json!({
+            "name": TOKEN_VOLUME,
+            "projected": { "sources": [ { "serviceAccountToken": {
+                "audience": AUDIENCE,
+                "expirationSeconds": config.token_expiration_seconds,
+                "path": "token",
+            } } ] },
+        }));
+    }
+    if exec_config.is_some() {
+        new_volumes.push(json!({
+            "name": BIN_VOLUME,
+            "emptyDir": { "medium": "Memory", "sizeLimit": "64Mi" },
+        }));
+    }
+    patch.append(&["spec", "volumes"], spec.volumes.is_some(), new_volumes);
+
+    // 3. App containers: mounts, and for exec the env, token, binary and command.
+    let token_mount = if reuse_azure_token {
+        json!({ "name": AZURE_TOKEN_VOLUME, "mountPath": AZURE_TOKEN_DIR, "readOnly": true })
+    } else {
+        json!({ "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true })
+    };
+    for (index, container) in &selected {
+        let index = index.to_string();
+        let base = ["spec", "containers", index.as_str()];
+        let mut mounts = Vec::new();
+        if has_files {
+            mounts.push(json!({ "name": SECRETS_VOLUME, "mountPath": injection.mount_path, "readOnly": true }));
+        }
+        if let Some(exec) = &exec_config {
+            let has_token = container
+                .volume_mounts
+                .as_ref()
+                .is_some_and(|ms| ms.iter().any(|m| m.name == AZURE_TOKEN_VOLUME));
+            if !has_token {
+                mounts.push(token_mount.clone());
+            }
+            mounts.push(json!({ "name": BIN_VOLUME, "mountPath": BIN_DIR, "readOnly": true }));
+            patch.append(
+                &[base[0], base[1], base[2], "env"],
+                container.env.is_some(),
+                vec![json!({ "name": EXEC_CONFIG_ENV, "value": exec.to_json() })],
+            );
+            let mut command = vec![
+                format!("{BIN_DIR}/kvmount-agent"),
+                "exec".to_owned(),
+                "--".to_owned(),
+            ];
+            command.extend(container.command.clone().unwrap_or_default());
+            patch.replace(&[base[0], base[1], base[2], "command"], json!(command));
+        }
+        patch.append(
+            &[base[0], base[1], base[2], "volumeMounts"],
+            container.volume_mounts.is_some(),
+            mounts,
+        );
+    }
+
+    // 4. The agent containers.
+    let mut agent_env = vec![json!({ "name": AGENT_CONFIG_ENV, "value": agent_config.to_json() })];
+    if reuse_azure_token {
+        for name in AZURE_ENV {
+            if let Some(value) = app_env(&selected_containers, name) {
+                agent_env.push(json!({ "name": name, "value": value }));
+            }
+        }
+    }
+    let run_as_user = security
+        .run_as_user
+        .filter(|u| *u != 0)
+        .unwrap_or(AGENT_UID);
+    let run_as_group = security
+        .run_as_group
+        .filter(|g| *g != 0)
+        .unwrap_or(AGENT_UID);
+    let security_context = json!({
+        "runAsNonRoot": true,
+        "runAsUser": run_as_user,
+        "runAsGroup": run_as_group,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    });
+    let r = &injection.resources;
+    let mut limits = json!({ "memory": r.memory_limit });
+    if let Some(cpu) = &r.cpu_limit {
+        limits["cpu"] = json!(cpu);
+    }
+    let resources = json!({
+        "requests": { "cpu": r.cpu_request, "memory": r.memory_request },
+        "limits": limits,
+    });
+    let agent_mounts = vec![
+        json!({ "name": SECRETS_VOLUME, "mountPath": injection.mount_path }),
+        token_mount.clone(),
+    ];
+    let agent = |name: &str, init_only: bool| {
+        let mut args = vec!["agent".to_owned()];
+        if init_only {
+            args.push("--init-only".to_owned());
+        }
+        args.extend(config.agent_args.iter().cloned());
+        json!({
+            "name": name,
+            "image": config.agent_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": [config.agent_command],
+            "args": args,
+            "env": agent_env,
+            "volumeMounts": agent_mounts,
+            "resources": resources,
+            "securityContext": security_context,
+        })
+    };
+    let mut init = Vec::new();
+    let mut sidecars = Vec::new();
+    if has_files {
+        match mode {
+            Mode::Native => {
+                let mut c = agent(AGENT_CONTAINER, false);
+                c["restartPolicy"] = json!("Always");
+                c["startupProbe"] = json!({
+                    "exec": { "command": [config.agent_command, "probe"] },
+                    "periodSeconds": 1,
+                    "timeoutSeconds": 2,
+                    "failureThreshold": 300,
+                });
+                init.push(c);
+            }
+            Mode::Sidecar => {
+                init.push(agent(AGENT_INIT_CONTAINER, true));
+                sidecars.push(agent(AGENT_CONTAINER, false));
+            }
+            Mode::InitOnly => init.push(agent(AGENT_INIT_CONTAINER, true)),
+        }
+    }
+    if exec_config.is_some() {
+        init.push(json!({
+            "name": INSTALL_CONTAINER,
+            "image": config.agent_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": [config.agent_command],
+            "args": ["install", BIN_DIR],
+            "volumeMounts": [ { "name": BIN_VOLUME, "mountPath": BIN_DIR } ],
+            "resources": resources,
+            "securityContext": security_context,
+        }));
+    }
+    patch.prepend(
+        &["spec", "initContainers"],
+        spec.init_containers.is_some(),
+        init,
+    );
+    patch.append(&["spec", "containers"], true, sidecars);
+    Ok(patch)
+}
+
+/// The AdmissionReview v1 response for `uid`.
+pub fn response(uid: &str, decision: &Decision) -> Vec<u8> {
+    let body = match decision {
+        Decision::Skip(_) => json!({ "uid": uid, "allowed": true }),
+        Decision::Patch(patch) => json!({
+            "uid": uid,
+            "allowed": true,
+            "patchType": "JSONPatch",
+            "patch": base64::engine::general_purpose::STANDARD.encode(patch.to_json()),
+        }),
+        Decision::Deny(message) => json!({
+            "uid": uid,
+            "allowed": false,
+            "status": { "code": 400, "reason": "BadRequest", "message": message },
+        }),
+    };
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": body,
+    });
+    // A `json!` value always serialises.
+    serde_json::to_vec(&review).unwrap_or_default()
+}
+
+/// The denial for a SecretProviderClass pod when the webhook has no API access.
+pub fn no_api_denial(class: &str) -> String {
+    deny_message(&format!(
+        "annotation {}: this webhook has no Kubernetes API access to read SecretProviderClass {class:?} (start it with --in-cluster or --kubeconfig); accepted: per-file {}secret-<file> annotations",
+        annotation("secret-provider-class"),
+        annotations::PREFIX
+    ))
+}
+
+/// The whole review without lookups (a SecretProviderClass pod is denied: the caller, which
+/// can reach the API server, uses [`prepare`] and [`mutate`] instead).
+pub fn review_offline(
+    config: &WebhookConfig,
+    body: &[u8],
+) -> Result<(Review, Decision), ReviewError> {
+    let review = parse_review(body)?;
+    let decision = match prepare(config, &review) {
+        Prepared::Done(d) => d,
+        Prepared::Inject(injection) if injection.secret_provider_class.is_some() => {
+            Decision::Deny(no_api_denial(
+                injection
+                    .secret_provider_class
+                    .as_deref()
+                    .unwrap_or_default(),
+            ))
+        }
+        Prepared::Inject(injection) => mutate(config, &review, &injection, Lookups::default()),
+    };
+    Ok((review, decision))
+}

@@ -1,0 +1,144 @@
+"""kvmount-sidecar webhook against the Kubernetes JSON schemas.
+
+Every case of sidecar/tests/fixtures/reviews.json is sent to the real webhook over HTTPS
+(self-managed TLS, its CA written with --ca-bundle-out). Patches are applied to the original
+pod with the `jsonpatch` package (RFC 6902, strict about paths), and the patched pod is
+validated with `kubernetes-validate` in strict mode (unknown fields are errors) for Kubernetes
+1.29 (the first release with native sidecars on by default) and the newest schema bundled.
+The init-only case is also validated as the pod template of a batch/v1 Job.
+
+Run:
+    KVMOUNT_SIDECAR_BIN=target/debug/kvmount-sidecar pytest tests/python
+"""
+
+import base64
+import copy
+import json
+import os
+import pathlib
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CASES = json.loads((ROOT / "sidecar/tests/fixtures/reviews.json").read_text())
+VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+
+
+class Webhook:
+    def __init__(self, proc, port, ca):
+        self.proc = proc
+        self.port = port
+        self.context = ssl.create_default_context(cafile=ca)
+
+    def post(self, review):
+        req = urllib.request.Request(
+            f"https://localhost:{self.port}/mutate",
+            data=json.dumps(review).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, context=self.context, timeout=10) as resp:
+            assert resp.status == 200
+            return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    binary = os.environ.get("KVMOUNT_SIDECAR_BIN")
+    if not binary:
+        pytest.fail("KVMOUNT_SIDECAR_BIN is not set (tests/run.sh sets it to target/debug/kvmount-sidecar)")
+    with tempfile.TemporaryDirectory(prefix="kvmount-pytest-webhook.") as tmp:
+        ca = os.path.join(tmp, "ca.crt")
+        proc = subprocess.Popen(
+            [binary, "webhook", "--listen", "127.0.0.1:0", "--tls-self-managed",
+             "--tls-dns-name", "localhost", "--ca-bundle-out", ca],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POD_NAMESPACE")},
+        )
+        port = None
+        lines = []
+        deadline = time.monotonic() + 20
+        try:
+            while port is None:
+                line = proc.stderr.readline()
+                if not line:
+                    raise RuntimeError("webhook exited:\n" + "".join(lines))
+                lines.append(line)
+                if "addr=" in line:
+                    port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
+                if time.monotonic() > deadline:
+                    raise RuntimeError("webhook never listened:\n" + "".join(lines))
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            hook = Webhook(proc, port, ca)
+            while True:  # ready once the serving certificate is issued
+                try:
+                    with urllib.request.urlopen(f"https://localhost:{port}/readyz", context=hook.context, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("webhook never ready")
+                time.sleep(0.05)
+            yield hook
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def validate(obj, label):
+    for version in VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise AssertionError(f"{label} is not a valid {obj['kind']} for Kubernetes {version}: {e.message} at {list(e.path)}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_review(webhook, case):
+    review = case["review"]
+    original = review["request"]["object"]
+    validate(original, "the original pod")
+    answer = webhook.post(review)
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    assert answer["kind"] == "AdmissionReview"
+    response = answer["response"]
+    assert response["uid"] == review["request"]["uid"]
+    expect = case["expect"]
+    if expect == "skip":
+        assert response["allowed"] is True
+        assert "patch" not in response
+        return
+    if expect == "deny":
+        assert response["allowed"] is False
+        message = response["status"]["message"]
+        assert f"annotation {case['annotation']}:" in message, message
+        return
+    assert response["allowed"] is True
+    assert response["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(response["patch"]))
+    assert {op["op"] for op in ops} <= {"add", "replace"}
+    patched = jsonpatch.apply_patch(copy.deepcopy(original), ops)
+    validate(patched, "the patched pod")
+    assert patched["metadata"]["annotations"]["kvmount.io/status"] == "injected"
+    # Nothing of the original is lost: every original container is still there, in order.
+    names = [c["name"] for c in patched["spec"]["containers"]]
+    assert names[: len(original["spec"]["containers"])] == [c["name"] for c in original["spec"]["containers"]]
+    if case["name"] == "job-init-only":
+        template_meta = {k: v for k, v in patched["metadata"].items() if k in ("labels", "annotations")}
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "nightly", "namespace": "team-a"},
+            "spec": {"template": {"metadata": template_meta, "spec": patched["spec"]}},
+        }
+        validate(job, "the Job with the patched pod template")
+        assert all(c.get("restartPolicy") != "Always" for c in patched["spec"]["initContainers"])
