@@ -465,6 +465,14 @@ impl NodeCache {
         value.as_ref().map(|c| c.object.clone())
     }
 
+    /// The cached version of `key` without waiting: `None` when there is no value or a read
+    /// holds the entry right now.
+    pub fn cached_version(&self, key: &ObjectKey) -> Option<String> {
+        let slot = lock(&self.slots).get(key).cloned()?;
+        let value = slot.value.try_lock().ok()?;
+        value.as_ref().map(|c| c.object.version.clone())
+    }
+
     /// The last rotation error of `key`, if its last read failed.
     pub fn last_error(&self, key: &ObjectKey) -> Option<String> {
         let slot = lock(&self.slots).get(key).cloned()?;

@@ -144,13 +144,16 @@ pub async fn run_until(
             (refresh / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Volumes that could not be brought up to date in the last pass (busy, or a failed
+        // write): compared with the cache again at the next tick.
+        let mut pending = 0usize;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = &mut rotation_stop => return Ok(()),
             }
             let report = rotation_cache.rotate(refresh).await;
-            if report.checked == 0 {
+            if report.checked == 0 && pending == 0 {
                 continue;
             }
             let unchanged = report.checked - report.changed.len() - report.failed.len();
@@ -168,22 +171,17 @@ pub async fn run_until(
                 }
             }
             if let Some(volumes) = &rotation_volumes {
-                let (rewritten, failed) = volumes
-                    .apply_rotation(&report.changed, &report.failed)
-                    .await;
-                for _ in 0..rewritten {
-                    rotation_metrics.inc(
-                        "kvmount_rotation_volume_updates_total",
-                        "Volumes rewritten after a rotation, by outcome.",
-                        &[("outcome", "ok")],
-                    );
-                }
-                for _ in 0..failed {
-                    rotation_metrics.inc(
-                        "kvmount_rotation_volume_updates_total",
-                        "Volumes rewritten after a rotation, by outcome.",
-                        &[("outcome", "failed")],
-                    );
+                let (rewritten, failed, still_pending) =
+                    volumes.apply_rotation(&report.failed).await;
+                pending = still_pending;
+                for (outcome, n) in [("ok", rewritten), ("failed", failed)] {
+                    for _ in 0..n {
+                        rotation_metrics.inc(
+                            "kvmount_rotation_volume_updates_total",
+                            "Volumes rewritten after a rotation, by outcome.",
+                            &[("outcome", outcome)],
+                        );
+                    }
                 }
             }
             hardening::scrub_stack();

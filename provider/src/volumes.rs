@@ -461,33 +461,34 @@ impl Volumes {
         self.records().values().cloned().collect()
     }
 
-    /// After a rotation pass: rewrites (atomically) every volume that uses a changed entry, and
-    /// records failures on the volumes whose entries could not be read. A volume whose rewrite
-    /// fails keeps its last content. Returns (volumes rewritten, volumes failed).
-    pub async fn apply_rotation(
-        &self,
-        changed: &[ObjectKey],
-        failed: &[(ObjectKey, String)],
-    ) -> (usize, usize) {
+    /// After a rotation pass: rewrites (atomically) every volume whose files are older than the
+    /// cache, and records failures on the volumes whose entries could not be read. A volume is
+    /// compared with the cache, not with the pass's list of changes, so one that was busy
+    /// (publish or unpublish running) or failed to rewrite is caught by a later pass. A volume
+    /// whose rewrite fails keeps its last content. Returns (rewritten, failed, still pending).
+    pub async fn apply_rotation(&self, failed: &[(ObjectKey, String)]) -> (usize, usize, usize) {
         let records: Vec<VolumeRecord> = self.records().values().cloned().collect();
-        let mut rewritten = 0;
-        let mut failures = 0;
+        let (mut rewritten, mut failures, mut pending) = (0, 0, 0);
         for record in records {
             let keys = record.keys();
             let error = failed
                 .iter()
                 .find(|(k, _)| keys.contains(k))
                 .map(|(k, e)| format!("{}: {e}", k.id()));
-            let touched = keys.iter().any(|k| changed.contains(k));
-            if !touched {
-                if error.is_some() {
+            let stale = record.files.iter().any(|file| {
+                self.cache
+                    .cached_version(&file.key)
+                    .is_some_and(|v| record.versions.get(&file.id) != Some(&v))
+            });
+            if !stale {
+                if error.is_some() && error != record.last_error {
                     self.update_record(&record.target_path, |r| r.last_error = error.clone());
                     failures += 1;
                 }
                 continue;
             }
             let Ok(_busy) = self.claim(&record.target_path) else {
-                // A publish or unpublish is running on it; the next pass or publish catches up.
+                pending += 1;
                 continue;
             };
             match self.rewrite(&record).await {
@@ -502,6 +503,7 @@ impl Volumes {
                 }
                 Err(err) => {
                     failures += 1;
+                    pending += 1;
                     tracing::warn!(target = %record.target_path, error = %err, "rewriting a rotated volume failed; it keeps its last content");
                     self.update_record(&record.target_path, |r| {
                         r.last_error = Some(err.to_string())
@@ -509,11 +511,13 @@ impl Volumes {
                 }
             }
         }
-        if let Err(err) = self.save() {
+        if rewritten + failures > 0
+            && let Err(err) = self.save()
+        {
             tracing::warn!(error = %err, "saving the state file failed");
         }
         crate::hardening::scrub_stack();
-        (rewritten, failures)
+        (rewritten, failures, pending)
     }
 
     fn update_record(&self, target: &str, change: impl FnOnce(&mut VolumeRecord)) {
