@@ -254,7 +254,7 @@ pub fn parse_default_mode(permission: &str) -> Result<u32, ParamError> {
                 "permission",
                 format!(
                     "{} is not a decimal file mode; accepted: 0 to 511, e.g. \"420\" for 0644",
-                    shown(&text)
+                    shown(text)
                 ),
             )
         })?;
@@ -280,19 +280,19 @@ pub fn parse_file_permission(field: &str, text: &str) -> Result<u32, ParamError>
             field,
             format!(
                 "{} is not an octal file mode; accepted: 3 or 4 octal digits from 0000 to 0777, e.g. \"0600\"",
-                shown(&text)
+                shown(text)
             ),
         ));
     }
     let mode = u32::from_str_radix(digits, 8).map_err(|_| {
-        ParamError::new(field, format!("{} is not an octal file mode", shown(&text)))
+        ParamError::new(field, format!("{} is not an octal file mode", shown(text)))
     })?;
     if mode > 0o777 {
         return Err(ParamError::new(
             field,
             format!(
                 "{} sets bits above 0777 (setuid, setgid or sticky); accepted: 0000 to 0777",
-                shown(&text)
+                shown(text)
             ),
         ));
     }
@@ -326,7 +326,7 @@ fn parse_bool(map: &HashMap<String, String>, key: &str) -> Result<bool, ParamErr
                 key,
                 format!(
                     "{} is not a boolean; accepted: \"true\" or \"false\"",
-                    shown(&v)
+                    shown(v)
                 ),
             )),
         },
@@ -341,7 +341,7 @@ pub fn validate_vault_name(name: &str) -> Result<(), ParamError> {
             "keyvaultName",
             format!(
                 "{} is not a Key Vault name; accepted: 3 to 24 characters of letters, digits and '-'",
-                shown(&name)
+                shown(name)
             ),
         ));
     }
@@ -360,7 +360,7 @@ fn validate_tenant(tenant: &str) -> Result<(), ParamError> {
             "tenantID",
             format!(
                 "{} is not a tenant; accepted: a tenant GUID or a domain such as contoso.onmicrosoft.com",
-                shown(&tenant)
+                shown(tenant)
             ),
         ));
     }
@@ -375,7 +375,7 @@ fn validate_object_name(field: &str, name: &str) -> Result<(), ParamError> {
             field,
             format!(
                 "{} is not a Key Vault object name; accepted: 1 to 127 characters of letters, digits and '-'",
-                shown(&name)
+                shown(name)
             ),
         ));
     }
@@ -390,7 +390,7 @@ fn validate_version(field: &str, version: &str) -> Result<(), ParamError> {
             field,
             format!(
                 "{} is not a version id; accepted: empty, \"latest\", or a version such as 6f8d1a2b3c4d5e6f7a8b9c0d1e2f3a4b",
-                shown(&version)
+                shown(version)
             ),
         ));
     }
@@ -494,7 +494,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
                 field("objectType"),
                 format!(
                     "{} is not an object type; accepted: secret, key, cert",
-                    shown(&other)
+                    shown(other)
                 ),
             ));
         }
@@ -623,7 +623,7 @@ fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
                 format!("objects[{}]", spec.index),
                 format!(
                     "writes file {}, which objects[{other}] writes too; give one of them a different objectAlias",
-                    shown(&path)
+                    shown(path)
                 ),
             ));
         }
@@ -637,8 +637,8 @@ fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
                 format!("objects[{other}]"),
                 format!(
                     "writes {} inside {}, which objects[{index}] writes as a file",
-                    shown(&nested),
-                    shown(&path)
+                    shown(nested),
+                    shown(path)
                 ),
             ));
         }
@@ -715,7 +715,7 @@ pub fn mount_params(
             "cloudName",
             format!(
                 "{} is not supported by this kvmount release; accepted: AzurePublicCloud (other clouds: set the daemon's --keyvault-dns-suffix and --authority-host)",
-                shown(&cloud)
+                shown(cloud)
             ),
         ));
     }
