@@ -610,21 +610,39 @@ async fn provider_mounts_share_the_cache_and_idle_entries_are_erased() {
     .expect("seed");
     let vault = Vault::start(Some(seed)).await;
     let mut flags = vault.provider_flags();
-    flags.extend(["--cache-idle".into(), "1s".into(), "--rotation-interval".into(), "1h".into()]);
+    flags.extend([
+        "--cache-idle".into(),
+        "1s".into(),
+        "--rotation-interval".into(),
+        "1h".into(),
+    ]);
     let provider = Provider::start(&flags);
     let mut client = provider.client().await;
     for pod in ["p1", "p2", "p3"] {
-        let request = DriverRequest::new("demo", vault.mock.tenant_id(), &objects(&[object("idle-canary", "")]), "ns", pod)
-            .service_principal(APP_A, "idle-test-secret")
-            .build();
+        let request = DriverRequest::new(
+            "demo",
+            vault.mock.tenant_id(),
+            &objects(&[object("idle-canary", "")]),
+            "ns",
+            pod,
+        )
+        .service_principal(APP_A, "idle-test-secret")
+        .build();
         let response = client.mount(request).await.expect("mount").into_inner();
         assert_eq!(response.files[0].contents, b"kvmount-idle-canary-3f9a2c");
     }
-    let gets = vault.mock.stats().count(Some("demo"), Some("secret.get"), None, Some(200));
+    let gets = vault
+        .mock
+        .stats()
+        .count(Some("demo"), Some("secret.get"), None, Some(200));
     assert_eq!(gets, 1, "three Mounts, one Key Vault read");
     drop(client);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(provider.output().contains("erased: idle"), "{}", provider.output());
+    assert!(
+        provider.output().contains("erased: idle"),
+        "{}",
+        provider.output()
+    );
     let copies = kvmount_tests::scan_process_memory(provider.pid(), b"kvmount-idle-canary-3f9a2c");
     assert_eq!(copies, 0, "{copies} copies left after the idle erase");
 }
