@@ -16,7 +16,10 @@ sweep() {
     pkill -f "$root/target/debug/examples/" 2>/dev/null || true
     rm -rf /dev/shm/kvmount-* 2>/dev/null || true
 }
-trap sweep EXIT
+summary_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-summary.XXXXXX")
+export KVMOUNT_SUMMARY_DIR=$summary_dir
+trap 'sweep; rm -rf "$summary_dir"' EXIT
+suite_start=$(date +%s)
 
 if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: the tests mount tmpfs and need root" >&2
@@ -34,6 +37,9 @@ cargo build --workspace --bins
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+
+echo "== fuzz smoke run (each cargo-fuzz target ${KVMOUNT_FUZZ_SECONDS:-10}s; tests/fuzz.sh)"
+tests/fuzz.sh
 
 echo "== csi-sanity (CSI conformance) against the node plugin"
 tests/csi-sanity/install.sh >/dev/null   # cached under .tools/; the first build takes ~3 min
@@ -62,3 +68,36 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
+
+echo "== summary"
+python3 - "$summary_dir" "$(( $(date +%s) - suite_start ))" <<'PY'
+import json, os, sys
+d, seconds = sys.argv[1], int(sys.argv[2])
+def load(name):
+    try:
+        with open(os.path.join(d, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+inputs, kills, faults = load("inputs.json"), load("kills.json"), load("faults.json")
+fuzz = []
+try:
+    with open(os.path.join(d, "fuzz.jsonl")) as f:
+        fuzz = [json.loads(l) for l in f if l.strip()]
+except OSError:
+    pass
+rows = [
+    ("hostile inputs tried", "%s (%s in the corpus, Mount and NodePublishVolume)" % (inputs.get("inputs_tried", "-"), inputs.get("corpus_inputs", "-"))),
+    ("  refused naming the field", inputs.get("refused_as_expected", "-")),
+    ("  harmless, inside the target", inputs.get("harmless_accepted_inside_target", "-")),
+    ("fuzz executions", "%d over %d targets" % (sum(x["executions"] for x in fuzz), len(fuzz))),
+    ("faults injected", faults.get("faults_injected", "-")),
+    ("kills survived", "%s rounds (%s during a call)" % (kills.get("kill_rounds", "-"), kills.get("kills_during_a_call", "-"))),
+    ("leaks found", sum(int(x.get(k, 0) or 0) for x in (inputs, kills, faults) for k in ("failures", "leaks", "memory_hits", "lost_content"))),
+    ("suite time", "%dm%02ds" % divmod(seconds, 60)),
+]
+print("+" + "-" * 66 + "+")
+for k, v in rows:
+    print("| %-30s %-33s |" % (k, v))
+print("+" + "-" * 66 + "+")
+PY
