@@ -575,3 +575,41 @@ pub fn scan_process_memory(pid: u32, needle: &[u8]) -> usize {
     }
     hits
 }
+
+/// Records one suite's counts for the summary screen `tests/run.sh` prints at the end: writes
+/// `$KVMOUNT_SUMMARY_DIR/<suite>.json` when the variable is set (run.sh sets it), and always
+/// prints the counts (visible with `--nocapture`).
+pub fn record_summary(suite: &str, counts: &[(&str, u64)]) {
+    let map: serde_json::Map<String, serde_json::Value> = counts
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    let text = serde_json::Value::Object(map).to_string();
+    println!("summary {suite}: {text}");
+    if let Some(dir) = std::env::var_os("KVMOUNT_SUMMARY_DIR") {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("{suite}.json")), text);
+    }
+}
+
+/// Every path below `root` (not following links), sorted: a before/after snapshot that shows
+/// whether anything was created or removed.
+pub fn tree(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            out.push(path.clone());
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out.sort();
+    out
+}

@@ -253,7 +253,8 @@ pub fn parse_default_mode(permission: &str) -> Result<u32, ParamError> {
             ParamError::new(
                 "permission",
                 format!(
-                    "{text:?} is not a decimal file mode; accepted: 0 to 511, e.g. \"420\" for 0644"
+                    "{} is not a decimal file mode; accepted: 0 to 511, e.g. \"420\" for 0644",
+                    shown(text)
                 ),
             )
         })?;
@@ -278,21 +279,36 @@ pub fn parse_file_permission(field: &str, text: &str) -> Result<u32, ParamError>
         return Err(ParamError::new(
             field,
             format!(
-                "{text:?} is not an octal file mode; accepted: 3 or 4 octal digits from 0000 to 0777, e.g. \"0600\""
+                "{} is not an octal file mode; accepted: 3 or 4 octal digits from 0000 to 0777, e.g. \"0600\"",
+                shown(text)
             ),
         ));
     }
-    let mode = u32::from_str_radix(digits, 8)
-        .map_err(|_| ParamError::new(field, format!("{text:?} is not an octal file mode")))?;
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| {
+        ParamError::new(field, format!("{} is not an octal file mode", shown(text)))
+    })?;
     if mode > 0o777 {
         return Err(ParamError::new(
             field,
             format!(
-                "{text:?} sets bits above 0777 (setuid, setgid or sticky); accepted: 0000 to 0777"
+                "{} sets bits above 0777 (setuid, setgid or sticky); accepted: 0000 to 0777",
+                shown(text)
             ),
         ));
     }
     Ok(mode)
+}
+
+/// Longest piece of an input an error message repeats.
+const SHOWN_CHARS: usize = 64;
+
+/// `value` quoted for an error message, cut after [`SHOWN_CHARS`] characters: a hostile
+/// megabyte-long input must not become a megabyte-long gRPC status and log line.
+fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 /// Looks up `key` and trims it, treating empty as absent (the Azure provider does the same).
@@ -308,7 +324,10 @@ fn parse_bool(map: &HashMap<String, String>, key: &str) -> Result<bool, ParamErr
             "false" | "0" | "f" | "no" => Ok(false),
             _ => Err(ParamError::new(
                 key,
-                format!("{v:?} is not a boolean; accepted: \"true\" or \"false\""),
+                format!(
+                    "{} is not a boolean; accepted: \"true\" or \"false\"",
+                    shown(v)
+                ),
             )),
         },
     }
@@ -321,7 +340,8 @@ pub fn validate_vault_name(name: &str) -> Result<(), ParamError> {
         return Err(ParamError::new(
             "keyvaultName",
             format!(
-                "{name:?} is not a Key Vault name; accepted: 3 to 24 characters of letters, digits and '-'"
+                "{} is not a Key Vault name; accepted: 3 to 24 characters of letters, digits and '-'",
+                shown(name)
             ),
         ));
     }
@@ -339,7 +359,8 @@ fn validate_tenant(tenant: &str) -> Result<(), ParamError> {
         return Err(ParamError::new(
             "tenantID",
             format!(
-                "{tenant:?} is not a tenant; accepted: a tenant GUID or a domain such as contoso.onmicrosoft.com"
+                "{} is not a tenant; accepted: a tenant GUID or a domain such as contoso.onmicrosoft.com",
+                shown(tenant)
             ),
         ));
     }
@@ -353,7 +374,8 @@ fn validate_object_name(field: &str, name: &str) -> Result<(), ParamError> {
         return Err(ParamError::new(
             field,
             format!(
-                "{name:?} is not a Key Vault object name; accepted: 1 to 127 characters of letters, digits and '-'"
+                "{} is not a Key Vault object name; accepted: 1 to 127 characters of letters, digits and '-'",
+                shown(name)
             ),
         ));
     }
@@ -367,7 +389,8 @@ fn validate_version(field: &str, version: &str) -> Result<(), ParamError> {
         return Err(ParamError::new(
             field,
             format!(
-                "{version:?} is not a version id; accepted: empty, \"latest\", or a version such as 6f8d1a2b3c4d5e6f7a8b9c0d1e2f3a4b"
+                "{} is not a version id; accepted: empty, \"latest\", or a version such as 6f8d1a2b3c4d5e6f7a8b9c0d1e2f3a4b",
+                shown(version)
             ),
         ));
     }
@@ -469,7 +492,10 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         Some(other) => {
             return Err(ParamError::new(
                 field("objectType"),
-                format!("{other:?} is not an object type; accepted: secret, key, cert"),
+                format!(
+                    "{} is not an object type; accepted: secret, key, cert",
+                    shown(other)
+                ),
             ));
         }
         None => {
@@ -511,7 +537,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         Some(e) if object_type != ObjectType::Secret => {
             return Err(ParamError::new(
                 field("objectEncoding"),
-                format!("{e:?} is only supported for objectType secret"),
+                format!("{} is only supported for objectType secret", shown(&e)),
             ));
         }
         Some(e) => match e.as_str() {
@@ -521,7 +547,10 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
             _ => {
                 return Err(ParamError::new(
                     field("objectEncoding"),
-                    format!("{e:?} is not an encoding; accepted: utf-8, base64, hex"),
+                    format!(
+                        "{} is not an encoding; accepted: utf-8, base64, hex",
+                        shown(&e)
+                    ),
                 ));
             }
         },
@@ -540,7 +569,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
             _ => {
                 return Err(ParamError::new(
                     field("objectFormat"),
-                    format!("{f:?} is not a format; accepted: pem, pfx"),
+                    format!("{} is not a format; accepted: pem, pfx", shown(&f)),
                 ));
             }
         },
@@ -593,7 +622,8 @@ fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
             return Err(ParamError::new(
                 format!("objects[{}]", spec.index),
                 format!(
-                    "writes file {path:?}, which objects[{other}] writes too; give one of them a different objectAlias"
+                    "writes file {}, which objects[{other}] writes too; give one of them a different objectAlias",
+                    shown(path)
                 ),
             ));
         }
@@ -606,7 +636,9 @@ fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
             return Err(ParamError::new(
                 format!("objects[{other}]"),
                 format!(
-                    "writes {nested:?} inside {path:?}, which objects[{index}] writes as a file"
+                    "writes {} inside {}, which objects[{index}] writes as a file",
+                    shown(nested),
+                    shown(path)
                 ),
             ));
         }
@@ -682,7 +714,8 @@ pub fn mount_params(
         return Err(ParamError::new(
             "cloudName",
             format!(
-                "{cloud:?} is not supported by this kvmount release; accepted: AzurePublicCloud (other clouds: set the daemon's --keyvault-dns-suffix and --authority-host)"
+                "{} is not supported by this kvmount release; accepted: AzurePublicCloud (other clouds: set the daemon's --keyvault-dns-suffix and --authority-host)",
+                shown(cloud)
             ),
         ));
     }
@@ -1003,5 +1036,25 @@ mod tests {
                 .expect("empty ok")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn errors_repeat_at_most_a_short_piece_of_the_input() {
+        let long = "n".repeat(300_000);
+        let body = format!("objectName: {long}\nobjectType: secret\n");
+        let err = object_err(&format!("array:\n  - |\n{}", indent(&body)));
+        assert_eq!(err.field, "objects[0].objectName");
+        assert!(err.problem.len() < 300, "{} bytes", err.problem.len());
+        assert!(err.problem.contains("(300000 bytes)"), "{}", err.problem);
+        let mut a = attrs(&[
+            ("keyvaultName", &long),
+            ("tenantID", "t"),
+            ("objects", OBJECTS),
+        ]);
+        let err = mount_params(&a, &sp(), 0o644).expect_err("long vault name");
+        assert!(err.problem.len() < 300, "{} bytes", err.problem.len());
+        a.insert("keyvaultName".into(), "ab".into());
+        let err = mount_params(&a, &sp(), 0o644).expect_err("short vault name");
+        assert!(err.problem.starts_with("\"ab\" is not"), "{}", err.problem);
     }
 }
