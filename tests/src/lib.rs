@@ -91,6 +91,64 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// A connector that reaches this mock: its CA trusted, its vault hosts resolved to it.
+    pub fn connector(&self) -> kvmount_vault::Connector {
+        kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig {
+            keyvault_dns_suffix: self.mock.dns_suffix().into(),
+            authority_host: url::Url::parse(&self.mock.base_url()).expect("url"),
+            extra_roots_pem: std::fs::read(self.mock.ca_path()).expect("ca"),
+            resolve: vec![
+                kvmount_vault::ResolveRule::parse(&format!(
+                    "*.{}={}",
+                    self.mock.dns_suffix(),
+                    self.mock.addr()
+                ))
+                .expect("rule"),
+            ],
+            ..Default::default()
+        })
+        .expect("connector")
+    }
+
+    /// Sets a new current version of secret `name` in `vault_name` through the official SDK,
+    /// as the service principal `client_id` / `client_secret` (which needs `set` access).
+    pub async fn set_secret(
+        &self,
+        vault_name: &str,
+        client_id: &str,
+        client_secret: &str,
+        name: &str,
+        value: &str,
+    ) {
+        let connector = self.connector();
+        let credential = connector
+            .credential(
+                self.mock.tenant_id(),
+                &kvmount_vault::Auth::ServicePrincipal {
+                    client_id: client_id.into(),
+                    client_secret: kvmount_vault::SecretString::new(client_secret.into()),
+                },
+            )
+            .expect("credential");
+        let client = connector
+            .secret_client(vault_name, credential)
+            .expect("client");
+        let body: azure_core::http::RequestContent<
+            azure_security_keyvault_secrets::models::SetSecretParameters,
+        > = azure_security_keyvault_secrets::models::SetSecretParameters {
+            value: Some(value.into()),
+            ..Default::default()
+        }
+        .try_into()
+        .expect("body");
+        client
+            .set_secret(name, body, None)
+            .await
+            .expect("set secret");
+    }
+}
+
 /// `kvmount-provider serve` as a child process; killed and its socket dir removed on drop.
 pub struct Provider {
     child: Option<Child>,

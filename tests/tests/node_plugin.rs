@@ -394,43 +394,15 @@ async fn sigkill_and_restart_keep_volumes_served_and_refreshed() {
         );
     }
     // Rotate, then kubelet's republish (fresh call, same parameters) refreshes both volumes.
-    let connector = kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig {
-        keyvault_dns_suffix: vault.mock.dns_suffix().into(),
-        authority_host: url::Url::parse(&vault.mock.base_url()).expect("url"),
-        extra_roots_pem: std::fs::read(vault.mock.ca_path()).expect("ca"),
-        resolve: vec![
-            kvmount_vault::ResolveRule::parse(&format!(
-                "*.{}={}",
-                vault.mock.dns_suffix(),
-                vault.mock.addr()
-            ))
-            .expect("rule"),
-        ],
-        ..Default::default()
-    })
-    .expect("connector");
-    let credential = connector
-        .credential(
-            vault.mock.tenant_id(),
-            &kvmount_vault::Auth::ServicePrincipal {
-                client_id: APP_A.into(),
-                client_secret: kvmount_vault::SecretString::new("app-a-password".into()),
-            },
+    vault
+        .set_secret(
+            "demo",
+            APP_A,
+            "app-a-password",
+            "db-password",
+            "after-restart",
         )
-        .expect("credential");
-    let client = connector.secret_client("demo", credential).expect("client");
-    let body: azure_core::http::RequestContent<
-        azure_security_keyvault_secrets::models::SetSecretParameters,
-    > = azure_security_keyvault_secrets::models::SetSecretParameters {
-        value: Some("after-restart".into()),
-        ..Default::default()
-    }
-    .try_into()
-    .expect("body");
-    client
-        .set_secret("db-password", body, None)
-        .await
-        .expect("rotate");
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let mut node = NodeClient::new(daemon.csi_channel().await);
     for i in 0..2 {

@@ -57,43 +57,9 @@ fn context(vault: &Vault, pod: &str, objs: &str) -> HashMap<String, String> {
 
 /// Sets a new version of `name` through the mock's Key Vault API.
 async fn set_secret(vault: &Vault, name: &str, value: &str) {
-    let connector = kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig {
-        keyvault_dns_suffix: vault.mock.dns_suffix().into(),
-        authority_host: url::Url::parse(&vault.mock.base_url()).expect("url"),
-        extra_roots_pem: std::fs::read(vault.mock.ca_path()).expect("ca"),
-        resolve: vec![
-            kvmount_vault::ResolveRule::parse(&format!(
-                "*.{}={}",
-                vault.mock.dns_suffix(),
-                vault.mock.addr()
-            ))
-            .expect("rule"),
-        ],
-        ..Default::default()
-    })
-    .expect("connector");
-    let credential = connector
-        .credential(
-            vault.mock.tenant_id(),
-            &kvmount_vault::Auth::ServicePrincipal {
-                client_id: CLIENT.into(),
-                client_secret: kvmount_vault::SecretString::new("rotation-test-secret".into()),
-            },
-        )
-        .expect("credential");
-    let client = connector.secret_client("rot", credential).expect("client");
-    let body: azure_core::http::RequestContent<
-        azure_security_keyvault_secrets::models::SetSecretParameters,
-    > = azure_security_keyvault_secrets::models::SetSecretParameters {
-        value: Some(value.into()),
-        ..Default::default()
-    }
-    .try_into()
-    .expect("body");
-    client
-        .set_secret(name, body, None)
-        .await
-        .expect("set secret");
+    vault
+        .set_secret("rot", CLIENT, "rotation-test-secret", name, value)
+        .await;
 }
 
 fn gets(vault: &Vault) -> u64 {

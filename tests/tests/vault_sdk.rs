@@ -7,24 +7,6 @@ use kvmount_tests::{Vault, object, objects};
 use kvmount_vault::params::{TOKENS_ATTRIBUTE, mount_params};
 use kvmount_vault::{Connector, ConnectorConfig, ErrorKind, ResolveRule, fetch_all};
 
-fn connector(vault: &Vault) -> Connector {
-    Connector::new(ConnectorConfig {
-        keyvault_dns_suffix: vault.mock.dns_suffix().into(),
-        authority_host: url::Url::parse(&vault.mock.base_url()).expect("url"),
-        extra_roots_pem: std::fs::read(vault.mock.ca_path()).expect("ca"),
-        resolve: vec![
-            ResolveRule::parse(&format!(
-                "*.{}={}",
-                vault.mock.dns_suffix(),
-                vault.mock.addr()
-            ))
-            .expect("rule"),
-        ],
-        ..ConnectorConfig::default()
-    })
-    .expect("connector")
-}
-
 fn attrs(pairs: &[(&str, String)]) -> HashMap<String, String> {
     pairs
         .iter()
@@ -35,7 +17,7 @@ fn attrs(pairs: &[(&str, String)]) -> HashMap<String, String> {
 #[tokio::test]
 async fn challenge_then_token_then_secret_with_both_credentials() {
     let vault = Vault::start(None).await;
-    let connector = connector(&vault);
+    let connector = vault.connector();
     let tenant = vault.mock.tenant_id().to_owned();
     let objs = objects(&[object("db-password", ""), object("api-key", "")]);
     let tokens = serde_json::json!({"api://AzureADTokenExchange": {"token": vault.sa_token("team-a", "app"), "expirationTimestamp": "2099-01-01T00:00:00Z"}}).to_string();

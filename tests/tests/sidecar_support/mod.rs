@@ -192,40 +192,9 @@ pub fn token_file(vault: &Vault, dir: &Path) -> PathBuf {
 
 /// Sets a new current version of `name` through the official SDK (as app-a).
 pub async fn rotate(vault: &Vault, name: &str, value: &str) {
-    let connector = kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig {
-        keyvault_dns_suffix: vault.mock.dns_suffix().into(),
-        authority_host: url::Url::parse(&vault.mock.base_url()).expect("url"),
-        extra_roots_pem: std::fs::read(vault.mock.ca_path()).expect("ca"),
-        resolve: vec![
-            kvmount_vault::ResolveRule::parse(&format!(
-                "*.{}={}",
-                vault.mock.dns_suffix(),
-                vault.mock.addr()
-            ))
-            .expect("rule"),
-        ],
-        ..Default::default()
-    })
-    .expect("connector");
-    let credential = connector
-        .credential(
-            vault.mock.tenant_id(),
-            &kvmount_vault::Auth::ServicePrincipal {
-                client_id: APP_A.into(),
-                client_secret: kvmount_vault::SecretString::new("app-a-password".into()),
-            },
-        )
-        .expect("credential");
-    let client = connector.secret_client("demo", credential).expect("client");
-    let body: azure_core::http::RequestContent<
-        azure_security_keyvault_secrets::models::SetSecretParameters,
-    > = azure_security_keyvault_secrets::models::SetSecretParameters {
-        value: Some(value.into()),
-        ..Default::default()
-    }
-    .try_into()
-    .expect("body");
-    client.set_secret(name, body, None).await.expect("rotate");
+    vault
+        .set_secret("demo", APP_A, "app-a-password", name, value)
+        .await;
 }
 
 /// Reads `dir/name` (following the visible link).
