@@ -30,6 +30,8 @@ mod cli;
 mod entra;
 pub mod jwt;
 mod keyvault;
+mod objects;
+mod pki;
 mod seed;
 mod server;
 mod store;
@@ -212,13 +214,21 @@ pub async fn start(config: MockVaultConfig) -> Result<MockVault, Error> {
         IpAddr::V4(ip) => ip.to_string(),
     };
     let base_url = format!("https://{host}:{}", addr.port());
-    let state = Arc::new(State::new(
-        &config.seed,
-        dns_suffix,
-        base_url.clone(),
-        token_signer,
-        dev_issuer,
-    ));
+    let state = Arc::new(
+        State::new(
+            &config.seed,
+            dns_suffix,
+            base_url.clone(),
+            token_signer,
+            dev_issuer,
+        )
+        .map_err(|message| {
+            Error::Seed(SeedError::Invalid {
+                field: "vaults".into(),
+                message,
+            })
+        })?,
+    );
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(server::accept_loop(
         listener,
