@@ -141,6 +141,17 @@ pub(crate) struct Identity {
     pub client_id: String,
     pub client_secret: Option<Zeroizing<String>>,
     pub federated: Vec<FederatedCredential>,
+    /// A managed identity of the node, served by the IMDS listener.
+    pub managed: Option<ManagedKind>,
+}
+
+/// How IMDS hands out a managed identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ManagedKind {
+    /// The node's system-assigned identity: a token request without client_id gets it.
+    System,
+    /// A user-assigned identity: asked for by `client_id` or `object_id`.
+    User,
 }
 
 impl Identity {
@@ -250,6 +261,7 @@ struct RawIdentity {
     client_secret: Option<String>,
     #[serde(default)]
     federated: Vec<RawFederated>,
+    managed_identity: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -439,11 +451,34 @@ impl Seed {
                     audiences,
                 });
             }
+            let managed = match id.managed_identity.as_deref() {
+                None => None,
+                Some("system") => {
+                    if identities
+                        .iter()
+                        .any(|i: &Identity| i.managed == Some(ManagedKind::System))
+                    {
+                        return Err(invalid(
+                            format!("{at}.managedIdentity"),
+                            "only one identity can be the node's system-assigned identity",
+                        ));
+                    }
+                    Some(ManagedKind::System)
+                }
+                Some("user") => Some(ManagedKind::User),
+                Some(other) => {
+                    return Err(invalid(
+                        format!("{at}.managedIdentity"),
+                        format!("{other:?}; accepted: system, user"),
+                    ));
+                }
+            };
             identities.push(Identity {
                 name: id.name,
                 client_id: id.client_id.to_ascii_lowercase(),
                 client_secret: id.client_secret.map(Zeroizing::new),
                 federated,
+                managed,
             });
         }
 
