@@ -99,9 +99,10 @@ pub(crate) fn token(
                 "msi_res_id is not served by the mock; use client_id or object_id",
             );
         }
-        (None, None, None) => managed
-            .filter(|i| i.managed == Some(ManagedKind::System))
-            .next(),
+        (None, None, None) => state
+            .identities
+            .iter()
+            .find(|i| i.managed == Some(ManagedKind::System)),
         _ => {
             return bad(
                 "invalid_request",

@@ -112,7 +112,7 @@ pub fn history_version(
     index: usize,
 ) -> Option<String> {
     versions.retain(|v| v.enabled);
-    versions.sort_by(|a, b| b.created.cmp(&a.created));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.created));
     let start = match pinned {
         None => 0,
         Some(p) => versions
