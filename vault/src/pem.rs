@@ -447,6 +447,17 @@ mod tests {
     }
 
     #[test]
+    fn legacy_pkcs12_from_openssl_converts_to_the_same_pem() {
+        let pfx = include_bytes!("../testdata/legacy-rc2-3des.pfx");
+        let key = include_bytes!("../testdata/legacy-key.pem");
+        let cert = include_bytes!("../testdata/legacy-cert.pem");
+        let pem = pkcs12_to_pem(pfx).expect("legacy PFX");
+        let mut want = key.to_vec();
+        want.extend_from_slice(cert);
+        assert_eq!(pem.expose(), want.as_slice());
+    }
+
+    #[test]
     fn ec_public_key_round_trips_through_x509_parser() {
         let key = rcgen::KeyPair::generate().expect("key");
         let raw = key.public_key_raw();
