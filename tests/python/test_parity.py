@@ -547,3 +547,12 @@ def test_doc_example_sync_multiple_versions(node):
     assert "secretalias/4" not in files
     assert sorted(k for k in files if k.startswith("keyhist/")) == ["keyhist/0", "keyhist/1", "keyhist/2"]
     assert versions["secret/rotated/0"] == sv
+
+
+def test_history_from_a_missing_version_is_not_found(node):
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as e:
+        node.mount(objects("objectName: rotated\nobjectType: secret\nobjectVersion: 0123456789abcdef0123456789abcdef\nobjectVersionHistory: 2"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "objects[0].objectVersion" in e.value.details()

@@ -105,21 +105,25 @@ pub async fn fetch_all(
 }
 
 /// The version a history slot stands for: enabled versions newest first (by creation time),
-/// starting at `objectVersion` when one is pinned; `None` past the last one.
+/// starting at `objectVersion` when one is pinned; `Ok(None)` past the last one. A pinned
+/// version that is not among the enabled versions is an error.
 pub fn history_version(
     mut versions: Vec<VersionInfo>,
     pinned: Option<&str>,
     index: usize,
-) -> Option<String> {
+) -> Result<Option<String>, String> {
     versions.retain(|v| v.enabled);
     versions.sort_by_key(|v| std::cmp::Reverse(v.created));
     let start = match pinned {
         None => 0,
         Some(p) => versions
             .iter()
-            .position(|v| v.version.eq_ignore_ascii_case(p))?,
+            .position(|v| v.version.eq_ignore_ascii_case(p))
+            .ok_or_else(|| {
+                format!("objectVersion {p} is not among the object's enabled versions")
+            })?,
     };
-    versions.get(start + index).map(|v| v.version.clone())
+    Ok(versions.get(start + index).map(|v| v.version.clone()))
 }
 
 /// Reads one object and renders its bytes.
@@ -132,7 +136,14 @@ pub async fn fetch_object(
         None => spec.version.clone(),
         Some(slot) => {
             let versions = list_versions(client, spec.object_type, &spec.name, scrub).await?;
-            match history_version(versions, spec.version.as_deref(), slot.index) {
+            let picked =
+                history_version(versions, spec.version.as_deref(), slot.index).map_err(|m| {
+                    VaultError::new(
+                        ErrorKind::NotFound,
+                        format!("{}: {m}", spec.field("objectVersion")),
+                    )
+                })?;
+            match picked {
                 Some(v) => Some(v),
                 None => {
                     tracing::debug!(object = %spec.id(), "no version for this history slot");
@@ -236,14 +247,13 @@ mod tests {
             v("b", 2, false),
             v("d", 4, true),
         ];
-        assert_eq!(history_version(list.clone(), None, 0).as_deref(), Some("d"));
-        assert_eq!(history_version(list.clone(), None, 1).as_deref(), Some("c"));
-        assert_eq!(history_version(list.clone(), None, 2).as_deref(), Some("a"));
-        assert_eq!(history_version(list.clone(), None, 3), None);
-        assert_eq!(
-            history_version(list.clone(), Some("C"), 1).as_deref(),
-            Some("a")
-        );
-        assert_eq!(history_version(list, Some("zz"), 0), None);
+        let pick = |pinned, i| history_version(list.clone(), pinned, i);
+        assert_eq!(pick(None, 0), Ok(Some("d".into())));
+        assert_eq!(pick(None, 1), Ok(Some("c".into())));
+        assert_eq!(pick(None, 2), Ok(Some("a".into())));
+        assert_eq!(pick(None, 3), Ok(None));
+        assert_eq!(pick(Some("C"), 1), Ok(Some("a".into())));
+        assert!(pick(Some("zz"), 0).is_err());
+        assert!(pick(Some("b"), 0).is_err(), "disabled");
     }
 }
