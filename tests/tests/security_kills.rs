@@ -324,7 +324,22 @@ async fn sigkill_at_random_points_leaves_nothing_behind() {
         }
     }
 
-    // A last rotation reaches every published volume: their cache entries are intact.
+    // A last rotation reaches every published volume: their cache entries are intact. After a
+    // restart the daemon holds no credentials (they are never stored); kubelet's periodic
+    // republish of any one pod of the identity brings them, and then rotation serves every
+    // re-adopted volume of that identity, including those never republished since.
+    let channel = daemon.csi_channel().await;
+    if let Some(i) = published.iter().position(|p| *p) {
+        call(
+            channel.clone(),
+            Op::Publish,
+            contexts[i].clone(),
+            targets[i].clone(),
+            format!("vol-k-{i}"),
+        )
+        .await
+        .expect("kubelet's periodic republish of one pod");
+    }
     let last = format!("kill-value-last-{}", rng.below(1_000_000));
     set_secret(&vault, "db-password", &last).await;
     values.push(last.clone());
@@ -343,7 +358,14 @@ async fn sigkill_at_random_points_leaves_nothing_behind() {
             break;
         }
         if Instant::now() > deadline {
-            problems.push(format!("the last rotation never reached {stale:?}"));
+            let output = daemon.output();
+            let tail: String = output
+                .chars()
+                .skip(output.chars().count().saturating_sub(4000))
+                .collect();
+            problems.push(format!(
+                "the last rotation never reached {stale:?}\ndaemon log tail:\n{tail}"
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
