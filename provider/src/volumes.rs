@@ -228,9 +228,12 @@ impl Volumes {
         let mut cleaned = 0;
         for record in self.state.load()? {
             let target = PathBuf::from(&record.target_path);
+            // A mount whose files are not all there was being torn down (or first written)
+            // when the daemon died: it is removed, and kubelet's retry redoes the call.
             let live = validate_target(&record.target_path).is_ok()
                 && kvmount_volume::is_mount_point(&target).unwrap_or(false)
-                && kvmount_volume::memory_fs_kind(&target).is_ok();
+                && kvmount_volume::memory_fs_kind(&target).is_ok()
+                && record.files.iter().all(|f| target.join(&f.path).exists());
             if live {
                 self.cache.retain(&record.target_path, record.keys());
                 tracing::info!(target = %record.target_path, pod = %record.pod_name, namespace = %record.pod_namespace, "re-adopted a published volume");
