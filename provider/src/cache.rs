@@ -86,6 +86,14 @@ impl ObjectKey {
                 _ => ObjectFormat::Pem,
             },
             file_mode: None,
+            history: self.variant.split(',').find_map(|part| {
+                let (index, count) = part.strip_prefix("history=")?.split_once('/')?;
+                Some(kvmount_vault::params::HistorySlot {
+                    index: index.parse().ok()?,
+                    count: count.parse().ok()?,
+                })
+            }),
+            cert_key_files: self.variant.split(',').any(|part| part == "cert-key-files"),
         })
     }
 }

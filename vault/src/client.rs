@@ -431,7 +431,12 @@ impl Connector {
 
     /// Options of a data-plane client of `vault`: the cloud's options plus the vault's per-try
     /// policy (rate limit, metrics), when the connector has one.
-    fn vault_options(&self, vault: &str, cloud_of: Option<&Cloud>, http: reqwest::Client) -> ClientOptions {
+    fn vault_options(
+        &self,
+        vault: &str,
+        cloud_of: Option<&Cloud>,
+        http: reqwest::Client,
+    ) -> ClientOptions {
         let mut options = self.client_options_in(cloud_of, http);
         if let Some(factory) = &self.policies {
             options.per_try_policies.push(factory.policy(vault));
