@@ -7,7 +7,7 @@ use std::io::Read as _;
 
 use serde::Deserialize;
 
-use crate::params::ParamError;
+use crate::params::{ParamError, shown};
 
 /// Largest environment file read.
 const MAX_ENV_FILE_BYTES: u64 = 64 * 1024;
@@ -115,25 +115,26 @@ pub fn parse_env_file(json: &[u8]) -> Result<Cloud, String> {
 
 fn read_env_file(path: &str) -> Result<Cloud, ParamError> {
     let field = "cloudEnvFileName";
+    let quoted = shown(path);
     if !path.starts_with('/') {
         return Err(ParamError::new(
             field,
-            format!("{path:?} is not an absolute path on the node"),
+            format!("{quoted} is not an absolute path on the node"),
         ));
     }
     let file = std::fs::File::open(path)
-        .map_err(|e| ParamError::new(field, format!("cannot open {path:?}: {}", e.kind())))?;
+        .map_err(|e| ParamError::new(field, format!("cannot open {quoted}: {}", e.kind())))?;
     let mut bytes = Vec::new();
     file.take(MAX_ENV_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| ParamError::new(field, format!("cannot read {path:?}: {}", e.kind())))?;
+        .map_err(|e| ParamError::new(field, format!("cannot read {quoted}: {}", e.kind())))?;
     if bytes.len() as u64 > MAX_ENV_FILE_BYTES {
         return Err(ParamError::new(
             field,
-            format!("{path:?} is larger than {MAX_ENV_FILE_BYTES} bytes"),
+            format!("{quoted} is larger than {MAX_ENV_FILE_BYTES} bytes"),
         ));
     }
-    parse_env_file(&bytes).map_err(|m| ParamError::new(field, format!("{path:?} {m}")))
+    parse_env_file(&bytes).map_err(|m| ParamError::new(field, format!("{quoted} {m}")))
 }
 
 /// The cloud a class selects. `None`: no `cloudName` (or AzurePublicCloud without a file),
@@ -154,7 +155,8 @@ pub fn from_attributes(attributes: &HashMap<String, String>) -> Result<Option<Cl
             ParamError::new(
                 "cloudName",
                 format!(
-                    "{n:?} is not a known cloud; accepted: AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud, or AzureStackCloud with cloudEnvFileName"
+                    "{} is not a known cloud; accepted: AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud, or AzureStackCloud with cloudEnvFileName",
+                    shown(n)
                 ),
             )
         }),
@@ -165,7 +167,8 @@ pub fn from_attributes(attributes: &HashMap<String, String>) -> Result<Option<Cl
                 return Err(ParamError::new(
                     "cloudEnvFileName",
                     format!(
-                        "is only read for custom clouds; cloudName {n:?} is a well-known cloud (set cloudName: AzureStackCloud, or leave cloudEnvFileName out)"
+                        "is only read for custom clouds; cloudName {} is a well-known cloud (set cloudName: AzureStackCloud, or leave cloudEnvFileName out)",
+                        shown(n)
                     ),
                 ));
             }

@@ -361,7 +361,7 @@ const SHOWN_CHARS: usize = 64;
 
 /// `value` quoted for an error message, cut after [`SHOWN_CHARS`] characters: a hostile
 /// megabyte-long input must not become a megabyte-long gRPC status and log line.
-fn shown(value: &str) -> String {
+pub(crate) fn shown(value: &str) -> String {
     match value.char_indices().nth(SHOWN_CHARS) {
         None => format!("{value:?}"),
         Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
@@ -603,7 +603,8 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
                 return Err(ParamError::new(
                     field("objectVersionHistory"),
                     format!(
-                        "{value:?} is not accepted; accepted: a whole number from 0 to {MAX_VERSION_HISTORY} (0 and 1 write one file)"
+                        "{} is not accepted; accepted: a whole number from 0 to {MAX_VERSION_HISTORY} (0 and 1 write one file)",
+                        shown(serde_yaml::to_string(&value).unwrap_or_default().trim())
                     ),
                 ));
             }
