@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
             let mut seen = HashSet::new();
             for object in &objects {
                 let path = object.file_name();
-                assert!(kvmount_volume::validate_relative_path(path).is_ok(), "{path:?}");
+                assert!(
+                    kvmount_volume::validate_relative_path(path).is_ok(),
+                    "{path:?}"
+                );
                 assert!(seen.insert(path.to_owned()), "duplicate {path:?}");
             }
         }

@@ -25,6 +25,10 @@ pub struct MockVaultArgs {
     /// Key Vault DNS suffix: vaults are `<name>.<suffix>`, the token resource `https://<suffix>`.
     #[arg(long, default_value = "vault.localhost")]
     pub dns_suffix: String,
+    /// Also serve IMDS (plain HTTP) here for the seed's managed identities, e.g.
+    /// 169.254.169.254:80 inside a network namespace.
+    #[arg(long, value_name = "ADDR")]
+    pub imds_listen: Option<SocketAddr>,
     /// Instead of serving: another action.
     #[command(subcommand)]
     pub command: Option<MockVaultCommand>,
@@ -98,7 +102,7 @@ pub async fn run_cli(args: MockVaultArgs) -> anyhow::Result<()> {
         tls_dir,
         dns_suffix: args.dns_suffix,
     };
-    let vault = crate::start(config)
+    let vault = crate::start_with_imds(config, args.imds_listen)
         .await
         .context("starting the mock vault")?;
     {
@@ -106,11 +110,15 @@ pub async fn run_cli(args: MockVaultArgs) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "kvmount mock vault ready url={} ca={} dns-suffix={} tenant={}",
+            "kvmount mock vault ready url={} ca={} dns-suffix={} tenant={}{}",
             vault.base_url(),
             ca.display(),
             vault.dns_suffix(),
-            vault.tenant_id()
+            vault.tenant_id(),
+            vault
+                .imds_addr()
+                .map(|a| format!(" imds=http://{a}"))
+                .unwrap_or_default()
         )?;
         out.flush()?;
     }

@@ -36,6 +36,10 @@ enum Op {
     DeletedList,
     Purge { name: String },
     Recover { name: String },
+    KeyGet { name: String, version: String },
+    KeyVersions { name: String },
+    CertGet { name: String, version: String },
+    CertVersions { name: String },
     Unknown,
 }
 
@@ -68,6 +72,26 @@ impl Op {
             (&Method::GET, ["deletedsecrets", name]) => Op::DeletedGet { name: s(name) },
             (&Method::DELETE, ["deletedsecrets", name]) => Op::Purge { name: s(name) },
             (&Method::POST, ["deletedsecrets", name, "recover"]) => Op::Recover { name: s(name) },
+            (&Method::GET, ["keys", name] | ["keys", name, ""]) => Op::KeyGet {
+                name: s(name),
+                version: String::new(),
+            },
+            (&Method::GET, ["keys", name, "versions"]) => Op::KeyVersions { name: s(name) },
+            (&Method::GET, ["keys", name, version]) => Op::KeyGet {
+                name: s(name),
+                version: s(version),
+            },
+            (&Method::GET, ["certificates", name] | ["certificates", name, ""]) => Op::CertGet {
+                name: s(name),
+                version: String::new(),
+            },
+            (&Method::GET, ["certificates", name, "versions"]) => {
+                Op::CertVersions { name: s(name) }
+            }
+            (&Method::GET, ["certificates", name, version]) => Op::CertGet {
+                name: s(name),
+                version: s(version),
+            },
             _ => Op::Unknown,
         }
     }
@@ -84,8 +108,28 @@ impl Op {
             Op::DeletedList => "deleted_secret.list",
             Op::Purge { .. } => "deleted_secret.purge",
             Op::Recover { .. } => "deleted_secret.recover",
+            Op::KeyGet { .. } => "key.get",
+            Op::KeyVersions { .. } => "key.list_versions",
+            Op::CertGet { .. } => "certificate.get",
+            Op::CertVersions { .. } => "certificate.list_versions",
             Op::Unknown => "unknown",
         }
+    }
+
+    /// The object type in access patterns and stats: `secret`, `key`, `certificate`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::KeyGet { .. } | Op::KeyVersions { .. } => "key",
+            Op::CertGet { .. } | Op::CertVersions { .. } => "certificate",
+            _ => "secret",
+        }
+    }
+
+    /// `<kind>/<name>` for stats, logs and access checks.
+    fn object(&self) -> String {
+        self.name()
+            .map(|n| format!("{}/{n}", self.kind()))
+            .unwrap_or_default()
     }
 
     fn name(&self) -> Option<&str> {
@@ -97,14 +141,19 @@ impl Op {
             | Op::Delete { name }
             | Op::DeletedGet { name }
             | Op::Purge { name }
-            | Op::Recover { name } => Some(name),
+            | Op::Recover { name }
+            | Op::KeyGet { name, .. }
+            | Op::KeyVersions { name }
+            | Op::CertGet { name, .. }
+            | Op::CertVersions { name } => Some(name),
             Op::List | Op::DeletedList | Op::Unknown => None,
         }
     }
 
     fn permission(&self) -> Permission {
         match self {
-            Op::Get { .. } => Permission::Get,
+            Op::Get { .. } | Op::KeyGet { .. } | Op::CertGet { .. } => Permission::Get,
+            Op::KeyVersions { .. } | Op::CertVersions { .. } => Permission::List,
             Op::ListVersions { .. }
             | Op::List
             | Op::DeletedGet { .. }
@@ -122,7 +171,7 @@ impl Op {
 pub(crate) async fn handle(state: &State, req: &Req) -> Outcome {
     let op = Op::parse(&req.method, &req.path);
     let route = op.route();
-    let object = op.name().map(|n| format!("secret/{n}")).unwrap_or_default();
+    let object = op.object();
     let vault_idx = match state.pick_vault(&req.host) {
         Ok(i) => i,
         Err(unknown) => {
@@ -160,7 +209,7 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
         Ok(c) => c,
         Err(reply) => return reply,
     };
-    let object = op.name().map(|n| format!("secret/{n}")).unwrap_or_default();
+    let object = op.object();
     let hit = state.faults.hit(vault, op.route(), &object);
     if !hit.latency.is_zero() {
         tokio::time::sleep(hit.latency).await;
@@ -173,7 +222,7 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!(
-                "{} {} is not served by the kvmount mock vault (it serves secrets only).",
+                "{} {} is not served by the kvmount mock vault (it serves secrets, and reads of keys and certificates).",
                 req.method, req.path
             ),
         );
@@ -187,12 +236,13 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
         .find(|i| i.client_id.eq_ignore_ascii_case(&caller.appid));
     let mut v = lock(vault_lock);
     let perm = op.permission();
-    if !allowed(&v, identity, perm, op.name()) {
+    if !allowed(&v, identity, perm, op.kind(), op.name()) {
         let msg = format!(
-            "The user, group or application 'appid={};oid={};iss=https://sts.windows.net/{}/' does not have secrets {} permission on key vault '{};location=local'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
+            "The user, group or application 'appid={};oid={};iss=https://sts.windows.net/{}/' does not have {}s {} permission on key vault '{};location=local'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
             caller.appid,
             caller.oid,
             state.tenant_id,
+            op.kind(),
             perm.as_str(),
             v.name
         );
@@ -216,6 +266,10 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
         Op::DeletedList => deleted_list(&v, &ctx, req),
         Op::Purge { name } => purge(&mut v, name),
         Op::Recover { name } => recover(&mut v, &ctx, name),
+        Op::KeyGet { name, version } => crate::objects::key_get(&v, ctx.host, name, version),
+        Op::KeyVersions { name } => crate::objects::key_versions(&v, ctx.host, name, req),
+        Op::CertGet { name, version } => crate::objects::cert_get(&v, ctx.host, name, version),
+        Op::CertVersions { name } => crate::objects::cert_versions(&v, ctx.host, name, req),
         Op::Unknown => Reply::kv_error(StatusCode::NOT_FOUND, "NotFound", "Not found."),
     }
 }
@@ -394,6 +448,7 @@ fn allowed(
     v: &VaultState,
     identity: Option<&Identity>,
     perm: Permission,
+    kind: &str,
     name: Option<&str>,
 ) -> bool {
     let Some(identity) = identity else {
@@ -406,40 +461,39 @@ fn allowed(
                 && e.permissions.contains(&perm)
                 && match name {
                     None => true,
-                    Some(n) => e.objects.iter().any(|p| object_matches(p, n)),
+                    Some(n) => e.objects.iter().any(|p| object_matches(p, kind, n)),
                 }
         }),
     }
 }
 
-fn object_matches(pattern: &str, name: &str) -> bool {
+fn object_matches(pattern: &str, kind: &str, name: &str) -> bool {
     match pattern.split_once('/') {
-        Some((kind, p)) => {
-            (kind == "secret" || kind == "*")
-                && glob(&p.to_ascii_lowercase(), &name.to_ascii_lowercase())
+        Some((k, p)) => {
+            (k == kind || k == "*") && glob(&p.to_ascii_lowercase(), &name.to_ascii_lowercase())
         }
         None => false,
     }
 }
 
 fn listable(v: &VaultState, ctx: &Ctx<'_>, name: &str) -> bool {
-    allowed(v, ctx.identity, Permission::List, Some(name))
+    allowed(v, ctx.identity, Permission::List, "secret", Some(name))
 }
 
 // ---- response bodies ----
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Attributes {
-    enabled: bool,
+pub(crate) struct Attributes {
+    pub enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    nbf: Option<i64>,
+    pub nbf: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    exp: Option<i64>,
-    created: i64,
-    updated: i64,
-    recovery_level: &'static str,
-    recoverable_days: i64,
+    pub exp: Option<i64>,
+    pub created: i64,
+    pub updated: i64,
+    pub recovery_level: &'static str,
+    pub recoverable_days: i64,
 }
 
 #[derive(Serialize)]
@@ -566,7 +620,7 @@ fn get(v: &VaultState, ctx: &Ctx<'_>, name: &str, version: &str) -> Reply {
 }
 
 /// Page size and start offset from `maxresults` and `$skiptoken`.
-fn paging(req: &Req) -> Result<(usize, usize), Reply> {
+pub(crate) fn paging(req: &Req) -> Result<(usize, usize), Reply> {
     let size = match req.query("maxresults") {
         None | Some("") => DEFAULT_PAGE,
         Some(s) => match s.parse::<usize>() {
@@ -595,7 +649,7 @@ fn paging(req: &Req) -> Result<(usize, usize), Reply> {
     Ok((size, start))
 }
 
-fn page<T: Serialize>(req: &Req, items: Vec<T>, size: usize, start: usize) -> Reply {
+pub(crate) fn page<T: Serialize>(req: &Req, items: Vec<T>, size: usize, start: usize) -> Reply {
     let total = items.len();
     let value: Vec<T> = items.into_iter().skip(start).take(size).collect();
     let next = start + size;
@@ -911,6 +965,11 @@ mod tests {
             Op::parse(&Method::POST, "/deletedsecrets/a/recover").route(),
             "deleted_secret.recover"
         );
-        assert_eq!(Op::parse(&Method::GET, "/keys/a").route(), "unknown");
+        assert_eq!(Op::parse(&Method::GET, "/keys/a").route(), "key.get");
+        assert_eq!(
+            Op::parse(&Method::GET, "/certificates/a/versions").route(),
+            "certificate.list_versions"
+        );
+        assert_eq!(Op::parse(&Method::POST, "/keys/a/sign").route(), "unknown");
     }
 }

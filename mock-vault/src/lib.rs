@@ -7,9 +7,12 @@
 //! - an Entra token endpoint `POST /{tenant}/oauth2/v2.0/token` (client secret or federated
 //!   client assertion), `GET /{tenant}/v2.0/.well-known/openid-configuration`,
 //!   `GET /common/discovery/instance`, `GET /{tenant}/discovery/v2.0/keys`;
+//! - optionally, on a second plain-HTTP listener, IMDS (`GET /metadata/identity/oauth2/token`,
+//!   `Metadata: true`) for the seed's managed identities (route `imds.token`);
 //! - an admin API without auth: `GET|DELETE /_mock/stats`, `GET|PUT|DELETE /_mock/faults`.
 //!
-//! Route names in stats and fault rules: `secret.get`, `secret.list`, `secret.list_versions`,
+//! Route names in stats and fault rules: `key.get`, `key.list_versions`, `certificate.get`,
+//! `certificate.list_versions`, `imds.token`, `secret.get`, `secret.list`, `secret.list_versions`,
 //! `secret.set`, `secret.update`, `secret.delete`, `deleted_secret.get`, `deleted_secret.list`,
 //! `deleted_secret.purge`, `deleted_secret.recover`, `unknown`, `token`, `openid`,
 //! `instance_discovery`, `jwks`.
@@ -28,8 +31,11 @@
 mod admin;
 mod cli;
 mod entra;
+mod imds;
 pub mod jwt;
 mod keyvault;
+mod objects;
+mod pki;
 mod seed;
 mod server;
 mod store;
@@ -131,6 +137,7 @@ pub fn tls_files() -> [&'static str; 8] {
 /// A running mock; dropping it without [`MockVault::shutdown`] leaves the tasks running until the runtime ends.
 pub struct MockVault {
     addr: SocketAddr,
+    imds_addr: Option<SocketAddr>,
     base_url: String,
     ca_path: PathBuf,
     state: Arc<State>,
@@ -187,6 +194,16 @@ fn check_dns_suffix(suffix: &str) -> Result<(), Error> {
 
 /// Binds, prepares TLS material and serves in background tasks.
 pub async fn start(config: MockVaultConfig) -> Result<MockVault, Error> {
+    start_with_imds(config, None).await
+}
+
+/// [`start`], and also serves IMDS (plain HTTP) on `imds_listen` for the seed's managed
+/// identities. The Azure SDKs only ask `169.254.169.254:80`: tests bind that inside a network
+/// namespace of their own.
+pub async fn start_with_imds(
+    config: MockVaultConfig,
+    imds_listen: Option<SocketAddr>,
+) -> Result<MockVault, Error> {
     check_dns_suffix(&config.dns_suffix)?;
     let dns_suffix = config.dns_suffix.to_ascii_lowercase();
     let tls_dir = std::path::absolute(&config.tls_dir).map_err(|source| Error::Io {
@@ -212,14 +229,36 @@ pub async fn start(config: MockVaultConfig) -> Result<MockVault, Error> {
         IpAddr::V4(ip) => ip.to_string(),
     };
     let base_url = format!("https://{host}:{}", addr.port());
-    let state = Arc::new(State::new(
-        &config.seed,
-        dns_suffix,
-        base_url.clone(),
-        token_signer,
-        dev_issuer,
-    ));
+    let state = Arc::new(
+        State::new(
+            &config.seed,
+            dns_suffix,
+            base_url.clone(),
+            token_signer,
+            dev_issuer,
+        )
+        .map_err(|message| {
+            Error::Seed(SeedError::Invalid {
+                field: "vaults".into(),
+                message,
+            })
+        })?,
+    );
     let (shutdown, rx) = watch::channel(false);
+    let imds_addr = match imds_listen {
+        None => None,
+        Some(at) => {
+            let imds = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|source| Error::Bind { addr: at, source })?;
+            let bound = imds
+                .local_addr()
+                .map_err(|source| Error::Bind { addr: at, source })?;
+            tokio::spawn(imds::accept_loop(imds, state.clone(), rx.clone()));
+            tracing::info!(addr = %bound, "mock IMDS listening");
+            Some(bound)
+        }
+    };
     let task = tokio::spawn(server::accept_loop(
         listener,
         tls.server_config,
@@ -229,6 +268,7 @@ pub async fn start(config: MockVaultConfig) -> Result<MockVault, Error> {
     tracing::info!(%addr, vaults = ?state.vault_names, "mock vault listening");
     Ok(MockVault {
         addr,
+        imds_addr,
         base_url,
         ca_path: tls.ca_path,
         state,
@@ -241,6 +281,11 @@ impl MockVault {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The IMDS listener's address, when one was asked for.
+    pub fn imds_addr(&self) -> Option<SocketAddr> {
+        self.imds_addr
     }
 
     /// `https://127.0.0.1:PORT`; also the authority host for tokens.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::jwt::VerifyKey;
+use crate::pki::{Curve, KeySpec, Storage};
 
 /// The demo seed, documented in the file itself (`mock-vault/demo-seed.yaml`):
 ///
@@ -140,6 +141,17 @@ pub(crate) struct Identity {
     pub client_id: String,
     pub client_secret: Option<Zeroizing<String>>,
     pub federated: Vec<FederatedCredential>,
+    /// A managed identity of the node, served by the IMDS listener.
+    pub managed: Option<ManagedKind>,
+}
+
+/// How IMDS hands out a managed identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ManagedKind {
+    /// The node's system-assigned identity: a token request without client_id gets it.
+    System,
+    /// A user-assigned identity: asked for by `client_id` or `object_id`.
+    User,
 }
 
 impl Identity {
@@ -170,6 +182,39 @@ pub(crate) struct VaultSeed {
     /// `None`: every identity may get and list everything; nobody may write.
     pub access: Option<Vec<AccessEntry>>,
     pub secrets: Vec<SecretSeed>,
+    pub keys: Vec<KeySeed>,
+    pub certificates: Vec<CertSeed>,
+}
+
+/// A key object: one generated key per version (oldest first).
+#[derive(Clone, Debug)]
+pub(crate) struct KeySeed {
+    pub name: String,
+    pub versions: Vec<KeySpec>,
+    pub enabled: bool,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+}
+
+/// A certificate object: its versions, the key and backing secret Key Vault creates with it.
+#[derive(Clone, Debug)]
+pub(crate) struct CertSeed {
+    pub name: String,
+    /// Subject common name (default: the name).
+    pub subject: String,
+    pub dns_names: Vec<String>,
+    /// A CA certificate (basicConstraints CA:TRUE, keyCertSign).
+    pub ca: bool,
+    /// Earlier certificate of the same vault whose newest version signs this one; `None`: self-signed.
+    pub issuer: Option<String>,
+    pub key: KeySpec,
+    pub storage: Storage,
+    /// The backing secret lists the chain root first (a PEM file as some tools write it).
+    pub root_first: bool,
+    pub versions: usize,
+    pub enabled: bool,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -216,6 +261,7 @@ struct RawIdentity {
     client_secret: Option<String>,
     #[serde(default)]
     federated: Vec<RawFederated>,
+    managed_identity: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +287,46 @@ struct RawVault {
     access: Option<Vec<RawAccess>>,
     #[serde(default)]
     secrets: Vec<RawSecret>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    certificates: Vec<RawCert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawKeySpec {
+    kty: String,
+    size: Option<usize>,
+    curve: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawKey {
+    name: String,
+    versions: Vec<RawKeySpec>,
+    enabled: Option<bool>,
+    nbf: Option<i64>,
+    exp: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCert {
+    name: String,
+    subject: Option<String>,
+    #[serde(default)]
+    dns_names: Vec<String>,
+    ca: Option<bool>,
+    issuer: Option<String>,
+    key: Option<RawKeySpec>,
+    content_type: Option<String>,
+    chain_order: Option<String>,
+    versions: Option<usize>,
+    enabled: Option<bool>,
+    nbf: Option<i64>,
+    exp: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -365,11 +451,34 @@ impl Seed {
                     audiences,
                 });
             }
+            let managed = match id.managed_identity.as_deref() {
+                None => None,
+                Some("system") => {
+                    if identities
+                        .iter()
+                        .any(|i: &Identity| i.managed == Some(ManagedKind::System))
+                    {
+                        return Err(invalid(
+                            format!("{at}.managedIdentity"),
+                            "only one identity can be the node's system-assigned identity",
+                        ));
+                    }
+                    Some(ManagedKind::System)
+                }
+                Some("user") => Some(ManagedKind::User),
+                Some(other) => {
+                    return Err(invalid(
+                        format!("{at}.managedIdentity"),
+                        format!("{other:?}; accepted: system, user"),
+                    ));
+                }
+            };
             identities.push(Identity {
                 name: id.name,
                 client_id: id.client_id.to_ascii_lowercase(),
                 client_secret: id.client_secret.map(Zeroizing::new),
                 federated,
+                managed,
             });
         }
 
@@ -499,10 +608,14 @@ impl Seed {
                     certificate_backed: s.certificate_backed.unwrap_or(false),
                 });
             }
+            let keys = parse_keys(&at, v.keys, &mut secret_names)?;
+            let certificates = parse_certs(&at, v.certificates, &secret_names, &keys)?;
             vaults.push(VaultSeed {
                 name: v.name,
                 access,
                 secrets,
+                keys,
+                certificates,
             });
         }
         if vaults.is_empty() {
@@ -518,6 +631,163 @@ impl Seed {
             vaults,
         })
     }
+}
+
+fn check_times(field: &str, nbf: Option<i64>, exp: Option<i64>) -> Result<(), SeedError> {
+    if let (Some(nbf), Some(exp)) = (nbf, exp)
+        && nbf >= exp
+    {
+        return Err(invalid(format!("{field}.exp"), "must be later than nbf"));
+    }
+    Ok(())
+}
+
+fn key_spec(field: &str, raw: &RawKeySpec) -> Result<KeySpec, SeedError> {
+    KeySpec::parse(&raw.kty, raw.size, raw.curve.as_deref()).map_err(|m| invalid(field, m))
+}
+
+/// Keys; `taken` holds the secret names (lowercase), which keys may share (separate namespaces).
+fn parse_keys(
+    at: &str,
+    raw: Vec<RawKey>,
+    _taken: &mut BTreeSet<String>,
+) -> Result<Vec<KeySeed>, SeedError> {
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for (j, k) in raw.into_iter().enumerate() {
+        let kat = format!("{at}.keys[{j}]");
+        check_secret_name(&format!("{kat}.name"), &k.name)?;
+        if !names.insert(k.name.to_ascii_lowercase()) {
+            return Err(invalid(
+                format!("{kat}.name"),
+                format!("duplicate key name {:?}", k.name),
+            ));
+        }
+        if k.versions.is_empty() {
+            return Err(invalid(
+                format!("{kat}.versions"),
+                "must list at least one key (oldest first), e.g. [{kty: RSA, size: 2048}]",
+            ));
+        }
+        let versions = k
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| key_spec(&format!("{kat}.versions[{i}]"), v))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_times(&kat, k.nbf, k.exp)?;
+        out.push(KeySeed {
+            name: k.name,
+            versions,
+            enabled: k.enabled.unwrap_or(true),
+            nbf: k.nbf,
+            exp: k.exp,
+        });
+    }
+    Ok(out)
+}
+
+/// Certificates: names must not clash with secrets or keys (a certificate creates both).
+fn parse_certs(
+    at: &str,
+    raw: Vec<RawCert>,
+    secrets: &BTreeSet<String>,
+    keys: &[KeySeed],
+) -> Result<Vec<CertSeed>, SeedError> {
+    let mut out: Vec<CertSeed> = Vec::new();
+    for (j, c) in raw.into_iter().enumerate() {
+        let cat = format!("{at}.certificates[{j}]");
+        check_secret_name(&format!("{cat}.name"), &c.name)?;
+        let lower = c.name.to_ascii_lowercase();
+        if secrets.contains(&lower)
+            || keys.iter().any(|k| k.name.eq_ignore_ascii_case(&c.name))
+            || out.iter().any(|o| o.name.eq_ignore_ascii_case(&c.name))
+        {
+            return Err(invalid(
+                format!("{cat}.name"),
+                format!(
+                    "{:?} is already a secret, key or certificate; a certificate creates its own secret and key of the same name",
+                    c.name
+                ),
+            ));
+        }
+        if let Some(issuer) = &c.issuer {
+            match out.iter().find(|o| o.name.eq_ignore_ascii_case(issuer)) {
+                Some(o) if o.ca => {}
+                Some(_) => {
+                    return Err(invalid(
+                        format!("{cat}.issuer"),
+                        format!("{issuer:?} is not a CA certificate (set ca: true on it)"),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        format!("{cat}.issuer"),
+                        format!("no certificate {issuer:?} declared before this one in the vault"),
+                    ));
+                }
+            }
+        }
+        let key = match &c.key {
+            None => KeySpec::Ec(Curve::P256),
+            Some(raw) => key_spec(&format!("{cat}.key"), raw)?,
+        };
+        if key == KeySpec::Ec(Curve::P521) {
+            return Err(invalid(
+                format!("{cat}.key"),
+                "certificates with P-521 keys are not offered by the mock; accepted: RSA, EC P-256, EC P-384",
+            ));
+        }
+        let storage = match c.content_type.as_deref() {
+            None | Some("application/x-pkcs12") => Storage::Pkcs12,
+            Some("application/x-pem-file") => Storage::Pem,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{cat}.contentType"),
+                    format!("{other:?}; accepted: application/x-pkcs12, application/x-pem-file"),
+                ));
+            }
+        };
+        let root_first = match c.chain_order.as_deref() {
+            None | Some("leaf-first") => false,
+            Some("root-first") => true,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{cat}.chainOrder"),
+                    format!("{other:?}; accepted: leaf-first, root-first"),
+                ));
+            }
+        };
+        let versions = c.versions.unwrap_or(1);
+        if !(1..=30).contains(&versions) {
+            return Err(invalid(format!("{cat}.versions"), "accepted: 1 to 30"));
+        }
+        for (k, d) in c.dns_names.iter().enumerate() {
+            if d.is_empty()
+                || !d
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.' || ch == '*')
+            {
+                return Err(invalid(format!("{cat}.dnsNames[{k}]"), "not a DNS name"));
+            }
+        }
+        check_times(&cat, c.nbf, c.exp)?;
+        out.push(CertSeed {
+            subject: c.subject.unwrap_or_else(|| c.name.clone()),
+            name: c.name,
+            dns_names: c.dns_names,
+            ca: c.ca.unwrap_or(false),
+            issuer: c.issuer,
+            key,
+            storage,
+            root_first,
+            versions,
+            enabled: c.enabled.unwrap_or(true),
+            nbf: c.nbf,
+            exp: c.exp,
+        });
+    }
+    Ok(out)
 }
 
 fn check_guid(field: &str, value: &str) -> Result<(), SeedError> {
@@ -588,13 +858,17 @@ fn check_object_pattern(field: &str, value: &str) -> Result<(), SeedError> {
     let Some((kind, name)) = value.split_once('/') else {
         return Err(invalid(
             field,
-            format!("{value:?} must look like secret/<name or glob>, e.g. secret/* or secret/db-*"),
+            format!(
+                "{value:?} must look like <type>/<name or glob>, e.g. secret/*, key/db-*, certificate/web"
+            ),
         ));
     };
-    if !matches!(kind, "secret" | "*") {
+    if !matches!(kind, "secret" | "key" | "certificate" | "*") {
         return Err(invalid(
             field,
-            format!("object type {kind:?} is not served by the mock; use secret/..."),
+            format!(
+                "object type {kind:?} is not served by the mock; accepted: secret/..., key/..., certificate/..., */..."
+            ),
         ));
     }
     if name.is_empty()
@@ -672,7 +946,25 @@ mod tests {
             .contains("vaults[0].access[0].identity")
         );
         assert!(err(&format!("{t}identities: [{{name: a, clientId: 00000000-0000-0000-0000-00000000000a}}]\nvaults: [{{name: demo, access: [{{identity: a, objects: [secret/*], permissions: [fly]}}]}}]")).contains("vaults[0].access[0].permissions[0]"));
-        assert!(err(&format!("{t}identities: [{{name: a, clientId: 00000000-0000-0000-0000-00000000000a}}]\nvaults: [{{name: demo, access: [{{identity: a, objects: [key/x]}}]}}]")).contains("vaults[0].access[0].objects[0]"));
+        assert!(err(&format!("{t}identities: [{{name: a, clientId: 00000000-0000-0000-0000-00000000000a}}]\nvaults: [{{name: demo, access: [{{identity: a, objects: [blob/x]}}]}}]")).contains("vaults[0].access[0].objects[0]"));
+        assert!(
+            err(&format!(
+                "{t}vaults: [{{name: demo, keys: [{{name: k, versions: [{{kty: RSA, size: 1024}}]}}]}}]"
+            ))
+            .contains("vaults[0].keys[0].versions[0]")
+        );
+        assert!(
+            err(&format!(
+                "{t}vaults: [{{name: demo, certificates: [{{name: c, issuer: ghost}}]}}]"
+            ))
+            .contains("vaults[0].certificates[0].issuer")
+        );
+        assert!(
+            err(&format!(
+                "{t}vaults: [{{name: demo, secrets: [{{name: c, versions: [x]}}], certificates: [{{name: c}}]}}]"
+            ))
+            .contains("vaults[0].certificates[0].name")
+        );
         assert!(err(t).contains("vaults"));
         assert!(err("[1, 2").starts_with("seed:"));
     }

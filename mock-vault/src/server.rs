@@ -47,7 +47,7 @@ impl State {
         base_url: String,
         token_signer: Signer,
         dev_issuer: VerifyKey,
-    ) -> State {
+    ) -> Result<State, String> {
         let now = crate::now();
         let mut issuers = vec![(crate::seed::DEV_ISSUER.to_string(), dev_issuer)];
         issuers.extend(
@@ -55,23 +55,24 @@ impl State {
                 .iter()
                 .map(|i| (i.issuer.clone(), i.key.clone())),
         );
-        State {
+        let vaults = seed
+            .vaults
+            .iter()
+            .map(|v| VaultState::from_seed(v, now).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(State {
             tenant_id: seed.tenant_id.clone(),
             identities: seed.identities.clone(),
             issuers,
             vault_names: seed.vaults.iter().map(|v| v.name.clone()).collect(),
-            vaults: seed
-                .vaults
-                .iter()
-                .map(|v| Mutex::new(VaultState::from_seed(v, now)))
-                .collect(),
+            vaults,
             dns_suffix,
             base_url,
             token_key: token_signer.verify_key(),
             token_signer,
             stats: StatsRecorder::default(),
             faults: FaultTable::default(),
-        }
+        })
     }
 
     /// The resource (audience) of this mock's vaults: `https://<dns-suffix>`.

@@ -41,6 +41,10 @@ pub struct ObjectKey {
     pub encoding: String,
     /// Rendering choices that change the bytes.
     pub format: String,
+    /// Everything else that changes the bytes (version-history slot, side files); empty for
+    /// a plain object.
+    #[serde(default)]
+    pub variant: String,
 }
 
 impl ObjectKey {
@@ -55,6 +59,7 @@ impl ObjectKey {
             version: spec.version.clone(),
             encoding: encoding_name(spec.encoding).to_owned(),
             format: format_name(spec.format).to_owned(),
+            variant: spec.cache_variant(),
         }
     }
 
@@ -81,6 +86,14 @@ impl ObjectKey {
                 _ => ObjectFormat::Pem,
             },
             file_mode: None,
+            history: self.variant.split(',').find_map(|part| {
+                let (index, count) = part.strip_prefix("history=")?.split_once('/')?;
+                Some(kvmount_vault::params::HistorySlot {
+                    index: index.parse().ok()?,
+                    count: count.parse().ok()?,
+                })
+            }),
+            cert_key_files: self.variant.split(',').any(|part| part == "cert-key-files"),
         })
     }
 }
@@ -235,8 +248,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A digest of everything that makes a credential, so equal credentials share one SDK
 /// credential object (and its token cache) without the cache keeping the secret itself.
-fn fingerprint(tenant: &str, auth: &Auth) -> [u8; 32] {
+fn fingerprint(params: &MountParams) -> [u8; 32] {
+    let (tenant, auth) = (&params.tenant_id, &params.auth);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    if let Some(cloud) = &params.cloud {
+        ctx.update(cloud.authority_host.as_bytes());
+        ctx.update(&[0]);
+    }
     ctx.update(tenant.as_bytes());
     ctx.update(&[0]);
     ctx.update(auth.mode().as_bytes());
@@ -246,6 +264,7 @@ fn fingerprint(tenant: &str, auth: &Auth) -> [u8; 32] {
     let material = match auth {
         Auth::WorkloadIdentity { token, .. } => token.expose(),
         Auth::ServicePrincipal { client_secret, .. } => client_secret.expose(),
+        Auth::ManagedIdentity { .. } => "",
     };
     ctx.update(material.as_bytes());
     let mut out = [0u8; 32];
@@ -269,13 +288,13 @@ impl NodeCache {
 
     /// The SDK credential for these credentials, shared while they are in use.
     fn credential(&self, params: &MountParams) -> Result<Arc<dyn TokenCredential>, VaultError> {
-        let key = fingerprint(&params.tenant_id, &params.auth);
+        let key = fingerprint(params);
         let mut credentials = lock(&self.credentials);
         if let Some(entry) = credentials.get_mut(&key) {
             entry.last_used = Instant::now();
             return Ok(Arc::clone(&entry.credential));
         }
-        let credential = self.connector.credential(&params.tenant_id, &params.auth)?;
+        let credential = self.connector.credential_for(params)?;
         credentials.insert(
             key,
             CredentialEntry {
@@ -307,7 +326,7 @@ impl NodeCache {
         };
         let scrub = scrub_list(&params.auth);
         let credential = self.credential(params).map_err(vault_failure)?;
-        check_credential(&credential, &self.connector.token_scope(), &scrub)
+        check_credential(&credential, &self.connector.token_scope_for(params), &scrub)
             .await
             .map_err(vault_failure)?;
         lock(&self.identities).insert(
@@ -320,7 +339,7 @@ impl NodeCache {
         );
         let client = self
             .connector
-            .secret_client(&params.keyvault_name, credential)
+            .vault_client_for(params, credential)
             .map_err(vault_failure)?;
         let lookups = params.objects.iter().map(|spec| {
             let client = &client;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_security_keyvault_secrets::SecretClient;
 use futures::future::try_join_all;
+use kvmount_vault::client::VaultClient;
 use kvmount_vault::fetch::scrub_list;
 use kvmount_vault::{
     Auth, Connector, ConnectorConfig, FetchedObject, ObjectSpec, SecretBytes, SecretString,
@@ -109,7 +109,7 @@ pub struct Session {
     vault: String,
     identity: Identity,
     token: SecretString,
-    client: Option<Arc<SecretClient>>,
+    client: Option<Arc<VaultClient>>,
 }
 
 impl Session {
@@ -127,7 +127,7 @@ impl Session {
     }
 
     /// The client, after re-reading the token file.
-    pub fn client(&mut self) -> Result<Arc<SecretClient>, VaultError> {
+    pub fn client(&mut self) -> Result<Arc<VaultClient>, VaultError> {
         let token = read_token(&self.identity.token_file)?;
         if self.client.is_none() || token != self.token {
             let auth = Auth::WorkloadIdentity {

@@ -119,8 +119,10 @@ for value in ["../../", "tenant with space", "t" * 300, "https://evil.example/x"
 case("tenantID missing", "tenantID", set={"tenantID": None})
 for key, value in [("usePodIdentity", "true"), ("usePodIdentity", "maybe"),
                    ("usePodIdentity", "TRUE!"), ("useVMManagedIdentity", "true"),
-                   ("useVMManagedIdentity", "2"), ("cloudName", "AzureChinaCloud"),
-                   ("cloudName", "../AzurePublicCloud"), ("cloudName", R("x", 5000))]:
+                   ("useVMManagedIdentity", "2"), ("cloudName", "AzureGermanCloud"),
+                   ("cloudName", "../AzurePublicCloud"), ("cloudName", R("x", 5000)),
+                   ("cloudEnvFileName", "relative/env.json"), ("cloudEnvFileName", "/nonexistent/env.json"),
+                   ("cloudEnvFileName", "/" + R("x", 5000)), ("cloudEnvFileName", "/proc/self/environ")]:
     case("%s=%r" % (key, value[:40]), key, set={key: value})
 case("objects missing", "objects", set={"objects": None})
 case("objects blank", "objects", set={"objects": " "})
@@ -213,7 +215,7 @@ for typ in ["blob", "''", "secret/../key", "[secret]", "5", "SECRETS"]:
 case("objectType missing", "objects[0].objectType", object="objectName: a\n")
 for ver in ["../x", "v" * 100, "latest/../x", "'v1 v2'", "'%2F'", "'\u202e1'"]:
     case("objectVersion %r" % ver[:40], "objects[0].objectVersion", object=o(extra="objectVersion: %s\n" % ver))
-for hist in ["2", "-1", "abc", "1.5", "[1]"]:
+for hist in ["51", "-1", "abc", "1.5", "[1]", "'%s'" % R("9", 5000)]:
     case("objectVersionHistory %r" % hist, "objects[0].objectVersionHistory", object=o(extra="objectVersionHistory: %s\n" % hist))
 case("objectVersionHistory 2^66", "objects[0]", object=o(extra="objectVersionHistory: 99999999999999999999\n"))
 case("objectFormat bogus", "objects[0].objectFormat", object=o(extra="objectFormat: der\n"))

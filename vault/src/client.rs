@@ -12,16 +12,138 @@ use azure_core::http::{
 };
 use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
-    ClientSecretCredential, ClientSecretCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId,
 };
+use azure_security_keyvault_certificates::models::CertificateClientGetCertificateOptions;
+use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
+use azure_security_keyvault_keys::models::{CurveName, KeyClientGetKeyOptions, KeyType};
+use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use azure_security_keyvault_secrets::models::SecretClientGetSecretOptions;
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use futures::TryStreamExt as _;
 use url::Url;
 
+use crate::cloud::Cloud;
 use crate::error::{ErrorKind, VaultError};
-use crate::params::Auth;
+use crate::params::{Auth, MountParams, ObjectType};
 use crate::render::FetchedSecret;
-use crate::secret::SecretString;
+use crate::secret::{SecretBytes, SecretString};
+
+/// The clients of one vault: secrets, keys and certificates, sharing one credential and one
+/// HTTP client. Dereferences to the [`SecretClient`].
+pub struct VaultClient {
+    /// Secrets (and the secrets behind certificates).
+    pub secrets: SecretClient,
+    /// Keys (public parts only are read).
+    pub keys: KeyClient,
+    /// Certificates.
+    pub certificates: CertificateClient,
+}
+
+impl std::ops::Deref for VaultClient {
+    type Target = SecretClient;
+    fn deref(&self) -> &SecretClient {
+        &self.secrets
+    }
+}
+
+impl std::fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClient").finish_non_exhaustive()
+    }
+}
+
+/// Validity attributes of an object version, checked before anything is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Validity {
+    /// `attributes.enabled` (absent means enabled).
+    pub enabled: Option<bool>,
+    /// `attributes.nbf`.
+    pub not_before: Option<time::OffsetDateTime>,
+    /// `attributes.exp`.
+    pub expires: Option<time::OffsetDateTime>,
+}
+
+impl Validity {
+    /// Refuses disabled, expired and not-yet-valid versions, as a PermissionDenied naming the
+    /// object, the version and the time.
+    pub fn check(&self, object: &str, version: &str) -> Result<(), VaultError> {
+        let now = time::OffsetDateTime::now_utc();
+        let when = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| t.unix_timestamp().to_string())
+        };
+        if self.enabled == Some(false) {
+            return Err(VaultError::new(
+                ErrorKind::PermissionDenied,
+                format!("{object} version {version} is disabled in Key Vault"),
+            ));
+        }
+        if let Some(exp) = self.expires
+            && exp <= now
+        {
+            return Err(VaultError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{object} version {version} expired at {} (attributes.exp); kvmount does not write expired objects",
+                    when(exp)
+                ),
+            ));
+        }
+        if let Some(nbf) = self.not_before
+            && nbf > now
+        {
+            return Err(VaultError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{object} version {version} is not valid before {} (attributes.nbf)",
+                    when(nbf)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A key's public part, ready to write.
+#[derive(Debug)]
+pub struct FetchedKey {
+    /// Version id.
+    pub version: String,
+    /// PKIX `PUBLIC KEY` PEM.
+    pub pem: SecretBytes,
+    /// Validity.
+    pub validity: Validity,
+}
+
+/// A certificate (`cer`).
+#[derive(Debug)]
+pub struct FetchedCertificate {
+    /// Version id.
+    pub version: String,
+    /// DER X.509.
+    pub der: Vec<u8>,
+    /// Validity.
+    pub validity: Validity,
+}
+
+/// One entry of a version list.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    /// Version id.
+    pub version: String,
+    /// Creation time (Unix seconds; 0 when absent).
+    pub created: i64,
+    /// `attributes.enabled` (absent means enabled).
+    pub enabled: bool,
+}
+
+fn last_segment(id: Option<&str>) -> Option<String> {
+    id.and_then(|id| id.trim_end_matches('/').rsplit('/').next())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
 
 /// Public-cloud defaults.
 pub const DEFAULT_KEYVAULT_DNS_SUFFIX: &str = "vault.azure.net";
@@ -245,12 +367,14 @@ impl Connector {
         Ok(client)
     }
 
-    /// Drops the HTTP client of `vault`; its connections close once no request uses them.
+    /// Drops the HTTP clients of `vault` (in every cloud); their connections close once no
+    /// request uses them.
     pub fn forget_vault(&self, vault: &str) {
+        let prefix = format!("{}.", vault.to_ascii_lowercase());
         self.vault_http
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(vault);
+            .retain(|host, _| !host.to_ascii_lowercase().starts_with(&prefix));
     }
 
     /// The OAuth scope for Key Vault tokens: `https://<dns suffix without port>/.default`.
@@ -270,14 +394,59 @@ impl Connector {
         format!("https://{vault}.{}/", self.config.keyvault_dns_suffix)
     }
 
-    fn client_options(&self, http: reqwest::Client) -> ClientOptions {
+    /// Authority and Key Vault suffix of `cloud`, or the daemon's when `None`.
+    fn endpoints<'a>(&'a self, cloud: Option<&'a Cloud>) -> (&'a str, &'a str) {
+        match cloud {
+            Some(c) => (c.authority_host.as_str(), c.keyvault_dns_suffix.as_str()),
+            None => (
+                self.config.authority_host.as_str(),
+                self.config.keyvault_dns_suffix.as_str(),
+            ),
+        }
+    }
+
+    /// [`Connector::token_scope`] for the mount's cloud.
+    pub fn token_scope_for(&self, params: &MountParams) -> String {
+        let (_, suffix) = self.endpoints(params.cloud.as_ref());
+        let host = suffix.split(':').next().unwrap_or(suffix);
+        format!("https://{host}/.default")
+    }
+
+    /// [`Connector::credential`] for the mount's identity and cloud.
+    pub fn credential_for(
+        &self,
+        params: &MountParams,
+    ) -> Result<Arc<dyn TokenCredential>, VaultError> {
+        self.credential_in(params.cloud.as_ref(), &params.tenant_id, &params.auth)
+    }
+
+    /// [`Connector::secret_client`] for the mount's vault in its cloud.
+    pub fn vault_client_for(
+        &self,
+        params: &MountParams,
+        credential: Arc<dyn TokenCredential>,
+    ) -> Result<VaultClient, VaultError> {
+        self.vault_client_in(params.cloud.as_ref(), &params.keyvault_name, credential)
+    }
+
+    /// Options of a data-plane client of `vault`: the cloud's options plus the vault's per-try
+    /// policy (rate limit, metrics), when the connector has one.
+    fn vault_options(
+        &self,
+        vault: &str,
+        cloud_of: Option<&Cloud>,
+        http: reqwest::Client,
+    ) -> ClientOptions {
+        let mut options = self.client_options_in(cloud_of, http);
+        if let Some(factory) = &self.policies {
+            options.per_try_policies.push(factory.policy(vault));
+        }
+        options
+    }
+
+    fn client_options_in(&self, cloud_of: Option<&Cloud>, http: reqwest::Client) -> ClientOptions {
         let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = self
-            .config
-            .authority_host
-            .as_str()
-            .trim_end_matches('/')
-            .to_owned();
+        cloud.authority_host = self.endpoints(cloud_of).0.trim_end_matches('/').to_owned();
         let budget = self.config.request_budget.as_secs() as i64;
         ClientOptions {
             transport: Some(Transport::new(Arc::new(http))),
@@ -292,9 +461,18 @@ impl Connector {
         }
     }
 
-    /// A credential for `auth` in `tenant`.
+    /// A credential for `auth` in `tenant` (the daemon's cloud).
     pub fn credential(
         &self,
+        tenant: &str,
+        auth: &Auth,
+    ) -> Result<Arc<dyn TokenCredential>, VaultError> {
+        self.credential_in(None, tenant, auth)
+    }
+
+    fn credential_in(
+        &self,
+        cloud: Option<&Cloud>,
         tenant: &str,
         auth: &Auth,
     ) -> Result<Arc<dyn TokenCredential>, VaultError> {
@@ -307,7 +485,7 @@ impl Connector {
         match auth {
             Auth::WorkloadIdentity { client_id, token } => {
                 let options = ClientAssertionCredentialOptions {
-                    client_options: self.client_options(self.auth_http.clone()),
+                    client_options: self.client_options_in(cloud, self.auth_http.clone()),
                 };
                 let credential = ClientAssertionCredential::new(
                     tenant.to_owned(),
@@ -323,7 +501,7 @@ impl Connector {
                 client_secret,
             } => {
                 let options = ClientSecretCredentialOptions {
-                    client_options: self.client_options(self.auth_http.clone()),
+                    client_options: self.client_options_in(cloud, self.auth_http.clone()),
                 };
                 let credential = ClientSecretCredential::new(
                     tenant,
@@ -334,28 +512,76 @@ impl Connector {
                 .map_err(scrub_failure)?;
                 Ok(credential)
             }
+            Auth::ManagedIdentity { user_assigned_id } => {
+                // IMDS at 169.254.169.254 (the SDK's fixed address), or App Service when the
+                // daemon's environment sets IDENTITY_ENDPOINT/IDENTITY_HEADER.
+                let options = ManagedIdentityCredentialOptions {
+                    user_assigned_id: user_assigned_id.clone().map(UserAssignedId::ClientId),
+                    client_options: self.client_options_in(cloud, self.auth_http.clone()),
+                };
+                let credential =
+                    ManagedIdentityCredential::new(Some(options)).map_err(scrub_failure)?;
+                Ok(credential)
+            }
         }
     }
 
-    /// A secrets client for `vault` that authenticates with `credential`.
+    /// The clients (secrets, keys, certificates) for `vault` in the daemon's cloud, which
+    /// authenticate with `credential`.
     pub fn secret_client(
         &self,
         vault: &str,
         credential: Arc<dyn TokenCredential>,
-    ) -> Result<SecretClient, VaultError> {
+    ) -> Result<VaultClient, VaultError> {
+        self.vault_client_in(None, vault, credential)
+    }
+
+    fn vault_client_in(
+        &self,
+        cloud: Option<&Cloud>,
+        vault: &str,
+        credential: Arc<dyn TokenCredential>,
+    ) -> Result<VaultClient, VaultError> {
+        let (_, suffix) = self.endpoints(cloud);
+        let url = format!("https://{vault}.{suffix}/");
+        // One HTTP client (connection pool) per vault host.
         let http = self
-            .vault_http(vault)
+            .vault_http(&format!("{vault}.{suffix}"))
             .map_err(|e| VaultError::new(ErrorKind::Internal, e.to_string()))?;
-        let mut client_options = self.client_options(http);
-        if let Some(factory) = &self.policies {
-            client_options.per_try_policies.push(factory.policy(vault));
-        }
-        let options = SecretClientOptions {
-            client_options,
-            ..Default::default()
-        };
-        SecretClient::new(&self.vault_url(vault), credential, Some(options)).map_err(|e| {
+        let bad = |e: azure_core::Error| {
             VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}"))
+        };
+        let secrets = SecretClient::new(
+            &url,
+            Arc::clone(&credential),
+            Some(SecretClientOptions {
+                client_options: self.vault_options(vault, cloud, http.clone()),
+                ..Default::default()
+            }),
+        )
+        .map_err(bad)?;
+        let keys = KeyClient::new(
+            &url,
+            Arc::clone(&credential),
+            Some(KeyClientOptions {
+                client_options: self.vault_options(vault, cloud, http.clone()),
+                ..Default::default()
+            }),
+        )
+        .map_err(bad)?;
+        let certificates = CertificateClient::new(
+            &url,
+            credential,
+            Some(CertificateClientOptions {
+                client_options: self.vault_options(vault, cloud, http),
+                ..Default::default()
+            }),
+        )
+        .map_err(bad)?;
+        Ok(VaultClient {
+            secrets,
+            keys,
+            certificates,
         })
     }
 }
@@ -429,23 +655,226 @@ pub async fn get_secret(
             format!("secret {name}: Key Vault returned no value"),
         )
     })?;
-    let version = secret
-        .id
-        .as_deref()
-        .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            VaultError::new(
-                ErrorKind::Internal,
-                format!("secret {name}: Key Vault returned no id"),
-            )
-        })?;
+    let version = last_segment(secret.id.as_deref()).ok_or_else(|| {
+        VaultError::new(
+            ErrorKind::Internal,
+            format!("secret {name}: Key Vault returned no id"),
+        )
+    })?;
+    let validity = secret
+        .attributes
+        .as_ref()
+        .map(|a| Validity {
+            enabled: a.enabled,
+            not_before: a.not_before,
+            expires: a.expires,
+        })
+        .unwrap_or_default();
     Ok(FetchedSecret {
         value,
         version,
         content_type: secret.content_type,
         backs_certificate: secret.kid.is_some(),
+        validity,
     })
+}
+
+fn unreadable(what: &str, name: &str, e: &azure_core::Error, scrub: &[&str]) -> VaultError {
+    VaultError::new(
+        ErrorKind::Internal,
+        format!(
+            "{what} {name}: unreadable answer from Key Vault: {}",
+            VaultError::from_sdk(e, scrub)
+        ),
+    )
+}
+
+/// Reads a key's public part (newest when `version` is `None`) as a PKIX `PUBLIC KEY` PEM.
+pub async fn get_key(
+    client: &KeyClient,
+    name: &str,
+    version: Option<&str>,
+    scrub: &[&str],
+) -> Result<FetchedKey, VaultError> {
+    let options = KeyClientGetKeyOptions {
+        key_version: version.map(str::to_owned),
+        ..Default::default()
+    };
+    let key = client
+        .get_key(name, Some(options))
+        .await
+        .map_err(|e| VaultError::from_sdk(&e, scrub))?
+        .into_model()
+        .map_err(|e| unreadable("key", name, &e, scrub))?;
+    let jwk = key.key.ok_or_else(|| {
+        VaultError::new(
+            ErrorKind::Internal,
+            format!("key {name}: Key Vault returned no key"),
+        )
+    })?;
+    let version = last_segment(jwk.kid.as_deref()).ok_or_else(|| {
+        VaultError::new(
+            ErrorKind::Internal,
+            format!("key {name}: Key Vault returned no kid"),
+        )
+    })?;
+    let missing = |what: &str| {
+        VaultError::new(
+            ErrorKind::Internal,
+            format!("key {name}: Key Vault returned no {what}"),
+        )
+    };
+    let public = match jwk.kty {
+        Some(KeyType::Rsa | KeyType::RsaHsm) => crate::pem::PublicKey::Rsa {
+            n: jwk.n.as_deref().ok_or_else(|| missing("n"))?,
+            e: jwk.e.as_deref().ok_or_else(|| missing("e"))?,
+        },
+        Some(KeyType::Ec | KeyType::EcHsm) => crate::pem::PublicKey::Ec {
+            crv: match &jwk.crv {
+                Some(CurveName::P256) => "P-256",
+                Some(CurveName::P384) => "P-384",
+                Some(CurveName::P521) => "P-521",
+                Some(CurveName::P256K) => "P-256K",
+                Some(CurveName::UnknownValue(c)) => c.as_str(),
+                None => return Err(missing("crv")),
+            },
+            x: jwk.x.as_deref().ok_or_else(|| missing("x"))?,
+            y: jwk.y.as_deref().ok_or_else(|| missing("y"))?,
+        },
+        Some(other) => {
+            return Err(VaultError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "key {name}: kty {other} has no public key to write; accepted: RSA, RSA-HSM, EC, EC-HSM"
+                ),
+            ));
+        }
+        None => return Err(missing("kty")),
+    };
+    let pem = crate::pem::public_key_pem(public)
+        .map_err(|e| VaultError::new(ErrorKind::InvalidArgument, format!("key {name}: {e}")))?;
+    let validity = key
+        .attributes
+        .as_ref()
+        .map(|a| Validity {
+            enabled: a.enabled,
+            not_before: a.not_before,
+            expires: a.expires,
+        })
+        .unwrap_or_default();
+    Ok(FetchedKey {
+        version,
+        pem: SecretBytes::new(pem),
+        validity,
+    })
+}
+
+/// Reads a certificate's `cer` (newest when `version` is `None`).
+pub async fn get_certificate(
+    client: &CertificateClient,
+    name: &str,
+    version: Option<&str>,
+    scrub: &[&str],
+) -> Result<FetchedCertificate, VaultError> {
+    let options = CertificateClientGetCertificateOptions {
+        certificate_version: version.map(str::to_owned),
+        ..Default::default()
+    };
+    let cert = client
+        .get_certificate(name, Some(options))
+        .await
+        .map_err(|e| VaultError::from_sdk(&e, scrub))?
+        .into_model()
+        .map_err(|e| unreadable("certificate", name, &e, scrub))?;
+    let version = last_segment(cert.id.as_deref()).ok_or_else(|| {
+        VaultError::new(
+            ErrorKind::Internal,
+            format!("certificate {name}: Key Vault returned no id"),
+        )
+    })?;
+    let der = cert.cer.ok_or_else(|| {
+        VaultError::new(
+            ErrorKind::Internal,
+            format!("certificate {name}: Key Vault returned no cer"),
+        )
+    })?;
+    let validity = cert
+        .attributes
+        .as_ref()
+        .map(|a| Validity {
+            enabled: a.enabled,
+            not_before: a.not_before,
+            expires: a.expires,
+        })
+        .unwrap_or_default();
+    Ok(FetchedCertificate {
+        version,
+        der,
+        validity,
+    })
+}
+
+/// Every version of an object (needs the list permission), in the order Key Vault lists them.
+pub async fn list_versions(
+    client: &VaultClient,
+    object_type: ObjectType,
+    name: &str,
+    scrub: &[&str],
+) -> Result<Vec<VersionInfo>, VaultError> {
+    let sdk = |e: azure_core::Error| VaultError::from_sdk(&e, scrub);
+    let created = |t: Option<time::OffsetDateTime>| t.map(|t| t.unix_timestamp()).unwrap_or(0);
+    let mut out = Vec::new();
+    match object_type {
+        ObjectType::Secret => {
+            let mut pager = client
+                .secrets
+                .list_secret_properties_versions(name, None)
+                .map_err(sdk)?;
+            while let Some(item) = pager.try_next().await.map_err(sdk)? {
+                if let Some(version) = last_segment(item.id.as_deref()) {
+                    let a = item.attributes.as_ref();
+                    out.push(VersionInfo {
+                        version,
+                        created: created(a.and_then(|a| a.created)),
+                        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
+                    });
+                }
+            }
+        }
+        ObjectType::Key => {
+            let mut pager = client
+                .keys
+                .list_key_properties_versions(name, None)
+                .map_err(sdk)?;
+            while let Some(item) = pager.try_next().await.map_err(sdk)? {
+                if let Some(version) = last_segment(item.kid.as_deref()) {
+                    let a = item.attributes.as_ref();
+                    out.push(VersionInfo {
+                        version,
+                        created: created(a.and_then(|a| a.created)),
+                        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
+                    });
+                }
+            }
+        }
+        ObjectType::Cert => {
+            let mut pager = client
+                .certificates
+                .list_certificate_properties_versions(name, None)
+                .map_err(sdk)?;
+            while let Some(item) = pager.try_next().await.map_err(sdk)? {
+                if let Some(version) = last_segment(item.id.as_deref()) {
+                    let a = item.attributes.as_ref();
+                    out.push(VersionInfo {
+                        version,
+                        created: created(a.and_then(|a| a.created)),
+                        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

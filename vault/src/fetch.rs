@@ -2,10 +2,12 @@
 
 use futures::future::try_join_all;
 
-use crate::client::{Connector, get_secret};
+use crate::client::{
+    Connector, VaultClient, VersionInfo, get_certificate, get_key, get_secret, list_versions,
+};
 use crate::error::{ErrorKind, VaultError};
 use crate::params::{Auth, MountParams, ObjectSpec, ObjectType};
-use crate::render::render_secret;
+use crate::render::{RenderedParts, render_secret};
 use crate::secret::SecretBytes;
 
 /// One file of a rendered object.
@@ -52,6 +54,7 @@ pub fn scrub_list(auth: &Auth) -> Vec<&str> {
     match auth {
         Auth::WorkloadIdentity { token, .. } => vec![token.expose()],
         Auth::ServicePrincipal { client_secret, .. } => vec![client_secret.expose()],
+        Auth::ManagedIdentity { .. } => Vec::new(),
     }
 }
 
@@ -59,10 +62,15 @@ pub fn scrub_list(auth: &Auth) -> Vec<&str> {
 /// choices (file name, mode) are applied.
 #[derive(Debug, Clone)]
 pub struct FetchedObject {
-    /// The Key Vault version that was read.
+    /// The Key Vault version that was read; empty for a version-history slot beyond the
+    /// versions that exist (no file is written for it).
     pub version: String,
     /// The rendered bytes.
     pub contents: SecretBytes,
+    /// Side files (`certKeyFiles`): suffix and bytes.
+    pub side: Vec<(&'static str, SecretBytes)>,
+    /// False for a version-history slot with no version behind it.
+    pub present: bool,
 }
 
 /// Fetches and renders every object in `params`, concurrently; the first failure fails all.
@@ -75,11 +83,9 @@ pub async fn fetch_all(
         object: format!("vault {}", params.keyvault_name),
         error,
     };
-    let credential = connector
-        .credential(&params.tenant_id, &params.auth)
-        .map_err(vault_failure)?;
+    let credential = connector.credential_for(params).map_err(vault_failure)?;
     let client = connector
-        .secret_client(&params.keyvault_name, credential)
+        .vault_client_for(params, credential)
         .map_err(vault_failure)?;
     let scrub = scrub_list(&params.auth);
     let fetches = params.objects.iter().map(|spec| {
@@ -98,27 +104,98 @@ pub async fn fetch_all(
     try_join_all(fetches).await
 }
 
+/// The version a history slot stands for: enabled versions newest first (by creation time),
+/// starting at `objectVersion` when one is pinned; `Ok(None)` past the last one. A pinned
+/// version that is not among the enabled versions is an error.
+pub fn history_version(
+    mut versions: Vec<VersionInfo>,
+    pinned: Option<&str>,
+    index: usize,
+) -> Result<Option<String>, String> {
+    versions.retain(|v| v.enabled);
+    versions.sort_by_key(|v| std::cmp::Reverse(v.created));
+    let start = match pinned {
+        None => 0,
+        Some(p) => versions
+            .iter()
+            .position(|v| v.version.eq_ignore_ascii_case(p))
+            .ok_or_else(|| {
+                format!("objectVersion {p} is not among the object's enabled versions")
+            })?,
+    };
+    Ok(versions.get(start + index).map(|v| v.version.clone()))
+}
+
 /// Reads one object and renders its bytes.
 pub async fn fetch_object(
-    client: &azure_security_keyvault_secrets::SecretClient,
+    client: &VaultClient,
     spec: &ObjectSpec,
     scrub: &[&str],
 ) -> Result<FetchedObject, VaultError> {
-    if spec.object_type != ObjectType::Secret {
-        return Err(VaultError::new(
-            ErrorKind::Unimplemented,
-            format!(
-                "{}: objectType {} is not supported by this kvmount release; accepted: secret",
-                spec.field("objectType"),
-                spec.object_type
-            ),
-        ));
-    }
-    let fetched = get_secret(client, &spec.name, spec.version.as_deref(), scrub).await?;
-    tracing::debug!(object = %spec.id(), version = %fetched.version, "fetched");
-    let version = fetched.version.clone();
-    let contents = render_secret(spec, fetched)?;
-    Ok(FetchedObject { version, contents })
+    let version = match spec.history {
+        None => spec.version.clone(),
+        Some(slot) => {
+            let versions = list_versions(client, spec.object_type, &spec.name, scrub).await?;
+            let picked =
+                history_version(versions, spec.version.as_deref(), slot.index).map_err(|m| {
+                    VaultError::new(
+                        ErrorKind::NotFound,
+                        format!("{}: {m}", spec.field("objectVersion")),
+                    )
+                })?;
+            match picked {
+                Some(v) => Some(v),
+                None => {
+                    tracing::debug!(object = %spec.id(), "no version for this history slot");
+                    return Ok(FetchedObject {
+                        version: String::new(),
+                        contents: SecretBytes::default(),
+                        side: Vec::new(),
+                        present: false,
+                    });
+                }
+            }
+        }
+    };
+    let version = version.as_deref();
+    let (read_version, parts) = match spec.object_type {
+        ObjectType::Secret => {
+            let fetched = get_secret(client, &spec.name, version, scrub).await?;
+            fetched.validity.check(&spec.id(), &fetched.version)?;
+            let v = fetched.version.clone();
+            (v, render_secret(spec, fetched)?)
+        }
+        ObjectType::Key => {
+            let key = get_key(&client.keys, &spec.name, version, scrub).await?;
+            key.validity.check(&spec.id(), &key.version)?;
+            (
+                key.version,
+                RenderedParts {
+                    main: key.pem,
+                    side: Vec::new(),
+                },
+            )
+        }
+        ObjectType::Cert => {
+            let cert = get_certificate(&client.certificates, &spec.name, version, scrub).await?;
+            cert.validity.check(&spec.id(), &cert.version)?;
+            let pem = crate::pem::pem_encode("CERTIFICATE", &cert.der);
+            (
+                cert.version,
+                RenderedParts {
+                    main: SecretBytes::new(pem.as_bytes().to_vec()),
+                    side: Vec::new(),
+                },
+            )
+        }
+    };
+    tracing::debug!(object = %spec.id(), version = %read_version, "fetched");
+    Ok(FetchedObject {
+        version: read_version,
+        contents: parts.main,
+        side: parts.side,
+        present: true,
+    })
 }
 
 /// The files of `object` as the volume will show them (alias, mode).
@@ -127,13 +204,56 @@ pub fn rendered_object(
     object: &FetchedObject,
     default_mode: u32,
 ) -> RenderedObject {
+    let mode = spec.file_mode.unwrap_or(default_mode);
+    let mut files = Vec::with_capacity(1 + object.side.len());
+    if object.present {
+        files.push(RenderedFile {
+            path: spec.file_name().to_owned(),
+            mode,
+            contents: object.contents.clone(),
+        });
+        for (suffix, contents) in &object.side {
+            files.push(RenderedFile {
+                path: format!("{}.{suffix}", spec.file_name()),
+                mode,
+                contents: contents.clone(),
+            });
+        }
+    }
     RenderedObject {
         id: spec.id(),
         version: object.version.clone(),
-        files: vec![RenderedFile {
-            path: spec.file_name().to_owned(),
-            mode: spec.file_mode.unwrap_or(default_mode),
-            contents: object.contents.clone(),
-        }],
+        files,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(version: &str, created: i64, enabled: bool) -> VersionInfo {
+        VersionInfo {
+            version: version.into(),
+            created,
+            enabled,
+        }
+    }
+
+    #[test]
+    fn history_is_newest_first_enabled_only_from_the_pinned_version() {
+        let list = vec![
+            v("a", 1, true),
+            v("c", 3, true),
+            v("b", 2, false),
+            v("d", 4, true),
+        ];
+        let pick = |pinned, i| history_version(list.clone(), pinned, i);
+        assert_eq!(pick(None, 0), Ok(Some("d".into())));
+        assert_eq!(pick(None, 1), Ok(Some("c".into())));
+        assert_eq!(pick(None, 2), Ok(Some("a".into())));
+        assert_eq!(pick(None, 3), Ok(None));
+        assert_eq!(pick(Some("C"), 1), Ok(Some("a".into())));
+        assert!(pick(Some("zz"), 0).is_err());
+        assert!(pick(Some("b"), 0).is_err(), "disabled");
     }
 }

@@ -3,14 +3,18 @@
 //! - [`params`]: the SecretProviderClass parameter model (Azure provider names), parsed once;
 //! - [`client`]: the official Azure SDK client, credentials, host overrides and extra roots;
 //! - [`fetch`] and [`render`]: fetching a mount's objects concurrently and rendering file bytes;
+//! - [`cloud`]: cloudName / cloudEnvFileName;
+//! - [`pem`]: PEM, chain order, PKCS#12 and public-key formats;
 //! - [`secret`]: memory types that zero on drop and never print their contents.
 //!
 //! This crate knows nothing about gRPC or files on disk.
 
 pub mod client;
+pub mod cloud;
 pub mod error;
 pub mod fetch;
 pub mod params;
+pub mod pem;
 pub mod render;
 pub mod secret;
 

@@ -118,17 +118,55 @@ pub struct ObjectSpec {
     pub format: ObjectFormat,
     /// `filePermission`, as a mode; `None` means the mount's default mode.
     pub file_mode: Option<u32>,
+    /// With `objectVersionHistory: N`, one spec per slot: the `index`-th newest enabled version
+    /// (0 = newest, or `objectVersion` when set) written as `<alias>/<index>`.
+    pub history: Option<HistorySlot>,
+    /// `certKeyFiles: "true"` (kvmount): also write `<alias>.crt` (the chain, leaf first) and
+    /// `<alias>.key` (the private key, PKCS#8) for a secret that backs a certificate.
+    pub cert_key_files: bool,
 }
 
+/// One slot of `objectVersionHistory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HistorySlot {
+    /// 0 is the newest (or the pinned `objectVersion`).
+    pub index: usize,
+    /// N, the number of versions asked for.
+    pub count: usize,
+}
+
+/// Most versions `objectVersionHistory` may ask for.
+pub const MAX_VERSION_HISTORY: usize = 50;
+
 impl ObjectSpec {
+    /// What, besides type, name, version, encoding and format, changes this spec's bytes (for
+    /// cache keys): empty for a plain object.
+    pub fn cache_variant(&self) -> String {
+        let mut v = String::new();
+        if let Some(h) = self.history {
+            v.push_str(&format!("history={}/{}", h.index, h.count));
+        }
+        if self.cert_key_files {
+            if !v.is_empty() {
+                v.push(',');
+            }
+            v.push_str("cert-key-files");
+        }
+        v
+    }
+
     /// The path of the file this object is written to, relative to the volume.
     pub fn file_name(&self) -> &str {
         self.alias.as_deref().unwrap_or(&self.name)
     }
 
-    /// `ObjectVersion.id` as the Azure provider reports it: `<type>/<name>`.
+    /// `ObjectVersion.id` as the Azure provider reports it: `<type>/<name>`, or
+    /// `<type>/<name>/<index>` for a version-history slot.
     pub fn id(&self) -> String {
-        format!("{}/{}", self.object_type, self.name)
+        match self.history {
+            Some(h) => format!("{}/{}/{}", self.object_type, self.name, h.index),
+            None => format!("{}/{}", self.object_type, self.name),
+        }
     }
 
     /// The field path used in errors, e.g. `objects[2]`.
@@ -154,7 +192,16 @@ pub enum Auth {
         /// Client secret.
         client_secret: SecretString,
     },
+    /// The node's managed identity through IMDS (`useVMManagedIdentity`): system-assigned, or
+    /// the user-assigned identity with this client ID (`userAssignedIdentityID`).
+    ManagedIdentity {
+        /// Client ID of a user-assigned identity; `None` for the system-assigned identity.
+        user_assigned_id: Option<String>,
+    },
 }
+
+/// What [`Auth::client_id`] reports for the node's system-assigned managed identity.
+pub const SYSTEM_ASSIGNED_IDENTITY: &str = "system-assigned-managed-identity";
 
 impl Auth {
     /// The Entra identity this credential authenticates as.
@@ -163,6 +210,12 @@ impl Auth {
             Self::WorkloadIdentity { client_id, .. } | Self::ServicePrincipal { client_id, .. } => {
                 client_id
             }
+            Self::ManagedIdentity {
+                user_assigned_id: Some(id),
+            } => id,
+            Self::ManagedIdentity {
+                user_assigned_id: None,
+            } => SYSTEM_ASSIGNED_IDENTITY,
         }
     }
 
@@ -171,6 +224,7 @@ impl Auth {
         match self {
             Self::WorkloadIdentity { .. } => "workload-identity",
             Self::ServicePrincipal { .. } => "service-principal",
+            Self::ManagedIdentity { .. } => "managed-identity",
         }
     }
 }
@@ -214,6 +268,9 @@ pub struct MountParams {
     pub pod: PodInfo,
     /// `secretProviderClass`, when the driver names it.
     pub class_name: Option<String>,
+    /// `cloudName` / `cloudEnvFileName`: where Entra ID and Key Vault are; `None` means the
+    /// daemon's `--authority-host` and `--keyvault-dns-suffix` (AzurePublicCloud by default).
+    pub cloud: Option<crate::cloud::Cloud>,
 }
 
 /// Parses a JSON object of strings (`MountRequest.attributes` or `.secrets`).
@@ -304,7 +361,7 @@ const SHOWN_CHARS: usize = 64;
 
 /// `value` quoted for an error message, cut after [`SHOWN_CHARS`] characters: a hostile
 /// megabyte-long input must not become a megabyte-long gRPC status and log line.
-fn shown(value: &str) -> String {
+pub(crate) fn shown(value: &str) -> String {
     match value.char_indices().nth(SHOWN_CHARS) {
         None => format!("{value:?}"),
         Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
@@ -442,6 +499,8 @@ struct RawObject {
     object_encoding: Option<String>,
     #[serde(default)]
     file_permission: Option<serde_yaml::Value>,
+    #[serde(default)]
+    cert_key_files: Option<serde_yaml::Value>,
 }
 
 fn trimmed(value: Option<String>) -> Option<String> {
@@ -464,7 +523,22 @@ pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
     }
     let mut specs = Vec::with_capacity(document.array.len());
     for (index, text) in document.array.iter().enumerate() {
-        specs.push(parse_object(index, text)?);
+        let spec = parse_object(index, text)?;
+        match spec.history {
+            None => specs.push(spec),
+            Some(h) => {
+                let base = spec.file_name().to_owned();
+                for i in 0..h.count {
+                    let mut slot = spec.clone();
+                    slot.alias = Some(format!("{base}/{i}"));
+                    slot.history = Some(HistorySlot {
+                        index: i,
+                        count: h.count,
+                    });
+                    specs.push(slot);
+                }
+            }
+        }
     }
     check_distinct_files(&specs)?;
     Ok(specs)
@@ -478,7 +552,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         serde_yaml::from_str(text).map_err(|err| {
             ParamError::new(
                 format!("objects[{index}]"),
-                format!("is not a YAML mapping of object fields ({err}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission"),
+                format!("is not a YAML mapping of object fields ({err}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission, certKeyFiles"),
             )
         })?
     };
@@ -509,24 +583,29 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
     if let Some(v) = &version {
         validate_version(&field("objectVersion"), v)?;
     }
-    if let Some(history) = raw.object_version_history {
-        let n = match &history {
+    let mut history = None;
+    if let Some(value) = raw.object_version_history {
+        let n = match &value {
             serde_yaml::Value::Number(n) => n.as_u64(),
+            serde_yaml::Value::String(s) if s.trim().is_empty() => Some(0),
             serde_yaml::Value::String(s) => s.trim().parse::<u64>().ok(),
             _ => None,
         };
         match n {
             Some(0 | 1) => {}
-            Some(_) => {
-                return Err(ParamError::new(
-                    field("objectVersionHistory"),
-                    "values above 1 are not supported by this kvmount release; accepted: 0 or 1",
-                ));
+            Some(n) if n as usize <= MAX_VERSION_HISTORY => {
+                history = Some(HistorySlot {
+                    index: 0,
+                    count: n as usize,
+                });
             }
-            None => {
+            _ => {
                 return Err(ParamError::new(
                     field("objectVersionHistory"),
-                    "is not a whole number; accepted: 0 or 1",
+                    format!(
+                        "{} is not accepted; accepted: a whole number from 0 to {MAX_VERSION_HISTORY} (0 and 1 write one file)",
+                        shown(serde_yaml::to_string(&value).unwrap_or_default().trim())
+                    ),
                 ));
             }
         }
@@ -594,6 +673,32 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
             ));
         }
     };
+    let cert_key_files = match raw.cert_key_files {
+        None => false,
+        Some(serde_yaml::Value::Bool(b)) => b,
+        Some(serde_yaml::Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" | "" => false,
+            _ => {
+                return Err(ParamError::new(
+                    field("certKeyFiles"),
+                    format!("{s:?} is not a boolean; accepted: \"true\" or \"false\""),
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(ParamError::new(
+                field("certKeyFiles"),
+                "is not a boolean; accepted: \"true\" or \"false\"",
+            ));
+        }
+    };
+    if cert_key_files && (object_type != ObjectType::Secret || format != ObjectFormat::Pem) {
+        return Err(ParamError::new(
+            field("certKeyFiles"),
+            "is only for objectType secret with objectFormat pem (the secret behind a certificate holds its key and chain)",
+        ));
+    }
     let spec = ObjectSpec {
         index,
         name,
@@ -603,6 +708,8 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         encoding,
         format,
         file_mode,
+        history,
+        cert_key_files,
     };
     let path_field = if spec.alias.is_some() {
         field("objectAlias")
@@ -610,27 +717,38 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         field("objectName")
     };
     validate_file_path(&path_field, spec.file_name())?;
+    if spec.cert_key_files {
+        for ext in [".crt", ".key"] {
+            validate_file_path(&path_field, &format!("{}{ext}", spec.file_name()))?;
+        }
+    }
     Ok(spec)
 }
 
 /// Refuses two objects that write the same file, or one file that another needs as a directory.
 fn check_distinct_files(specs: &[ObjectSpec]) -> Result<(), ParamError> {
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for spec in specs {
-        let path = spec.file_name();
-        if let Some(other) = seen.insert(path, spec.index) {
-            return Err(ParamError::new(
-                format!("objects[{}]", spec.index),
-                format!(
-                    "writes file {}, which objects[{other}] writes too; give one of them a different objectAlias",
-                    shown(path)
-                ),
-            ));
+        let mut paths = vec![spec.file_name().to_owned()];
+        if spec.cert_key_files {
+            paths.push(format!("{}.crt", spec.file_name()));
+            paths.push(format!("{}.key", spec.file_name()));
+        }
+        for path in paths {
+            if let Some(other) = seen.insert(path.clone(), spec.index) {
+                return Err(ParamError::new(
+                    format!("objects[{}]", spec.index),
+                    format!(
+                        "writes file {}, which objects[{other}] writes too; give one of them a different objectAlias",
+                        shown(&path)
+                    ),
+                ));
+            }
         }
     }
     for (path, index) in &seen {
         let prefix = format!("{path}/");
-        if let Some((nested, other)) = seen.range(prefix.as_str()..).next()
+        if let Some((nested, other)) = seen.range(prefix.clone()..).next()
             && nested.starts_with(&prefix)
         {
             return Err(ParamError::new(
@@ -696,29 +814,8 @@ pub fn mount_params(
     secrets: &HashMap<String, String>,
     default_mode: u32,
 ) -> Result<MountParams, ParamError> {
-    if parse_bool(attributes, "usePodIdentity")? {
-        return Err(ParamError::new(
-            "usePodIdentity",
-            "aad-pod-identity is retired and not supported; use workload identity instead (set clientID to the identity's client ID and federate it with the pod's service account)",
-        ));
-    }
-    if parse_bool(attributes, "useVMManagedIdentity")? {
-        return Err(ParamError::new(
-            "useVMManagedIdentity",
-            "node managed identity is not supported by this kvmount release; use workload identity (clientID) or a service principal (nodePublishSecretRef)",
-        ));
-    }
-    if let Some(cloud) = get(attributes, "cloudName")
-        && !cloud.eq_ignore_ascii_case("AzurePublicCloud")
-    {
-        return Err(ParamError::new(
-            "cloudName",
-            format!(
-                "{} is not supported by this kvmount release; accepted: AzurePublicCloud (other clouds: set the daemon's --keyvault-dns-suffix and --authority-host)",
-                shown(cloud)
-            ),
-        ));
-    }
+    let auth = select_auth(attributes, secrets)?;
+    let cloud = crate::cloud::from_attributes(attributes)?;
     let keyvault_name = get(attributes, "keyvaultName")
         .ok_or_else(|| ParamError::new("keyvaultName", "is required: the name of the Key Vault"))?
         .to_owned();
@@ -733,53 +830,6 @@ pub fn mount_params(
         })?
         .to_owned();
     validate_tenant(&tenant_id)?;
-
-    let sp_id = get_ci(secrets, "clientid");
-    let sp_secret = get_ci(secrets, "clientsecret");
-    let auth = match get(attributes, "clientID") {
-        Some(client_id) => {
-            if sp_secret.is_some() {
-                return Err(ParamError::new(
-                    "clientID",
-                    "clientID (workload identity) and secrets clientid/clientsecret (service principal) are both set; set only one",
-                ));
-            }
-            let token = workload_identity_token(attributes, secrets)?.ok_or_else(|| {
-                ParamError::new(
-                    TOKENS_ATTRIBUTE,
-                    format!("no service-account token for audience {WORKLOAD_IDENTITY_AUDIENCE}; workload identity (clientID) needs the CSIDriver object to request it in tokenRequests"),
-                )
-            })?;
-            Auth::WorkloadIdentity {
-                client_id: client_id.to_owned(),
-                token,
-            }
-        }
-        None => match (sp_id, sp_secret) {
-            (Some(id), Some(secret)) => Auth::ServicePrincipal {
-                client_id: id.to_owned(),
-                client_secret: SecretString::new(secret.to_owned()),
-            },
-            (None, None) => {
-                return Err(ParamError::new(
-                    "clientID",
-                    "no identity: set clientID for workload identity, or provide clientid and clientsecret through nodePublishSecretRef for a service principal",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ParamError::new(
-                    "secrets.clientid",
-                    "is required with secrets.clientsecret",
-                ));
-            }
-            (Some(_), None) => {
-                return Err(ParamError::new(
-                    "secrets.clientsecret",
-                    "is required with secrets.clientid",
-                ));
-            }
-        },
-    };
 
     let objects_text = get(attributes, "objects").ok_or_else(|| {
         ParamError::new(
@@ -806,7 +856,109 @@ pub fn mount_params(
         default_mode,
         pod,
         class_name: get(attributes, "secretProviderClass").map(str::to_owned),
+        cloud,
     })
+}
+
+/// Checks a user-assigned identity's client ID (a GUID in Azure; we accept any short token of
+/// letters, digits and '-' and let IMDS decide).
+fn validate_identity_id(id: &str) -> Result<(), ParamError> {
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(ParamError::new(
+            "userAssignedIdentityID",
+            format!(
+                "{id:?} is not a client ID; accepted: the GUID of a user-assigned managed identity"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Chooses the one identity mode a class sets: workload identity (`clientID`), service
+/// principal (nodePublishSecretRef `clientid`/`clientsecret`) or the node's managed identity
+/// (`useVMManagedIdentity`). Two modes at once are refused naming both; `usePodIdentity` is
+/// refused as retired.
+fn select_auth(
+    attributes: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+) -> Result<Auth, ParamError> {
+    let pod_identity = parse_bool(attributes, "usePodIdentity")?;
+    let managed = parse_bool(attributes, "useVMManagedIdentity")?;
+    let workload = get(attributes, "clientID");
+    let sp_id = get_ci(secrets, "clientid");
+    let sp_secret = get_ci(secrets, "clientsecret");
+    let user_assigned = get(attributes, "userAssignedIdentityID");
+    let mut modes: Vec<&str> = Vec::new();
+    if pod_identity {
+        modes.push("usePodIdentity");
+    }
+    if managed {
+        modes.push("useVMManagedIdentity");
+    }
+    if workload.is_some() {
+        modes.push("clientID");
+    }
+    if sp_secret.is_some() {
+        modes.push("nodePublishSecretRef clientid/clientsecret");
+    }
+    if let [first, second, ..] = modes.as_slice() {
+        return Err(ParamError::new(
+            *first,
+            format!(
+                "{first} and {second} both select an identity; set only one of: clientID (workload identity), useVMManagedIdentity (node managed identity), nodePublishSecretRef clientid/clientsecret (service principal)"
+            ),
+        ));
+    }
+    if pod_identity {
+        return Err(ParamError::new(
+            "usePodIdentity",
+            "aad-pod-identity is retired and not supported; use workload identity instead (set clientID to the identity's client ID and federate it with the pod's service account)",
+        ));
+    }
+    if user_assigned.is_some() && !managed {
+        return Err(ParamError::new(
+            "userAssignedIdentityID",
+            "is only used with useVMManagedIdentity: \"true\" (for workload identity set clientID instead)",
+        ));
+    }
+    if managed {
+        if let Some(id) = user_assigned {
+            validate_identity_id(id)?;
+        }
+        return Ok(Auth::ManagedIdentity {
+            user_assigned_id: user_assigned.map(str::to_owned),
+        });
+    }
+    if let Some(client_id) = workload {
+        let token = workload_identity_token(attributes, secrets)?.ok_or_else(|| {
+            ParamError::new(
+                TOKENS_ATTRIBUTE,
+                format!("no service-account token for audience {WORKLOAD_IDENTITY_AUDIENCE}; workload identity (clientID) needs the CSIDriver object to request it in tokenRequests"),
+            )
+        })?;
+        return Ok(Auth::WorkloadIdentity {
+            client_id: client_id.to_owned(),
+            token,
+        });
+    }
+    match (sp_id, sp_secret) {
+        (Some(id), Some(secret)) => Ok(Auth::ServicePrincipal {
+            client_id: id.to_owned(),
+            client_secret: SecretString::new(secret.to_owned()),
+        }),
+        (None, None) => Err(ParamError::new(
+            "clientID",
+            "no identity: set clientID for workload identity, useVMManagedIdentity for the node's managed identity, or provide clientid and clientsecret through nodePublishSecretRef for a service principal",
+        )),
+        (None, Some(_)) => Err(ParamError::new(
+            "secrets.clientid",
+            "is required with secrets.clientsecret",
+        )),
+        (Some(_), None) => Err(ParamError::new(
+            "secrets.clientsecret",
+            "is required with secrets.clientid",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -908,6 +1060,103 @@ mod tests {
         both.insert("clientID".into(), "cid".into());
         let err = mount_params(&both, &sp(), 0o644).expect_err("two modes");
         assert!(err.problem.contains("both"), "{err}");
+    }
+
+    #[test]
+    fn managed_identity_and_mode_conflicts() {
+        let base = [
+            ("keyvaultName", "demo"),
+            ("tenantID", "t"),
+            ("objects", OBJECTS),
+        ];
+        let mut a = attrs(&base);
+        a.insert("useVMManagedIdentity".into(), "true".into());
+        let p = mount_params(&a, &HashMap::new(), 0o644).expect("system-assigned");
+        assert_eq!(
+            p.auth,
+            Auth::ManagedIdentity {
+                user_assigned_id: None
+            }
+        );
+        assert_eq!(p.auth.client_id(), SYSTEM_ASSIGNED_IDENTITY);
+        a.insert("userAssignedIdentityID".into(), "0000-abc".into());
+        let p = mount_params(&a, &HashMap::new(), 0o644).expect("user-assigned");
+        assert_eq!(p.auth.client_id(), "0000-abc");
+        assert_eq!(p.auth.mode(), "managed-identity");
+
+        let err = mount_params(&a, &sp(), 0o644).expect_err("mi + sp");
+        assert_eq!(err.field, "useVMManagedIdentity");
+        assert!(err.problem.contains("nodePublishSecretRef"), "{err}");
+        let mut wi = a.clone();
+        wi.insert("clientID".into(), "cid".into());
+        let err = mount_params(&wi, &HashMap::new(), 0o644).expect_err("mi + wi");
+        assert!(
+            err.to_string()
+                .contains("useVMManagedIdentity and clientID"),
+            "{err}"
+        );
+        let mut pod = attrs(&base);
+        pod.insert("usePodIdentity".into(), "true".into());
+        pod.insert("useVMManagedIdentity".into(), "true".into());
+        let err = mount_params(&pod, &HashMap::new(), 0o644).expect_err("pod + mi");
+        assert!(
+            err.to_string()
+                .contains("usePodIdentity and useVMManagedIdentity"),
+            "{err}"
+        );
+        let mut pod = attrs(&base);
+        pod.insert("usePodIdentity".into(), "true".into());
+        let err = mount_params(&pod, &HashMap::new(), 0o644).expect_err("retired");
+        assert!(err.problem.contains("retired") && err.problem.contains("workload identity"));
+        let mut ua = attrs(&base);
+        ua.insert("userAssignedIdentityID".into(), "x".into());
+        let err = mount_params(&ua, &sp(), 0o644).expect_err("ua without mi");
+        assert_eq!(err.field, "userAssignedIdentityID");
+        let mut bad = attrs(&base);
+        bad.insert("useVMManagedIdentity".into(), "true".into());
+        bad.insert("userAssignedIdentityID".into(), "a b".into());
+        assert_eq!(
+            mount_params(&bad, &HashMap::new(), 0o644)
+                .expect_err("bad id")
+                .field,
+            "userAssignedIdentityID"
+        );
+    }
+
+    #[test]
+    fn version_history_expands_into_slots() {
+        let yaml = "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: dir/a\n    objectVersionHistory: 3\n  - |\n    objectName: b\n    objectType: key\n    objectVersionHistory: \"1\"\n";
+        let objects = parse_objects(yaml).expect("valid");
+        assert_eq!(objects.len(), 4);
+        let names: Vec<String> = objects.iter().map(|o| o.file_name().to_owned()).collect();
+        assert_eq!(names, ["dir/a/0", "dir/a/1", "dir/a/2", "b"]);
+        assert_eq!(objects[2].id(), "secret/a/2");
+        assert_eq!(objects[3].id(), "key/b");
+        assert_ne!(objects[0].cache_variant(), objects[1].cache_variant());
+        for bad in ["51", "-1", "two"] {
+            let yaml = format!(
+                "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectVersionHistory: {bad}\n"
+            );
+            assert_eq!(object_err(&yaml).field, "objects[0].objectVersionHistory");
+        }
+        // A history directory cannot also be another object's file.
+        let yaml = "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectVersionHistory: 2\n  - |\n    objectName: b\n    objectType: secret\n    objectAlias: a/1\n";
+        assert_eq!(object_err(yaml).field, "objects[1]");
+    }
+
+    #[test]
+    fn cert_key_files_option() {
+        let yaml = "array:\n  - |\n    objectName: web\n    objectType: secret\n    certKeyFiles: \"true\"\n";
+        let objects = parse_objects(yaml).expect("valid");
+        assert!(objects[0].cert_key_files);
+        assert_eq!(objects[0].cache_variant(), "cert-key-files");
+        let yaml =
+            "array:\n  - |\n    objectName: web\n    objectType: cert\n    certKeyFiles: true\n";
+        assert_eq!(object_err(yaml).field, "objects[0].certKeyFiles");
+        let yaml = "array:\n  - |\n    objectName: web\n    objectType: secret\n    objectFormat: pfx\n    certKeyFiles: true\n";
+        assert_eq!(object_err(yaml).field, "objects[0].certKeyFiles");
+        let yaml = "array:\n  - |\n    objectName: web\n    objectType: secret\n    certKeyFiles: \"true\"\n  - |\n    objectName: x\n    objectType: secret\n    objectAlias: web.key\n";
+        assert_eq!(object_err(yaml).field, "objects[1]");
     }
 
     fn object_err(yaml: &str) -> ParamError {

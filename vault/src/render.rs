@@ -20,25 +20,138 @@ pub struct FetchedSecret {
     pub content_type: Option<String>,
     /// True when the secret backs a certificate (it has a `kid`).
     pub backs_certificate: bool,
+    /// enabled / nbf / exp.
+    pub validity: crate::client::Validity,
 }
 
-/// Renders a secret object into the bytes of its file.
-pub fn render_secret(spec: &ObjectSpec, secret: FetchedSecret) -> Result<SecretBytes, VaultError> {
+/// The bytes of an object's file, and of the side files `certKeyFiles` adds (`.crt`, `.key`).
+#[derive(Debug, Default)]
+pub struct RenderedParts {
+    /// The file at the object's alias.
+    pub main: SecretBytes,
+    /// `(suffix, contents)`: appended to the alias, e.g. `("crt", ...)` is `<alias>.crt`.
+    pub side: Vec<(&'static str, SecretBytes)>,
+}
+
+fn format_error(spec: &ObjectSpec, what: &str, e: crate::pem::FormatError) -> VaultError {
+    VaultError::new(
+        ErrorKind::InvalidArgument,
+        format!(
+            "{}: the certificate secret is not valid {what}: {e}",
+            spec.id()
+        ),
+    )
+}
+
+/// Renders a secret object into the bytes of its file(s).
+///
+/// A secret that backs a certificate (it has a `kid`) is written the way the Azure provider
+/// does, except that a PEM-stored chain is put leaf first:
+/// - PKCS#12-stored: with `objectFormat: pfx` the base64 PFX as stored (the binary PFX with
+///   `objectEncoding: base64`); else PEM: the private key (PKCS#8) then the certificates, leaf
+///   to root;
+/// - PEM-stored: the private key block(s), then the certificates leaf to root (unchanged when
+///   stored in that order).
+pub fn render_secret(
+    spec: &ObjectSpec,
+    secret: FetchedSecret,
+) -> Result<RenderedParts, VaultError> {
     let pkcs12 = secret.backs_certificate
         && secret
             .content_type
             .as_deref()
             .is_some_and(|t| t.eq_ignore_ascii_case(CONTENT_TYPE_PKCS12));
-    if pkcs12 && spec.format == ObjectFormat::Pem {
+    if !secret.backs_certificate {
+        if spec.cert_key_files {
+            return Err(VaultError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{}: {} needs a secret that backs a certificate; this secret has no kid",
+                    spec.id(),
+                    spec.field("certKeyFiles")
+                ),
+            ));
+        }
+        return Ok(RenderedParts {
+            main: decode(spec, secret.value)?,
+            side: Vec::new(),
+        });
+    }
+    if pkcs12 {
+        if spec.format == ObjectFormat::Pfx {
+            return Ok(RenderedParts {
+                main: decode(spec, secret.value)?,
+                side: Vec::new(),
+            });
+        }
+        let pfx = SecretBytes::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret.value.expose().trim())
+                .map_err(|_| {
+                    VaultError::new(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "{}: the certificate secret is marked {CONTENT_TYPE_PKCS12} but is not base64",
+                            spec.id()
+                        ),
+                    )
+                })?,
+        );
+        let contents =
+            crate::pem::read_pkcs12(pfx.expose()).map_err(|e| format_error(spec, "PKCS#12", e))?;
+        let key = crate::pem::key_pem(&contents);
+        let certs = crate::pem::certs_pem(&contents.certs);
+        let mut main = key.expose().to_vec();
+        main.extend_from_slice(&certs);
+        let side = if spec.cert_key_files {
+            vec![("crt", SecretBytes::new(certs)), ("key", key)]
+        } else {
+            Vec::new()
+        };
+        return Ok(RenderedParts {
+            main: SecretBytes::new(main),
+            side,
+        });
+    }
+    if spec.format == ObjectFormat::Pfx {
         return Err(VaultError::new(
-            ErrorKind::Unimplemented,
+            ErrorKind::InvalidArgument,
             format!(
-                "{}: converting a PKCS#12 certificate to PEM is not supported by this kvmount release; set objectFormat: pfx to receive the PFX",
-                spec.id()
+                "{}: {} pfx needs a certificate stored as PKCS#12 (contentType {CONTENT_TYPE_PKCS12}); this one is stored as {}; use objectFormat pem",
+                spec.id(),
+                spec.field("objectFormat"),
+                secret.content_type.as_deref().unwrap_or("PEM")
             ),
         ));
     }
-    decode(spec, secret.value)
+    let value: SecretBytes = secret.value.into();
+    let main = crate::pem::normalize_pem_chain(value.expose())
+        .map_err(|e| format_error(spec, "PEM", e))?;
+    let side = if spec.cert_key_files {
+        let blocks =
+            crate::pem::parse_pem(main.expose()).map_err(|e| format_error(spec, "PEM", e))?;
+        let mut crt = Vec::new();
+        let mut key = Vec::new();
+        for b in &blocks {
+            let text = &main.expose()[b.range.clone()];
+            let out = if b.label == "CERTIFICATE" {
+                &mut crt
+            } else {
+                &mut key
+            };
+            out.extend_from_slice(text);
+            if !text.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+        }
+        vec![
+            ("crt", SecretBytes::new(crt)),
+            ("key", SecretBytes::new(key)),
+        ]
+    } else {
+        Vec::new()
+    };
+    Ok(RenderedParts { main, side })
 }
 
 fn decode(spec: &ObjectSpec, value: SecretString) -> Result<SecretBytes, VaultError> {
@@ -84,17 +197,18 @@ mod tests {
             version: "v1".into(),
             content_type: None,
             backs_certificate: false,
+            validity: Default::default(),
         }
     }
 
     #[test]
     fn encodings() {
         let out = render_secret(&spec("utf-8"), fetched("héllo")).expect("utf8");
-        assert_eq!(out.expose(), "héllo".as_bytes());
+        assert_eq!(out.main.expose(), "héllo".as_bytes());
         let out = render_secret(&spec("base64"), fetched("AAEC/w==")).expect("b64");
-        assert_eq!(out.expose(), &[0, 1, 2, 255]);
+        assert_eq!(out.main.expose(), &[0, 1, 2, 255]);
         let out = render_secret(&spec("hex"), fetched("00ff10")).expect("hex");
-        assert_eq!(out.expose(), &[0, 255, 16]);
+        assert_eq!(out.main.expose(), &[0, 255, 16]);
     }
 
     #[test]
