@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use azure_core::credentials::TokenCredential;
 use futures::future::try_join_all;
-use kvmount_vault::client::check_credential;
+use kvmount_vault::client::{SwappableCredential, VaultClient, check_credential};
+use kvmount_vault::cloud::Cloud;
 use kvmount_vault::fetch::scrub_list;
 use kvmount_vault::params::{Auth, ObjectEncoding, ObjectFormat, ObjectType};
 use kvmount_vault::{
@@ -114,6 +115,14 @@ impl IdentityKey {
             client_id: key.client_id.clone(),
         }
     }
+
+    fn of_mount(params: &MountParams) -> Self {
+        Self {
+            vault: params.keyvault_name.to_ascii_lowercase(),
+            tenant: params.tenant_id.to_ascii_lowercase(),
+            client_id: params.auth.client_id().to_ascii_lowercase(),
+        }
+    }
 }
 
 /// The result of one rotation pass.
@@ -193,10 +202,25 @@ impl Slot {
     }
 }
 
-/// A credential and when it was last used.
-struct CredentialEntry {
-    credential: Arc<dyn TokenCredential>,
+/// Proof that one set of credentials (a pod's service-account token, a client secret)
+/// produced a token for its identity: valid until shortly before that token expires. Holds
+/// no credential, only the time.
+struct Proof {
+    valid_until: Instant,
     last_used: Instant,
+}
+
+/// How long before its token expires a proof stops counting.
+const PROOF_MARGIN: Duration = Duration::from_secs(120);
+
+/// What reads one identity's objects from Key Vault: its clients, built once (one
+/// connection pool and one Key Vault challenge however many pods use them), and the newest
+/// credential that proved valid for the identity behind them.
+struct IdentityEntry {
+    credential: Arc<SwappableCredential>,
+    valid_until: Instant,
+    cloud: Option<Cloud>,
+    client: Arc<VaultClient>,
 }
 
 /// Counters for tests, status and metrics.
@@ -216,9 +240,10 @@ pub struct NodeCache {
     config: CacheConfig,
     slots: Mutex<HashMap<ObjectKey, Arc<Slot>>>,
     volumes: Mutex<HashMap<String, Vec<ObjectKey>>>,
-    credentials: Mutex<HashMap<[u8; 32], CredentialEntry>>,
-    /// The newest credential that proved valid for each identity: rotation reads with it.
-    identities: Mutex<HashMap<IdentityKey, Arc<dyn TokenCredential>>>,
+    /// Credentials that proved valid, by [`fingerprint`].
+    proofs: Mutex<HashMap<[u8; 32], Proof>>,
+    /// Per identity, the clients publishes and rotation read with.
+    identities: Mutex<HashMap<IdentityKey, IdentityEntry>>,
     /// Counters.
     pub counters: CacheCounters,
 }
@@ -246,8 +271,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A digest of everything that makes a credential, so equal credentials share one SDK
-/// credential object (and its token cache) without the cache keeping the secret itself.
+/// A digest of everything that makes a credential, so a proof is found again for the same
+/// credentials without the cache keeping the secret itself.
 fn fingerprint(params: &MountParams) -> [u8; 32] {
     let (tenant, auth) = (&params.tenant_id, &params.auth);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -280,29 +305,89 @@ impl NodeCache {
             config,
             slots: Mutex::default(),
             volumes: Mutex::default(),
-            credentials: Mutex::default(),
+            proofs: Mutex::default(),
             identities: Mutex::default(),
             counters: CacheCounters::default(),
         }
     }
 
-    /// The SDK credential for these credentials, shared while they are in use.
-    fn credential(&self, params: &MountParams) -> Result<Arc<dyn TokenCredential>, VaultError> {
-        let key = fingerprint(params);
-        let mut credentials = lock(&self.credentials);
-        if let Some(entry) = credentials.get_mut(&key) {
-            entry.last_used = Instant::now();
-            return Ok(Arc::clone(&entry.credential));
+    /// Proves that `params`' own credentials get a token for their identity (asking Entra ID
+    /// only when no earlier proof of the same credentials is still valid), then returns the
+    /// identity's clients.
+    async fn prove(&self, params: &MountParams) -> Result<Arc<VaultClient>, VaultError> {
+        let fingerprint = fingerprint(params);
+        let now = Instant::now();
+        let proven = lock(&self.proofs)
+            .get_mut(&fingerprint)
+            .filter(|proof| proof.valid_until > now)
+            .map(|proof| {
+                proof.last_used = now;
+                proof.valid_until
+            });
+        let fresh = match proven {
+            Some(valid_until) => (None, valid_until),
+            None => {
+                let credential = self.connector.credential_for(params)?;
+                let scrub = scrub_list(&params.auth);
+                let left =
+                    check_credential(&credential, &self.connector.token_scope_for(params), &scrub)
+                        .await?;
+                let valid_until = Instant::now() + left.saturating_sub(PROOF_MARGIN);
+                lock(&self.proofs).insert(
+                    fingerprint,
+                    Proof {
+                        valid_until,
+                        last_used: Instant::now(),
+                    },
+                );
+                (Some(credential), valid_until)
+            }
+        };
+        self.identity_client(params, fresh)
+    }
+
+    /// The clients of `params`' identity, built when there are none yet (or they belong to
+    /// another cloud). A credential that has just proved valid replaces the identity's
+    /// credential when its token lasts longer.
+    fn identity_client(
+        &self,
+        params: &MountParams,
+        (fresh, valid_until): (Option<Arc<dyn TokenCredential>>, Instant),
+    ) -> Result<Arc<VaultClient>, VaultError> {
+        let key = IdentityKey::of_mount(params);
+        let mut identities = lock(&self.identities);
+        if let Some(entry) = identities.get_mut(&key)
+            && entry.cloud == params.cloud
+        {
+            if let Some(credential) = fresh
+                && valid_until > entry.valid_until
+            {
+                entry.credential.replace(credential);
+                entry.valid_until = valid_until;
+            }
+            return Ok(Arc::clone(&entry.client));
         }
-        let credential = self.connector.credential_for(params)?;
-        credentials.insert(
+        let credential = match fresh {
+            Some(credential) => credential,
+            // Proved earlier, but the identity's clients were dropped since (its entries
+            // were erased): a new SDK credential from the same, still valid, credentials.
+            None => self.connector.credential_for(params)?,
+        };
+        let shared = Arc::new(SwappableCredential::new(credential));
+        let client = Arc::new(
+            self.connector
+                .vault_client_for(params, Arc::clone(&shared) as Arc<dyn TokenCredential>)?,
+        );
+        identities.insert(
             key,
-            CredentialEntry {
-                credential: Arc::clone(&credential),
-                last_used: Instant::now(),
+            IdentityEntry {
+                credential: shared,
+                valid_until,
+                cloud: params.cloud.clone(),
+                client: Arc::clone(&client),
             },
         );
-        Ok(credential)
+        Ok(client)
     }
 
     fn slot(&self, key: &ObjectKey) -> Arc<Slot> {
@@ -325,24 +410,9 @@ impl NodeCache {
             error,
         };
         let scrub = scrub_list(&params.auth);
-        let credential = self.credential(params).map_err(vault_failure)?;
-        check_credential(&credential, &self.connector.token_scope_for(params), &scrub)
-            .await
-            .map_err(vault_failure)?;
-        lock(&self.identities).insert(
-            IdentityKey {
-                vault: params.keyvault_name.to_ascii_lowercase(),
-                tenant: params.tenant_id.to_ascii_lowercase(),
-                client_id: params.auth.client_id().to_ascii_lowercase(),
-            },
-            Arc::clone(&credential),
-        );
-        let client = self
-            .connector
-            .vault_client_for(params, credential)
-            .map_err(vault_failure)?;
+        let client = self.prove(params).await.map_err(vault_failure)?;
         let lookups = params.objects.iter().map(|spec| {
-            let client = &client;
+            let client = &*client;
             let scrub = &scrub;
             async move {
                 let key = ObjectKey::new(params, spec);
@@ -435,8 +505,8 @@ impl NodeCache {
         erased
     }
 
-    /// Closes the connections of vaults no entry refers to any more, and forgets the rotation
-    /// credentials of identities without entries.
+    /// Closes the connections of vaults no entry refers to any more, and forgets the clients
+    /// and credentials of identities without entries.
     fn forget_unused_vaults(&self, candidates: HashSet<String>) {
         let slots = lock(&self.slots);
         for vault in candidates {
@@ -469,7 +539,8 @@ impl NodeCache {
             });
             before - slots.len()
         };
-        lock(&self.credentials).retain(|_, c| c.last_used.elapsed() < ttl);
+        let now = Instant::now();
+        lock(&self.proofs).retain(|_, p| p.valid_until > now && p.last_used.elapsed() < ttl);
         self.counters
             .erased
             .fetch_add(erased as u64, Ordering::Relaxed);
@@ -565,19 +636,15 @@ impl NodeCache {
 
     /// Reads `key` again; Ok(true) when the version changed.
     async fn check_one(&self, key: &ObjectKey, slot: &Slot) -> Result<bool, String> {
-        let credential = lock(&self.identities)
+        let client = lock(&self.identities)
             .get(&IdentityKey::of(key))
-            .cloned()
+            .map(|entry| Arc::clone(&entry.client))
             .ok_or_else(|| {
                 "no valid credential for this identity yet; waiting for the next publish".to_owned()
             })?;
         let spec = key
             .spec()
             .ok_or_else(|| format!("unknown object type {}", key.object_type))?;
-        let client = self
-            .connector
-            .secret_client(&key.vault, credential)
-            .map_err(|e| e.to_string())?;
         let fetched = fetch_object(&client, &spec, &[]).await.map_err(|e| {
             if e.kind == kvmount_vault::ErrorKind::Unauthenticated {
                 format!("{e} (the service-account token may have expired; kubelet's next republish brings a new one)")

@@ -1,6 +1,7 @@
-//! The daemon's state file: which targets are published, for which pod, with which
-//! (non-secret) parameters and cache keys. Kept on tmpfs under `--state-dir`, written
-//! atomically (temp file + rename). Never holds a secret value, token or client secret.
+//! The daemon's state: which targets are published, for which pod, with which (non-secret)
+//! parameters and cache keys. One small file per volume under `--state-dir`/volumes (on
+//! tmpfs), written atomically (temp file + rename), so a publish costs the same however many
+//! volumes the node has. Never holds a secret value, token or client secret.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::ObjectKey;
 
-const FILE_NAME: &str = "volumes.json";
+/// The file of releases before per-volume files.
+const LEGACY_FILE_NAME: &str = "volumes.json";
+/// The directory of per-volume files.
+const VOLUMES_DIR: &str = "volumes";
 const FORMAT_VERSION: u32 = 1;
 
 /// One published volume.
@@ -71,8 +75,16 @@ pub struct VolumeFile {
     pub key: ObjectKey,
 }
 
+/// One volume's file.
 #[derive(Debug, Serialize, Deserialize)]
-struct StateFile {
+struct VolumeFileV1 {
+    version: u32,
+    volume: VolumeRecord,
+}
+
+/// The single file of earlier releases, read once and then split into one file per volume.
+#[derive(Debug, Serialize, Deserialize)]
+struct LegacyStateFile {
     version: u32,
     volumes: Vec<VolumeRecord>,
 }
@@ -103,68 +115,95 @@ pub enum StateError {
     },
 }
 
-/// The state directory and its file.
+/// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
-    /// Saves replace one temp file: never two at once.
-    saving: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl StateStore {
     /// Opens (creating) the state directory, which must be memory-backed.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let create = |path: &Path| {
+            std::fs::create_dir_all(path).map_err(|source| StateError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        create(dir)?;
         kvmount_volume::memory_fs_kind(dir)
             .map_err(|_| StateError::NotMemoryBacked(dir.to_owned()))?;
+        create(&dir.join(VOLUMES_DIR))?;
         Ok(Self {
             dir: dir.to_owned(),
-            saving: std::sync::Arc::default(),
         })
     }
 
-    fn file(&self) -> PathBuf {
-        self.dir.join(FILE_NAME)
+    /// The file of the volume at `target`: named by a digest, so any target path maps to one
+    /// plain file name.
+    fn file_of(&self, target: &str) -> PathBuf {
+        let digest = ring::digest::digest(&ring::digest::SHA256, target.as_bytes());
+        self.dir
+            .join(VOLUMES_DIR)
+            .join(format!("{}.json", hex::encode(digest.as_ref())))
     }
 
-    /// The records, or none when there is no file yet.
+    /// The records, in no particular order. A file left by an earlier release is split into
+    /// per-volume files first.
     pub fn load(&self) -> Result<Vec<VolumeRecord>, StateError> {
-        let path = self.file();
+        self.migrate_legacy()?;
+        let dir = self.dir.join(VOLUMES_DIR);
+        let io = |source| StateError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue; // a temp file a crash left behind
+            }
+            let text = std::fs::read_to_string(&path).map_err(|source| StateError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let file: VolumeFileV1 =
+                serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            check_version(&path, file.version)?;
+            records.push(file.volume);
+        }
+        Ok(records)
+    }
+
+    fn migrate_legacy(&self) -> Result<(), StateError> {
+        let path = self.dir.join(LEGACY_FILE_NAME);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let state: StateFile = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        if state.version != FORMAT_VERSION {
-            return Err(StateError::Corrupt {
-                path,
-                message: format!(
-                    "format version {} (this daemon reads {FORMAT_VERSION})",
-                    state.version
-                ),
-            });
+        let state: LegacyStateFile =
+            serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        check_version(&path, state.version)?;
+        for record in &state.volumes {
+            self.put(record)?;
         }
-        Ok(state.volumes)
+        std::fs::remove_file(&path).map_err(|source| StateError::Io { path, source })
     }
 
-    /// Replaces the file with `records`, atomically.
-    pub fn save(&self, records: &[VolumeRecord]) -> Result<(), StateError> {
-        let _one_at_a_time = self
-            .saving
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let path = self.file();
-        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
-        let body = serde_json::to_vec_pretty(&StateFile {
+    /// Writes (replaces) the record of one volume, atomically.
+    pub fn put(&self, record: &VolumeRecord) -> Result<(), StateError> {
+        let path = self.file_of(&record.target_path);
+        let tmp = path.with_extension("tmp");
+        let body = serde_json::to_vec_pretty(&VolumeFileV1 {
             version: FORMAT_VERSION,
-            volumes: records.to_vec(),
+            volume: record.clone(),
         })
         .map_err(|e| StateError::Corrupt {
             path: path.clone(),
@@ -184,5 +223,145 @@ impl StateStore {
         file.write_all(&body).map_err(io)?;
         drop(file);
         std::fs::rename(&tmp, &path).map_err(|source| StateError::Io { path, source })
+    }
+
+    /// Forgets the volume at `target` (nothing to do when it has no record).
+    pub fn remove(&self, target: &str) -> Result<(), StateError> {
+        let path = self.file_of(target);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StateError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_version(path: &Path, version: u32) -> Result<(), StateError> {
+    if version == FORMAT_VERSION {
+        return Ok(());
+    }
+    Err(StateError::Corrupt {
+        path: path.to_owned(),
+        message: format!("format version {version} (this daemon reads {FORMAT_VERSION})"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shm_dir() -> tempfile::TempDir {
+        let base =
+            std::env::var_os("KVMOUNT_TEST_SHM").map_or_else(|| "/dev/shm".into(), PathBuf::from);
+        tempfile::Builder::new()
+            .prefix("kvmount-state-test.")
+            .tempdir_in(base)
+            .expect("tempdir on tmpfs")
+    }
+
+    fn record(target: &str) -> VolumeRecord {
+        VolumeRecord {
+            volume_id: format!("vol-{target}"),
+            target_path: target.to_owned(),
+            pod_name: "pod".into(),
+            pod_namespace: "ns".into(),
+            pod_uid: "uid".into(),
+            class: None,
+            attributes_digest: "digest".into(),
+            fs_group: None,
+            files: Vec::new(),
+            versions: BTreeMap::from([("secret/a".to_owned(), "v1".to_owned())]),
+            refreshed_at: 1,
+            last_error: None,
+        }
+    }
+
+    fn sorted_targets(store: &StateStore) -> Vec<String> {
+        let mut targets: Vec<String> = store
+            .load()
+            .expect("load")
+            .into_iter()
+            .map(|r| r.target_path)
+            .collect();
+        targets.sort();
+        targets
+    }
+
+    #[test]
+    fn one_file_per_volume_replaced_and_removed() {
+        let dir = shm_dir();
+        let store = StateStore::open(dir.path()).expect("open");
+        assert!(store.load().expect("empty").is_empty());
+        store.put(&record("/pods/a/vol")).expect("put a");
+        store.put(&record("/pods/b/vol")).expect("put b");
+        let mut changed = record("/pods/a/vol");
+        changed.refreshed_at = 2;
+        store.put(&changed).expect("replace a");
+        assert_eq!(sorted_targets(&store), ["/pods/a/vol", "/pods/b/vol"]);
+        let a = store.load().expect("load");
+        assert_eq!(
+            a.iter()
+                .find(|r| r.target_path == "/pods/a/vol")
+                .map(|r| r.refreshed_at),
+            Some(2)
+        );
+        store.remove("/pods/a/vol").expect("remove a");
+        store.remove("/pods/a/vol").expect("removing twice is fine");
+        assert_eq!(sorted_targets(&store), ["/pods/b/vol"]);
+        // A temp file a crash left behind is not a record.
+        std::fs::write(dir.path().join(VOLUMES_DIR).join("x.tmp"), b"{").expect("tmp");
+        assert_eq!(sorted_targets(&store), ["/pods/b/vol"]);
+    }
+
+    #[test]
+    fn the_single_file_of_earlier_releases_is_split() {
+        let dir = shm_dir();
+        let legacy = LegacyStateFile {
+            version: FORMAT_VERSION,
+            volumes: vec![record("/pods/a/vol"), record("/pods/b/vol")],
+        };
+        std::fs::write(
+            dir.path().join(LEGACY_FILE_NAME),
+            serde_json::to_vec(&legacy).expect("json"),
+        )
+        .expect("write legacy");
+        let store = StateStore::open(dir.path()).expect("open");
+        assert_eq!(sorted_targets(&store), ["/pods/a/vol", "/pods/b/vol"]);
+        assert!(!dir.path().join(LEGACY_FILE_NAME).exists());
+        assert_eq!(sorted_targets(&store), ["/pods/a/vol", "/pods/b/vol"]);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_named() {
+        let dir = shm_dir();
+        let store = StateStore::open(dir.path()).expect("open");
+        store.put(&record("/pods/a/vol")).expect("put");
+        let path = store.file_of("/pods/a/vol");
+        std::fs::write(&path, b"{\"version\": 1}").expect("corrupt");
+        match store.load() {
+            Err(StateError::Corrupt { path: named, .. }) => assert_eq!(named, path),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let mut future = serde_json::to_value(VolumeFileV1 {
+            version: FORMAT_VERSION,
+            volume: record("/pods/a/vol"),
+        })
+        .expect("json");
+        future["version"] = 2.into();
+        std::fs::write(&path, future.to_string()).expect("future");
+        let err = store.load().expect_err("newer format");
+        assert!(err.to_string().contains("format version 2"), "{err}");
+    }
+
+    #[test]
+    fn a_disk_directory_is_refused() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("disk dir");
+        let err = StateStore::open(dir.path()).expect_err("not tmpfs");
+        assert!(matches!(err, StateError::NotMemoryBacked(_)), "{err}");
+        assert!(
+            !dir.path().join(VOLUMES_DIR).exists(),
+            "nothing created on disk"
+        );
     }
 }

@@ -119,6 +119,8 @@ pub struct Volumes {
     config: VolumeConfig,
     records: Mutex<BTreeMap<String, VolumeRecord>>,
     busy: Mutex<HashSet<String>>,
+    /// Writes of the state: one at a time, so the file of a volume follows its record.
+    persisting: Mutex<()>,
 }
 
 /// Marks a target busy for the lifetime of the guard.
@@ -196,6 +198,7 @@ impl Volumes {
             config,
             records: Mutex::default(),
             busy: Mutex::default(),
+            persisting: Mutex::default(),
         }
     }
 
@@ -203,9 +206,18 @@ impl Volumes {
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn save(&self) -> Result<(), StateError> {
-        let records: Vec<VolumeRecord> = self.records().values().cloned().collect();
-        self.state.save(&records)
+    /// Writes the state of the volume at `target` as its record is now (removes it when
+    /// there is none).
+    fn persist(&self, target: &str) -> Result<(), StateError> {
+        let _one_at_a_time = self
+            .persisting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let record = self.records().get(target).cloned();
+        match record {
+            Some(record) => self.state.put(&record),
+            None => self.state.remove(target),
+        }
     }
 
     fn claim(&self, target: &str) -> Result<Busy<'_>, VolumeError> {
@@ -244,10 +256,10 @@ impl Volumes {
                     tracing::warn!(target = %record.target_path, error = %err, "could not clean up a stale target");
                 }
                 tracing::info!(target = %record.target_path, pod = %record.pod_name, "dropped a stale volume");
+                self.persist(&record.target_path)?;
                 cleaned += 1;
             }
         }
-        self.save()?;
         Ok((adopted, cleaned))
     }
 
@@ -383,7 +395,7 @@ impl Volumes {
             "published"
         );
         self.records().insert(request.target_path.clone(), record);
-        self.save()?;
+        self.persist(&request.target_path)?;
         crate::hardening::scrub_stack();
         Ok(())
     }
@@ -454,7 +466,7 @@ impl Volumes {
         if let Some(record) = &known {
             tracing::info!(target = %target_path, pod = %record.pod_name, namespace = %record.pod_namespace, erased, "unpublished");
         }
-        self.save()?;
+        self.persist(target_path)?;
         crate::hardening::scrub_stack();
         Ok(())
     }
@@ -514,18 +526,17 @@ impl Volumes {
                 }
             }
         }
-        if rewritten + failures > 0
-            && let Err(err) = self.save()
-        {
-            tracing::warn!(error = %err, "saving the state file failed");
-        }
         crate::hardening::scrub_stack();
         (rewritten, failures, pending)
     }
 
+    /// Changes the record of `target` (if it still has one) and writes its state.
     fn update_record(&self, target: &str, change: impl FnOnce(&mut VolumeRecord)) {
-        if let Some(record) = self.records().get_mut(target) {
-            change(record);
+        let Some(()) = self.records().get_mut(target).map(change) else {
+            return;
+        };
+        if let Err(err) = self.persist(target) {
+            tracing::warn!(target = %target, error = %err, "saving the volume's state failed");
         }
     }
 

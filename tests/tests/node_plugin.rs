@@ -75,10 +75,105 @@ fn unpublish(volume: &str, target: &Path) -> NodeUnpublishVolumeRequest {
     }
 }
 
+/// How many volumes the daemon's state lists (read with the daemon's own reader).
 fn state_volumes(daemon: &NodeDaemon) -> usize {
-    let text = std::fs::read_to_string(daemon.state_dir.join("volumes.json")).unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    value["volumes"].as_array().map(Vec::len).unwrap_or(0)
+    kvmount_provider::state::StateStore::open(&daemon.state_dir)
+        .and_then(|store| store.load())
+        .expect("state readable")
+        .len()
+}
+
+/// Key Vault reads of `object`, by status.
+fn gets(vault: &Vault, object: &str, status: u16) -> u64 {
+    vault
+        .mock
+        .stats()
+        .count(Some("demo"), Some("secret.get"), Some(object), Some(status))
+}
+
+/// Token requests at Entra ID that succeeded.
+fn tokens_issued(vault: &Vault) -> u64 {
+    vault
+        .mock
+        .stats()
+        .count(None, Some("token"), None, Some(200))
+}
+
+#[tokio::test]
+async fn a_new_pod_of_a_proven_identity_costs_one_token_and_one_get_per_object() {
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let (t1, t2) = (daemon.target("pod-1"), daemon.target("pod-2"));
+    let first = objects(&[object("db-password", "")]);
+    let ctx1 = context(
+        &vault,
+        "team-a",
+        "pod-1",
+        APP_A,
+        &vault.sa_token("team-a", "app"),
+        &first,
+    );
+    node.node_publish_volume(publish_request(&t1, "vol-1", &ctx1))
+        .await
+        .expect("publish pod-1");
+    assert_eq!(gets(&vault, "secret/db-password", 200), 1);
+    let challenges = vault
+        .mock
+        .stats()
+        .count(Some("demo"), None, None, Some(401));
+    assert!(challenges >= 1, "the first client is challenged");
+    assert_eq!(tokens_issued(&vault), 1);
+
+    // Another pod of the same identity with its own token, and an object nobody read yet:
+    // its own token exchange (proof), then one GET, with no second challenge.
+    let second = objects(&[object("api-key", "")]);
+    let ctx2 = context(
+        &vault,
+        "team-a",
+        "pod-2",
+        APP_A,
+        &vault.sa_token("team-a", "app"),
+        &second,
+    );
+    node.node_publish_volume(publish_request(&t2, "vol-2", &ctx2))
+        .await
+        .expect("publish pod-2");
+    assert_eq!(read(&t2, "api-key"), "demo-api-key-0001");
+    assert_eq!(gets(&vault, "secret/api-key", 200), 1);
+    assert_eq!(
+        vault
+            .mock
+            .stats()
+            .count(Some("demo"), None, None, Some(401)),
+        challenges,
+        "no new challenge: the identity's clients are reused"
+    );
+    assert_eq!(tokens_issued(&vault), 2, "pod-2 proved its own token");
+
+    // kubelet's republish with the same token: the proof is still valid, nothing at Entra ID.
+    node.node_publish_volume(publish_request(&t2, "vol-2", &ctx2))
+        .await
+        .expect("republish pod-2");
+    assert_eq!(tokens_issued(&vault), 2);
+
+    // A garbage token of the same identity is still refused: proofs are per credential.
+    let t3 = daemon.target("pod-3");
+    let ctx3 = context(&vault, "team-a", "pod-3", APP_A, "not-a-token", &second);
+    let err = node
+        .node_publish_volume(publish_request(&t3, "vol-3", &ctx3))
+        .await
+        .expect_err("garbage token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(!t3.join("api-key").exists());
+
+    for (volume, target) in [("vol-1", &t1), ("vol-2", &t2), ("vol-3", &t3)] {
+        node.node_unpublish_volume(unpublish(volume, target))
+            .await
+            .expect("unpublish");
+    }
+    assert!(mounts_under(daemon.dir()).is_empty(), "no mount left");
+    assert_eq!(state_volumes(&daemon), 0);
 }
 
 #[tokio::test]

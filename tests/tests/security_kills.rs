@@ -113,18 +113,15 @@ async fn call(
     }
 }
 
+/// The targets the daemon's state lists (read with the daemon's own reader: the format is
+/// internal).
 fn state_targets(daemon: &NodeDaemon) -> Vec<String> {
-    let text = std::fs::read_to_string(daemon.state_dir.join("volumes.json")).unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    value["volumes"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|r| r["targetPath"].as_str().or(r["target_path"].as_str()))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    kvmount_provider::state::StateStore::open(&daemon.state_dir)
+        .and_then(|store| store.load())
+        .expect("state readable")
+        .into_iter()
+        .map(|record| record.target_path)
+        .collect()
 }
 
 /// The problems of one volume that should be published: not a mount point, a file missing,
