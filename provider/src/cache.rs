@@ -28,6 +28,10 @@ use serde::{Deserialize, Serialize};
 pub struct ObjectKey {
     /// Vault name.
     pub vault: String,
+    /// The Key Vault DNS suffix of the class's cloud (`cloudName`, `cloudEnvFileName`), or
+    /// empty for the daemon's own cloud: vaults of the same name in two clouds are two vaults.
+    #[serde(default)]
+    pub cloud: String,
     /// Entra tenant.
     pub tenant: String,
     /// Entra identity (client ID) whose token read the object.
@@ -53,6 +57,7 @@ impl ObjectKey {
     pub fn new(params: &MountParams, spec: &ObjectSpec) -> Self {
         Self {
             vault: params.keyvault_name.to_ascii_lowercase(),
+            cloud: cloud_of(params),
             tenant: params.tenant_id.to_ascii_lowercase(),
             client_id: params.auth.client_id().to_ascii_lowercase(),
             object_type: spec.object_type.as_str().to_owned(),
@@ -99,10 +104,20 @@ impl ObjectKey {
     }
 }
 
-/// The Entra identity of an entry.
+/// [`ObjectKey::cloud`] of a mount.
+fn cloud_of(params: &MountParams) -> String {
+    params
+        .cloud
+        .as_ref()
+        .map(|c| c.keyvault_dns_suffix.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The Entra identity of an entry, at one vault.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct IdentityKey {
     vault: String,
+    cloud: String,
     tenant: String,
     client_id: String,
 }
@@ -111,6 +126,7 @@ impl IdentityKey {
     fn of(key: &ObjectKey) -> Self {
         Self {
             vault: key.vault.clone(),
+            cloud: key.cloud.clone(),
             tenant: key.tenant.clone(),
             client_id: key.client_id.clone(),
         }
@@ -119,6 +135,7 @@ impl IdentityKey {
     fn of_mount(params: &MountParams) -> Self {
         Self {
             vault: params.keyvault_name.to_ascii_lowercase(),
+            cloud: cloud_of(params),
             tenant: params.tenant_id.to_ascii_lowercase(),
             client_id: params.auth.client_id().to_ascii_lowercase(),
         }
@@ -690,5 +707,49 @@ impl NodeCache {
             "cert" => Some(ObjectType::Cert),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(extra: &[(&str, &str)]) -> MountParams {
+        let attributes: HashMap<String, String> = [
+            ("keyvaultName", "Demo"),
+            ("tenantID", "tenant"),
+            (
+                "objects",
+                "array:\n  - |\n    objectName: db-password\n    objectType: secret\n",
+            ),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let secrets = HashMap::from([
+            ("clientid".to_owned(), "app".to_owned()),
+            ("clientsecret".to_owned(), "s".to_owned()),
+        ]);
+        kvmount_vault::params::mount_params(&attributes, &secrets, 0o644).expect("valid")
+    }
+
+    #[test]
+    fn vaults_of_the_same_name_in_two_clouds_are_two_entries() {
+        let public = params(&[]);
+        let china = params(&[("cloudName", "AzureChinaCloud")]);
+        let public_key = ObjectKey::new(&public, &public.objects[0]);
+        let china_key = ObjectKey::new(&china, &china.objects[0]);
+        assert_eq!(public_key.vault, "demo");
+        assert_eq!(public_key.cloud, "");
+        assert_eq!(china_key.cloud, "vault.azure.cn");
+        assert_ne!(public_key, china_key);
+        assert_ne!(IdentityKey::of(&public_key), IdentityKey::of(&china_key));
+        assert_eq!(IdentityKey::of(&china_key), IdentityKey::of_mount(&china));
+        // Keys written by a release without the field read back as the daemon's cloud.
+        let mut old = serde_json::to_value(&public_key).expect("json");
+        old.as_object_mut().expect("object").remove("cloud");
+        let read: ObjectKey = serde_json::from_value(old).expect("old key");
+        assert_eq!(read, public_key);
     }
 }
