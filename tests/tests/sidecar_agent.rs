@@ -1,6 +1,7 @@
 //! `kvmount-sidecar agent` end to end: the real binary against the mock vault over TLS, with a
 //! workload-identity token file, writing into a real tmpfs: first render, rotation within the
-//! refresh interval, SIGTERM, init-only mode, retries with a clear log, and a non-tmpfs refusal.
+//! refresh interval, SIGTERM, init-only mode, retries with a clear log, a non-tmpfs refusal, and
+//! keys and certificates rendered byte for byte as the provider renders them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod sidecar_support;
@@ -174,6 +175,117 @@ async fn renders_rotates_and_stops_on_sigterm() {
         "files stay for the app"
     );
     assert_no_secrets(&agent.output(), &std::fs::read_to_string(&token).unwrap());
+}
+
+/// The demo identities with a vault that also holds a key and a certificate.
+const KEYS_AND_CERTS_SEED: &str = r#"
+tenantId: 00000000-0000-0000-0000-000000000001
+identities:
+  - name: app-a
+    clientId: 00000000-0000-0000-0000-00000000000a
+    clientSecret: app-a-password
+    federated:
+      - { issuer: https://oidc.kvmount.local, subject: "system:serviceaccount:team-a:app" }
+vaults:
+  - name: demo
+    access:
+      - { identity: app-a, objects: ["secret/*", "key/*", "certificate/*"] }
+    keys:
+      - { name: signing, versions: [{ kty: EC, curve: P-384 }] }
+    certificates:
+      - { name: web, dnsNames: [web.example], key: { kty: EC, curve: P-256 }, contentType: application/x-pem-file }
+"#;
+
+/// The PEM block labels of `text`, in order.
+fn pem_labels(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_and_certificates_render_like_the_provider() {
+    let seed = kvmount_mock_vault::Seed::from_yaml(KEYS_AND_CERTS_SEED).unwrap();
+    let vault = Vault::start(Some(seed)).await;
+    let tmpfs = Tmpfs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(&vault, dir.path());
+    let refs = ["key/signing", "cert/web", "secret/web"];
+    let files = ["signing.pem", "web.crt", "web.pem"];
+    let fields = |alias: &str| ObjectFields {
+        alias: Some(alias.into()),
+        ..Default::default()
+    };
+    let env = AgentConfig {
+        keyvault_name: "demo".into(),
+        tenant_id: Some(vault.mock.tenant_id().into()),
+        client_id: Some(APP_A.into()),
+        token_file: Some(token.display().to_string()),
+        mount_path: Some(tmpfs.path.display().to_string()),
+        objects: Some(objects_document(
+            &refs
+                .iter()
+                .zip(files)
+                .map(|(r, f)| object_yaml(&ObjectRef::parse(r).unwrap(), &fields(f)))
+                .collect::<Vec<_>>(),
+        )),
+        refresh_seconds: Some(300),
+        ..Default::default()
+    }
+    .to_json();
+    let mut agent = Sidecar::spawn_bin(
+        &kvmount_tests::workspace_bin("kvmount-agent"),
+        &agent_args(&vault, &["--init-only"]),
+        &[(AGENT_CONFIG_ENV, env)],
+        None,
+    );
+    let status = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status}\n{}", agent.output());
+    assert_eq!(
+        pem_labels(&read(&tmpfs.path, "signing.pem")),
+        ["PUBLIC KEY"]
+    );
+    assert_eq!(pem_labels(&read(&tmpfs.path, "web.crt")), ["CERTIFICATE"]);
+    assert_eq!(
+        pem_labels(&read(&tmpfs.path, "web.pem")),
+        ["PRIVATE KEY", "CERTIFICATE"]
+    );
+    // The same bytes as the node daemon's rendering of the same objects (the Azure
+    // provider's formats).
+    let class = kvmount_tests::objects(
+        &refs
+            .iter()
+            .zip(files)
+            .map(|(r, f)| {
+                let (kind, name) = r.split_once('/').unwrap();
+                format!("objectName: {name}\nobjectType: {kind}\nobjectAlias: {f}\n")
+            })
+            .collect::<Vec<_>>(),
+    );
+    let request =
+        kvmount_tests::DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "pod")
+            .workload_identity(APP_A, &std::fs::read_to_string(&token).unwrap())
+            .build();
+    let provider = kvmount_tests::Provider::start(&vault.provider_flags());
+    let mounted = provider
+        .client()
+        .await
+        .mount(request)
+        .await
+        .expect("provider mount")
+        .into_inner();
+    for file in files {
+        let theirs = mounted
+            .files
+            .iter()
+            .find(|f| f.path == file)
+            .unwrap_or_else(|| panic!("{file} missing from the provider's answer"));
+        assert_eq!(
+            read(&tmpfs.path, file).as_bytes(),
+            &theirs.contents[..],
+            "{file} differs from the provider's"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
