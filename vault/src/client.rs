@@ -294,6 +294,8 @@ pub enum ConfigError {
 /// connections frees the TLS buffers that held the vault's answers.
 #[derive(Clone)]
 pub struct Connector {
+    /// The trusted roots: the system's (read once, here) and `--ca-file`'s.
+    roots: Arc<Vec<reqwest::Certificate>>,
     /// For Entra ID token requests.
     auth_http: reqwest::Client,
     /// Per-vault clients, created on first use.
@@ -338,8 +340,10 @@ impl Connector {
                 config.authority_host.to_string(),
             ));
         }
-        let auth_http = build_http(&config)?;
+        let roots = Arc::new(trusted_roots(&config)?);
+        let auth_http = build_http(&config, &roots)?;
         Ok(Self {
+            roots,
             auth_http,
             vault_http: Arc::default(),
             config: Arc::new(config),
@@ -362,7 +366,7 @@ impl Connector {
         if let Some(client) = clients.get(vault) {
             return Ok(client.clone());
         }
-        let client = build_http(&self.config)?;
+        let client = build_http(&self.config, &self.roots)?;
         clients.insert(vault.to_owned(), client.clone());
         Ok(client)
     }
@@ -586,21 +590,47 @@ impl Connector {
     }
 }
 
-/// Builds an HTTP client with the configured roots and host overrides.
-fn build_http(config: &ConnectorConfig) -> Result<reqwest::Client, ConfigError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("kvmount/", env!("CARGO_PKG_VERSION")));
+/// The system's trusted roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` or the distribution's bundle,
+/// as rustls-native-certs finds them) plus the `--ca-file` roots. Reading and parsing the
+/// system store costs tens of milliseconds, so it is done once per connector, not per client.
+fn trusted_roots(config: &ConnectorConfig) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let native = rustls_native_certs::load_native_certs();
+    if !native.errors.is_empty() {
+        tracing::warn!(
+            errors = native.errors.len(),
+            first = %native.errors[0],
+            "some system trusted roots could not be read"
+        );
+    }
+    let mut roots = Vec::with_capacity(native.certs.len() + 1);
+    for der in native.certs {
+        // A root the TLS stack cannot use is skipped, as the platform verifier would.
+        if let Ok(cert) = reqwest::Certificate::from_der(der.as_ref()) {
+            roots.push(cert);
+        }
+    }
     if !config.extra_roots_pem.is_empty() {
         let certs = reqwest::Certificate::from_pem_bundle(&config.extra_roots_pem)
             .map_err(|e| ConfigError::CaFile(e.to_string()))?;
         if certs.is_empty() {
             return Err(ConfigError::CaFile("no certificate found".into()));
         }
-        builder = builder.tls_certs_merge(certs);
+        roots.extend(certs);
     }
+    Ok(roots)
+}
+
+/// Builds an HTTP client that trusts `roots` only, with the configured host overrides.
+fn build_http(
+    config: &ConnectorConfig,
+    roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("kvmount/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_only(roots.iter().cloned());
     if !config.resolve.is_empty() {
         builder = builder.dns_resolver(Arc::new(OverrideResolver {
             rules: Arc::new(config.resolve.clone()),
@@ -941,5 +971,27 @@ mod tests {
         assert!(ResolveRule::parse("nohost").is_err());
         assert!(ResolveRule::parse("a=not-an-ip").is_err());
         assert!(ResolveRule::parse("*.=1.2.3.4").is_err());
+    }
+
+    #[test]
+    fn roots_are_the_system_store_plus_the_ca_file() {
+        let system = trusted_roots(&ConnectorConfig::default()).expect("system roots");
+        let with_ca = trusted_roots(&ConnectorConfig {
+            extra_roots_pem: include_bytes!("../testdata/legacy-cert.pem").to_vec(),
+            ..Default::default()
+        })
+        .expect("with --ca-file");
+        assert_eq!(with_ca.len(), system.len() + 1);
+        for bad in [
+            &b"not a certificate"[..],
+            b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        ] {
+            let err = trusted_roots(&ConnectorConfig {
+                extra_roots_pem: bad.to_vec(),
+                ..Default::default()
+            })
+            .expect_err("not PEM certificates");
+            assert!(matches!(err, ConfigError::CaFile(_)), "{err}");
+        }
     }
 }
