@@ -352,6 +352,28 @@ def test_dockerfile(name):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_the_sidecar_image_holds_the_agent_the_webhook_injects():
+    """The webhook's injected containers run /usr/local/bin/kvmount-agent from the agent image
+    (its --agent-command default): the image must install that binary there."""
+    import dockerfile
+
+    path = ROOT / "deploy" / "images" / "kvmount-sidecar" / "Dockerfile"
+    commands = dockerfile.parse_file(str(path))
+    final = commands[max(i for i, c in enumerate(commands) if c.cmd == "FROM"):]
+    copies = [c.value for c in final if c.cmd == "COPY"]
+    installed = {
+        (dest.rstrip("/") + "/" + pathlib.PurePosixPath(src).name) if dest.endswith("/") else dest
+        for value in copies
+        for dest in [value[-1]]
+        for src in value[:-1]
+        if not src.startswith("--")
+    }
+    assert "/usr/local/bin/kvmount-agent" in installed, installed
+    assert "/usr/local/bin/kvmount-sidecar" in installed, installed
+    source = (ROOT / "sidecar" / "src" / "main.rs").read_text()
+    assert 'default_value = "/usr/local/bin/kvmount-agent"' in source
+
+
 # ---- the validator itself catches mistakes -----------------------------------------------------
 
 @pytest.mark.parametrize("kind,mutate", [
