@@ -416,3 +416,43 @@ async fn hostile_inputs_are_refused_naming_the_field() {
         tally.failures.join("\n")
     );
 }
+
+/// The checked-in corpus is exactly what its generator writes: an edit to one without the other
+/// fails here. The generator runs on a copy in a temp dir, so the tree is never rewritten.
+#[test]
+fn the_corpus_is_what_its_generator_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("generate.py");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/generate.py"),
+        &script,
+    )
+    .expect("copy the generator");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .output()
+        .expect("python3 runs (tests/run.sh needs it anyway)");
+    assert!(
+        output.status.success(),
+        "generate.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fresh = std::fs::read_to_string(dir.path().join("inputs.jsonl")).expect("fresh corpus");
+    if fresh != CORPUS {
+        let (fresh_lines, old_lines): (Vec<_>, Vec<_>) =
+            (fresh.lines().collect(), CORPUS.lines().collect());
+        let first = fresh_lines
+            .iter()
+            .zip(&old_lines)
+            .position(|(a, b)| a != b)
+            .unwrap_or(fresh_lines.len().min(old_lines.len()));
+        panic!(
+            "tests/corpus/inputs.jsonl differs from a fresh run of generate.py ({} lines vs {} \
+             committed; first difference at line {}): run python3 tests/corpus/generate.py and \
+             commit both",
+            fresh_lines.len(),
+            old_lines.len(),
+            first + 1
+        );
+    }
+}
