@@ -97,6 +97,7 @@ def load(name):
     except (OSError, ValueError):
         return {}
 inputs, kills, faults = load("inputs.json"), load("kills.json"), load("faults.json")
+resets = load("resets.json")
 fuzz = []
 try:
     with open(os.path.join(d, "fuzz.jsonl")) as f:
@@ -108,9 +109,9 @@ rows = [
     ("  refused naming the field", inputs.get("refused_as_expected", "-")),
     ("  harmless, inside the target", inputs.get("harmless_accepted_inside_target", "-")),
     ("fuzz executions", "%d over %d targets" % (sum(x["executions"] for x in fuzz), len(fuzz))),
-    ("faults injected", faults.get("faults_injected", "-")),
+    ("faults injected", "%s (%s connection resets)" % (int(faults.get("faults_injected", 0)) + int(resets.get("faults_injected", 0)), resets.get("faults_injected", "-"))),
     ("kills survived", "%s rounds (%s during a call)" % (kills.get("kill_rounds", "-"), kills.get("kills_during_a_call", "-"))),
-    ("leaks found", sum(int(x.get(k, 0) or 0) for x in (inputs, kills, faults) for k in ("failures", "leaks", "memory_hits", "lost_content"))),
+    ("leaks found", sum(int(x.get(k, 0) or 0) for x in (inputs, kills, faults, resets) for k in ("failures", "leaks", "memory_hits", "lost_content"))),
     ("suite time", "%dm%02ds" % divmod(seconds, 60)),
 ]
 print("+" + "-" * 66 + "+")
