@@ -451,7 +451,11 @@ async fn connection_resets_mid_response() {
     ] {
         let (result, took) = f.mount(name, client, vec![rule]).await;
         let status = result.expect_err(what);
-        println!("{what}: {:?} after {took:?}: {}", status.code(), status.message());
+        println!(
+            "{what}: {:?} after {took:?}: {}",
+            status.code(),
+            status.message()
+        );
         assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
         assert!(!status.message().is_empty(), "{what}: a message");
         assert!(!status.message().contains(SECRET), "{what}: no credential");
