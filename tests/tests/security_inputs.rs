@@ -16,8 +16,8 @@ use kvmount_proto::csi::NodeUnpublishVolumeRequest;
 use kvmount_proto::csi::node_client::NodeClient;
 use kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient;
 use kvmount_tests::{
-    DriverRequest, NodeDaemon, Vault, mounts_under, object, objects, publish_request,
-    record_summary, tree,
+    DriverRequest, NodeDaemon, Vault, expand_repeats as expand, mounts_under, object, objects,
+    publish_request, record_summary, tree,
 };
 use serde_json::Value;
 use tonic::Code;
@@ -32,33 +32,6 @@ const CANARY_TOKEN: &str = "CANARY-SA-TOKEN-51d2e0";
 /// Longest error message accepted: long enough for any field and problem, short enough for a
 /// Kubernetes event and a log line (an echoed 1 MiB input is neither).
 const MAX_MESSAGE: usize = 2048;
-
-/// Expands the corpus's compact repeats, `@@<count>*<text>@@`.
-fn expand(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("@@") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let parsed = after.split_once('*').and_then(|(count, tail)| {
-            let count: usize = count.parse().ok()?;
-            let (text, tail) = tail.split_once("@@")?;
-            Some((count, text, tail))
-        });
-        match parsed {
-            Some((count, text, tail)) => {
-                out.push_str(&text.repeat(count));
-                rest = tail;
-            }
-            None => {
-                out.push_str("@@");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 fn expand_value(v: &Value) -> Value {
     match v {

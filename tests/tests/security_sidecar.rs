@@ -141,6 +141,13 @@ async fn the_agent_keeps_no_secret_between_rounds_and_logs_none() {
     println!(
         "canary copies in the agent: {after_first} after the first render, {during_round} during a round, {after_unchanged} after an unchanged round, {after_delete} after the object was deleted"
     );
+    kvmount_tests::record_summary(
+        "agent_memory",
+        &[(
+            "memory_hits",
+            (after_first + after_unchanged + after_delete) as u64,
+        )],
+    );
     assert!(
         during_round > 0,
         "the scanner sees the value while a round holds it"

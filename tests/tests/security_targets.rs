@@ -582,6 +582,16 @@ async fn a_symlink_swapper_never_reaches_outside_the_target() {
     assert!(mounts_under(daemon.dir()).is_empty(), "no mount left");
 
     let events = watch.events();
+    let rotated = daemon.output().matches("rotated volume rewritten").count();
+    kvmount_tests::record_summary(
+        "swaps",
+        &[
+            ("swaps", swaps),
+            ("rounds", ROUNDS as u64),
+            ("rotations", rotated as u64),
+            ("leaks", events.len() as u64),
+        ],
+    );
     assert!(
         events.is_empty(),
         "the canary dir was touched:\n{}",
@@ -594,7 +604,6 @@ async fn a_symlink_swapper_never_reaches_outside_the_target() {
         "nothing created or removed"
     );
     assert_eq!(contents(canary.path()), before, "nothing written");
-    let rotated = daemon.output().matches("rotated volume rewritten").count();
     println!(
         "swapper: {swaps} swaps; {published}/{ROUNDS} rounds published ({refused} refusals), {rotated} rotations written, {unpublish_retries} unpublish retries"
     );
