@@ -82,24 +82,29 @@ async fn the_agent_keeps_no_secret_between_rounds_and_logs_none() {
             .count(None, Some("secret.get"), Some("secret/canary"), Some(200))
     };
     let unchanged = || agent.output().matches("unchanged").count();
+    // Every round from now on waits 2.5 s for the slow object; the second canary read after
+    // this point belongs to a round that started under the fault, so it is still running.
     vault
         .mock
         .set_faults(vec![FaultRule {
             route: Some("secret.get".into()),
             object: Some("secret/slow".into()),
             latency_ms: Some(2500),
-            times: Some(1),
             ..Default::default()
         }])
         .unwrap();
-    let (reads, rounds) = (canary_reads(), unchanged());
-    until("a round reads the canary", Duration::from_secs(10), || {
-        canary_reads() > reads
-    })
+    let reads = canary_reads();
+    until(
+        "a slow round reads the canary",
+        Duration::from_secs(15),
+        || canary_reads() >= reads + 2,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let during_round = scan();
     // Once that round is over (an unchanged round logs after its cleanup), none is left.
+    let rounds = unchanged();
+    vault.mock.clear_faults();
     until("the slow round ends", Duration::from_secs(10), || {
         unchanged() > rounds
     })
