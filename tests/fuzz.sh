@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target in fuzz/ for a short time (a smoke run; tests/run.sh calls it).
+# Runs every cargo-fuzz target in fuzz/ for a short time, coverage-guided (nightly; tests/run.sh
+# calls it with KVMOUNT_FUZZ=1). The smoke run of the same harnesses on stable is part of every
+# `cargo test`: tests/tests/fuzz_smoke.rs.
 #
 #   tests/fuzz.sh                 # each target for $KVMOUNT_FUZZ_SECONDS (default 10) seconds
 #   KVMOUNT_FUZZ_SECONDS=3600 tests/fuzz.sh volume_writer   # a longer run of one target

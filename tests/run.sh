@@ -43,13 +43,15 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo build (binaries the process tests start)"
 cargo build --workspace --bins
 
+# Includes the fuzz smoke run on the stable toolchain (tests/tests/fuzz_smoke.rs): every
+# cargo-fuzz target's own harness on its seeds and a few thousand mutated and random inputs.
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
 
-# The fuzz smoke run needs an ASAN build of the whole dependency tree (over 30 min on 2 loaded
-# cores the first time), so it is opt-in until it gets a cached CI job: KVMOUNT_FUZZ=1.
+# The coverage-guided run (cargo-fuzz, nightly) needs an ASAN build of the whole dependency tree
+# (over 30 min on 2 loaded cores the first time), so it is opt-in: KVMOUNT_FUZZ=1.
 if [ "${KVMOUNT_FUZZ:-0}" = 1 ]; then
-    echo "== fuzz smoke run (each cargo-fuzz target ${KVMOUNT_FUZZ_SECONDS:-10}s; tests/fuzz.sh)"
+    echo "== coverage-guided fuzz run (each cargo-fuzz target ${KVMOUNT_FUZZ_SECONDS:-10}s; tests/fuzz.sh)"
     tests/fuzz.sh
 fi
 
@@ -97,20 +99,24 @@ def load(name):
     except (OSError, ValueError):
         return {}
 inputs, kills, faults = load("inputs.json"), load("kills.json"), load("faults.json")
+resets, swaps, agent = load("resets.json"), load("swaps.json"), load("agent_memory.json")
 fuzz = []
 try:
     with open(os.path.join(d, "fuzz.jsonl")) as f:
         fuzz = [json.loads(l) for l in f if l.strip()]
 except OSError:
     pass
+smoke = [load(n) for n in sorted(os.listdir(d)) if n.startswith("fuzz-smoke-") and n.endswith(".json")]
 rows = [
     ("hostile inputs tried", "%s (%s in the corpus, Mount and NodePublishVolume)" % (inputs.get("inputs_tried", "-"), inputs.get("corpus_inputs", "-"))),
     ("  refused naming the field", inputs.get("refused_as_expected", "-")),
     ("  harmless, inside the target", inputs.get("harmless_accepted_inside_target", "-")),
-    ("fuzz executions", "%d over %d targets" % (sum(x["executions"] for x in fuzz), len(fuzz))),
-    ("faults injected", faults.get("faults_injected", "-")),
+    ("fuzz smoke inputs", "%d over %d targets" % (sum(int(x.get("executions", 0)) for x in smoke), len(smoke))),
+    ("fuzz executions (guided)", "%d over %d targets" % (sum(x["executions"] for x in fuzz), len(fuzz)) if fuzz else "- (KVMOUNT_FUZZ=1)"),
+    ("faults injected", "%s (%s connection resets)" % (int(faults.get("faults_injected", 0)) + int(resets.get("faults_injected", 0)), resets.get("faults_injected", "-"))),
+    ("symlink swaps", "%s over %s rounds (%s rotations)" % (swaps.get("swaps", "-"), swaps.get("rounds", "-"), swaps.get("rotations", "-"))),
     ("kills survived", "%s rounds (%s during a call)" % (kills.get("kill_rounds", "-"), kills.get("kills_during_a_call", "-"))),
-    ("leaks found", sum(int(x.get(k, 0) or 0) for x in (inputs, kills, faults) for k in ("failures", "leaks", "memory_hits", "lost_content"))),
+    ("leaks found", sum(int(x.get(k, 0) or 0) for x in (inputs, kills, faults, resets, swaps, agent) for k in ("failures", "leaks", "memory_hits", "lost_content"))),
     ("suite time", "%dm%02ds" % divmod(seconds, 60)),
 ]
 print("+" + "-" * 66 + "+")

@@ -6,7 +6,8 @@ use kvmount_sidecar::webhook::{self, WebhookConfig};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok((review, decision)) = webhook::review_offline(&WebhookConfig::default(), data) {
         let out: serde_json::Value =
-            serde_json::from_slice(&webhook::response(&review.uid, &decision)).expect("response json");
+            serde_json::from_slice(&webhook::response(&review.uid, &decision))
+                .expect("response json");
         assert_eq!(out["kind"], "AdmissionReview");
     }
 });

@@ -15,7 +15,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         Err(e) => {
             // Built from the parser's category and position only, never from the input.
             let message = e.to_string();
-            assert!(message.starts_with("fuzz: not a kvmount agent configuration ("), "{message}");
+            assert!(
+                message.starts_with("fuzz: not a kvmount agent configuration ("),
+                "{message}"
+            );
             assert!(message.len() < 120, "{message}");
         }
     }

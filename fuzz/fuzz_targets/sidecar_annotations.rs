@@ -32,12 +32,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
     });
     let body = serde_json::to_vec(&review).expect("json");
-    let (_, decision) = webhook::review_offline(&WebhookConfig::default(), &body).expect("well-formed review");
+    let (_, decision) =
+        webhook::review_offline(&WebhookConfig::default(), &body).expect("well-formed review");
     match &decision {
         Decision::Patch(p) => assert!(!p.is_empty()),
         Decision::Deny(message) => assert!(message.contains("kvmount.io/"), "{message}"),
         Decision::Skip(_) => {}
     }
-    let out: serde_json::Value = serde_json::from_slice(&webhook::response("fuzz", &decision)).expect("response json");
+    let out: serde_json::Value =
+        serde_json::from_slice(&webhook::response("fuzz", &decision)).expect("response json");
     assert_eq!(out["response"]["uid"], "fuzz");
 });

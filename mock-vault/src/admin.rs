@@ -135,13 +135,19 @@ pub struct FaultRule {
     /// How many matching requests the rule applies to; absent = forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u64>,
+    /// Cut the connection mid-response: the request is served (or answered with `status`),
+    /// the status line, the headers (with the full `Content-Length`) and at most the first half
+    /// of the body are sent, then the connection is closed (HTTP/1.1) or the stream reset (h2).
+    /// The client sees a response that ends early, as with a TCP reset or a dying proxy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 impl FaultRule {
     /// Checks a rule: it must do something and name a real status.
     pub fn check(&self) -> Result<(), String> {
-        if self.status.is_none() && self.latency_ms.is_none() {
-            return Err("a rule needs status or latencyMs".into());
+        if self.status.is_none() && self.latency_ms.is_none() && !self.reset {
+            return Err("a rule needs status, latencyMs or reset".into());
         }
         if let Some(s) = self.status.filter(|s| !(400..=599).contains(s)) {
             return Err(format!("status {s} is not an error status (400-599)"));
@@ -168,6 +174,8 @@ pub(crate) struct FaultHit {
     pub latency: Duration,
     /// (status, Retry-After seconds)
     pub status: Option<(u16, Option<u64>)>,
+    /// Some matching rule asks to cut the connection mid-response.
+    pub reset: bool,
 }
 
 #[derive(Default)]
@@ -197,6 +205,7 @@ impl FaultTable {
                 *t -= 1;
             }
             hit.latency += Duration::from_millis(rule.latency_ms.unwrap_or(0));
+            hit.reset |= rule.reset;
             if hit.status.is_none() {
                 hit.status = rule.status.map(|s| (s, rule.retry_after));
             }
@@ -269,5 +278,25 @@ mod tests {
         );
         assert!(t.hit("demo", "secret.get", "secret/a").status.is_none());
         assert!(t.get().is_empty());
+    }
+
+    #[test]
+    fn reset_rules() {
+        let reset = FaultRule {
+            route: Some("secret.get".into()),
+            reset: true,
+            times: Some(1),
+            ..Default::default()
+        };
+        assert!(reset.check().is_ok(), "reset alone is a fault");
+        assert!(FaultRule::default().check().is_err());
+        let json = serde_json::to_string(&reset).expect("json");
+        assert_eq!(json, r#"{"route":"secret.get","times":1,"reset":true}"#);
+        let t = FaultTable::default();
+        t.set(vec![reset]);
+        assert!(!t.hit("demo", "secret.list", "").reset);
+        let hit = t.hit("demo", "secret.get", "secret/a");
+        assert!(hit.reset && hit.status.is_none());
+        assert!(!t.hit("demo", "secret.get", "secret/a").reset, "used up");
     }
 }

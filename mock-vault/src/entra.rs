@@ -98,6 +98,7 @@ pub(crate) async fn token(state: &State, req: &Req, tenant: &str) -> Outcome {
     if !hit.latency.is_zero() {
         tokio::time::sleep(hit.latency).await;
     }
+    req.cut_if(hit.reset);
     let reply = if let Some((status, retry_after)) = hit.status {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let err = if status == 429 || status >= 500 {

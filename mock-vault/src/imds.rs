@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -19,13 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::seed::ManagedKind;
-use crate::server::State;
+use crate::server::{ReplyBody, State};
 
 /// Route name of IMDS token requests in stats and fault rules.
 pub(crate) const ROUTE: &str = "imds.token";
 
-fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<ReplyBody> {
+    let mut resp = Response::new(ReplyBody::whole(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -153,7 +152,7 @@ pub(crate) fn token(
 async fn serve(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<ReplyBody>, std::convert::Infallible> {
     let query: Vec<(String, String)> = req
         .uri()
         .query()
@@ -164,8 +163,10 @@ async fn serve(
         })
         .unwrap_or_default();
     let metadata = req.headers().get("metadata").and_then(|h| h.to_str().ok());
+    let mut reset = false;
     let (status, body) = if req.method() == hyper::Method::GET {
         let hit = state.faults.hit("", ROUTE, "");
+        reset = hit.reset;
         match hit.status {
             Some((code, _)) => (
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -180,8 +181,18 @@ async fn serve(
         )
     };
     state.stats.record("", ROUTE, "", status.as_u16());
-    tracing::info!(route = ROUTE, status = status.as_u16(), "request");
-    Ok(reply(status, body))
+    tracing::info!(
+        route = ROUTE,
+        status = status.as_u16(),
+        cut = reset,
+        "request"
+    );
+    let resp = reply(status, body);
+    Ok(if reset {
+        crate::server::cut(resp)
+    } else {
+        resp
+    })
 }
 
 /// Serves IMDS on `listener` until `shutdown` turns true.

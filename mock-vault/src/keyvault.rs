@@ -214,6 +214,7 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
     if !hit.latency.is_zero() {
         tokio::time::sleep(hit.latency).await;
     }
+    req.cut_if(hit.reset);
     if let Some((status, retry_after)) = hit.status {
         return fault_reply(status, retry_after);
     }

@@ -1,12 +1,16 @@
 //! The listener: TLS accept loop, HTTP/1.1 + h2, request dispatch, stats and logging.
 
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -118,9 +122,18 @@ pub(crate) struct Req {
     pub host: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Set by a matching `reset` fault rule: the reply is cut off mid-body.
+    pub cut: AtomicBool,
 }
 
 impl Req {
+    /// Applies a `reset` fault to this request's reply.
+    pub fn cut_if(&self, reset: bool) {
+        if reset {
+            self.cut.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
@@ -200,10 +213,73 @@ async fn dispatch(state: &State, req: &Req) -> Option<Outcome> {
     }
 }
 
+/// A response body: whole, or cut by a `reset` fault: its first half, a pause in which hyper
+/// flushes the headers and that half to the client, then an error, on which hyper closes the
+/// HTTP/1.1 connection (or resets the h2 stream). The client never gets the rest of the
+/// `Content-Length` it was promised.
+pub(crate) enum ReplyBody {
+    /// The whole body (`None` once sent, or when empty).
+    Whole(Option<Bytes>),
+    /// A body cut mid-way.
+    Cut {
+        /// The part sent before the cut (`None` once sent).
+        part: Option<Bytes>,
+        /// The pause before the cut, once started.
+        pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+}
+
+/// How long a cut response stays open after its first half, so that half reaches the client.
+const CUT_PAUSE: Duration = Duration::from_millis(50);
+
+impl ReplyBody {
+    pub(crate) fn whole(body: Bytes) -> Self {
+        Self::Whole(Some(body).filter(|b| !b.is_empty()))
+    }
+}
+
+impl Body for ReplyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            Self::Whole(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+            Self::Cut { part, pause } => {
+                if let Some(b) = part.take().filter(|b| !b.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                let pause = pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(CUT_PAUSE)));
+                match pause.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection cut by an injected reset fault",
+                    )))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Self::Whole(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Whole(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Cut { .. } => SizeHint::default(),
+        }
+    }
+}
+
 async fn serve_request(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<ReplyBody>, std::convert::Infallible> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
     let host = parts
@@ -245,6 +321,7 @@ async fn serve_request(
         host,
         headers: parts.headers,
         body,
+        cut: AtomicBool::new(false),
     };
 
     let reply = match dispatch(&state, &req).await {
@@ -257,7 +334,8 @@ async fn serve_request(
             );
             tracing::info!(
                 method = %req.method, route = out.route, vault = %out.vault, object = %out.object,
-                status = out.reply.status.as_u16(), request_id = %request_id, "request"
+                status = out.reply.status.as_u16(), request_id = %request_id,
+                cut = req.cut.load(Ordering::Relaxed), "request"
             );
             out.reply
         }
@@ -267,11 +345,36 @@ async fn serve_request(
             reply
         }
     };
+    if req.cut.load(Ordering::Relaxed) {
+        return Ok(finish_cut(reply, &request_id));
+    }
     Ok(finish(reply, &request_id))
 }
 
-fn finish(reply: Reply, request_id: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(reply.body));
+/// The reply of a `reset` fault: the headers promise the whole body, half of it is sent.
+fn finish_cut(reply: Reply, request_id: &str) -> Response<ReplyBody> {
+    cut(finish(reply, request_id))
+}
+
+/// Cuts a response for a `reset` fault: `Content-Length` of the whole body, half of it sent.
+pub(crate) fn cut(mut resp: Response<ReplyBody>) -> Response<ReplyBody> {
+    let body = match resp.body_mut() {
+        ReplyBody::Whole(body) | ReplyBody::Cut { part: body, .. } => {
+            body.take().unwrap_or_default()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&body.len().to_string()) {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, v);
+    }
+    *resp.body_mut() = ReplyBody::Cut {
+        part: Some(body.slice(..body.len() / 2)),
+        pause: None,
+    };
+    resp
+}
+
+fn finish(reply: Reply, request_id: &str) -> Response<ReplyBody> {
+    let mut resp = Response::new(ReplyBody::whole(reply.body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {

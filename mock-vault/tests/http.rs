@@ -929,3 +929,43 @@ async fn certificate_backed_secrets_carry_kid() {
     assert!(plain.get("kid").is_none() && plain.get("managed").is_none());
     m.vault.shutdown().await;
 }
+
+#[tokio::test]
+async fn reset_faults_cut_the_response_mid_body() {
+    let m = start_demo().await;
+    let t = m.access_token(APP_A, "app-a-password").await;
+    m.vault
+        .set_faults(vec![kvmount_mock_vault::FaultRule {
+            route: Some("secret.get".into()),
+            reset: true,
+            times: Some(2),
+            ..Default::default()
+        }])
+        .expect("faults");
+    // The status line and headers arrive (the whole length promised), then the body ends early.
+    for _ in 0..2 {
+        let resp = m
+            .kv_get("demo", "/secrets/db-password?api-version=7.5", Some(&t))
+            .await;
+        assert_eq!(resp.status().as_u16(), 200);
+        let promised = resp.content_length().expect("content-length");
+        assert!(promised > 20, "{promised}");
+        let err = resp.bytes().await.expect_err("the body never completes");
+        assert!(!err.to_string().contains("current-value"), "{err}");
+    }
+    // Used up: the next read is whole.
+    let resp = m
+        .kv_get("demo", "/secrets/db-password?api-version=7.5", Some(&t))
+        .await;
+    let body: Value = resp.json().await.expect("whole json");
+    assert_eq!(body["value"], "current-value");
+    // A reset rule alone is valid over the admin API too.
+    let resp = m
+        .http(&[])
+        .put(format!("{}/_mock/faults", m.vault.base_url()))
+        .body(r#"{"rules":[{"route":"token","reset":true}]}"#)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status().as_u16(), 200);
+}

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvmount_vault::params::{self, POD_NAME, POD_NAMESPACE, POD_UID, TOKENS_ATTRIBUTE};
 use kvmount_vault::{ObjectError, ParamError};
-use kvmount_volume::{AtomicWriter, FileSpec, Ownership, TmpfsOptions};
+use kvmount_volume::{AtomicWriter, FileSpec, Ownership, PinnedTarget, TmpfsOptions};
 use zeroize::Zeroize;
 
 use crate::cache::NodeCache;
@@ -239,20 +239,28 @@ impl Volumes {
         let mut adopted = 0;
         let mut cleaned = 0;
         for record in self.state.load()? {
-            let target = PathBuf::from(&record.target_path);
+            // Through the parent held open, like every other use of a target.
+            let pinned = validate_target(&record.target_path)
+                .ok()
+                .and_then(|t| PinnedTarget::open(&t).ok().flatten());
+            let target = pinned.as_ref().map(|p| p.path().to_owned());
             // A mount whose files are not all there was being torn down (or first written)
             // when the daemon died: it is removed, and kubelet's retry redoes the call.
-            let live = validate_target(&record.target_path).is_ok()
-                && kvmount_volume::is_mount_point(&target).unwrap_or(false)
-                && kvmount_volume::memory_fs_kind(&target).is_ok()
-                && record.files.iter().all(|f| target.join(&f.path).exists());
+            let live = target.as_ref().is_some_and(|target| {
+                kvmount_volume::is_mount_point(target).unwrap_or(false)
+                    && kvmount_volume::memory_fs_kind(target).is_ok()
+                    && record.files.iter().all(|f| target.join(&f.path).exists())
+            });
             if live {
                 self.cache.retain(&record.target_path, record.keys());
                 tracing::info!(target = %record.target_path, pod = %record.pod_name, namespace = %record.pod_namespace, "re-adopted a published volume");
                 self.records().insert(record.target_path.clone(), record);
                 adopted += 1;
             } else {
-                if let Err(err) = kvmount_volume::teardown(&target) {
+                if let (Some(pinned), Some(target)) = (&pinned, &target)
+                    && let Err(err) = kvmount_volume::teardown(target)
+                {
+                    let err = pinned.explain(err);
                     tracing::warn!(target = %record.target_path, error = %err, "could not clean up a stale target");
                 }
                 tracing::info!(target = %record.target_path, pod = %record.pod_name, "dropped a stale volume");
@@ -304,28 +312,41 @@ impl Volumes {
         let params = params::mount_params(&attributes, &request.secrets, 0o644)?;
         let (objects, keys) = self.cache.fetch(&params).await?;
 
-        let mounted_here = !kvmount_volume::is_mount_point(&target)?;
+        // From here on the target is reached through its parent, held open: a symlink swapped
+        // in at the parent (or refused there) cannot send the mkdir, the mount, the files or a
+        // cleanup anywhere else.
+        let Some(pinned) = PinnedTarget::open(&target)? else {
+            return Err(VolumeError::InvalidArgument(format!(
+                "target_path {}: its parent directory does not exist (kubelet creates it)",
+                target.display()
+            )));
+        };
+        let requested = target;
+        let target = pinned.path();
+        let explain = |e| VolumeError::from(pinned.explain(e));
+        let mounted_here = !kvmount_volume::is_mount_point(target).map_err(explain)?;
         if mounted_here {
-            if !target.exists() {
-                std::fs::create_dir(&target).map_err(|e| {
-                    VolumeError::InvalidArgument(format!(
-                        "target_path {}: cannot create: {e}",
-                        target.display()
-                    ))
-                })?;
+            if let Err(e) = std::fs::create_dir(target)
+                && e.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "target_path {}: cannot create: {e}",
+                    requested.display()
+                )));
             }
             kvmount_volume::mount_tmpfs(
-                &target,
+                target,
                 &TmpfsOptions {
                     size_bytes: self.config.tmpfs_bytes,
                     mode: 0o750,
                     uid: None,
                     gid: fs_group,
                 },
-            )?;
+            )
+            .map_err(explain)?;
         }
         let written = (|| {
-            let writer = AtomicWriter::open(&target)?;
+            let writer = AtomicWriter::open(target)?;
             let specs: Vec<FileSpec<'_>> = objects
                 .iter()
                 .flat_map(|o| o.files.iter())
@@ -347,9 +368,9 @@ impl Volumes {
             Ok(outcome) => outcome,
             Err(err) => {
                 if mounted_here {
-                    let _ = kvmount_volume::teardown(&target);
+                    let _ = kvmount_volume::teardown(target);
                 }
-                return Err(err.into());
+                return Err(explain(err));
             }
         };
         let mut files = Vec::new();
@@ -460,7 +481,11 @@ impl Volumes {
         }
         let target = validate_target(target_path)?;
         let _busy = self.claim(target_path)?;
-        kvmount_volume::teardown(&target)?;
+        // A missing parent: nothing was ever there, or kubelet removed it. A symlink at the
+        // parent is refused (FAILED_PRECONDITION) rather than followed into someone's files.
+        if let Some(pinned) = PinnedTarget::open(&target)? {
+            kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e))?;
+        }
         let erased = self.cache.release(target_path);
         let known = self.records().remove(target_path);
         if let Some(record) = &known {
@@ -557,14 +582,16 @@ impl Volumes {
             versions.insert(file.id.clone(), value.version.clone());
             values.push(value);
         }
-        let target = PathBuf::from(&record.target_path);
-        if !kvmount_volume::is_mount_point(&target)? {
-            return Err(VolumeError::InvalidArgument(format!(
-                "{}: no longer mounted",
-                record.target_path
-            )));
+        let no_longer =
+            || VolumeError::InvalidArgument(format!("{}: no longer mounted", record.target_path));
+        let Some(pinned) = PinnedTarget::open(Path::new(&record.target_path))? else {
+            return Err(no_longer());
+        };
+        let explain = |e| VolumeError::from(pinned.explain(e));
+        if !kvmount_volume::is_mount_point(pinned.path()).map_err(explain)? {
+            return Err(no_longer());
         }
-        let writer = AtomicWriter::open(&target)?;
+        let writer = AtomicWriter::open(pinned.path()).map_err(explain)?;
         let specs: Vec<FileSpec<'_>> = record
             .files
             .iter()
@@ -575,13 +602,15 @@ impl Volumes {
                 contents: value.contents.expose(),
             })
             .collect();
-        writer.write(
-            &specs,
-            &Ownership {
-                uid: None,
-                gid: record.fs_group,
-            },
-        )?;
+        writer
+            .write(
+                &specs,
+                &Ownership {
+                    uid: None,
+                    gid: record.fs_group,
+                },
+            )
+            .map_err(explain)?;
         Ok(versions)
     }
 }

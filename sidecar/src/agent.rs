@@ -8,6 +8,11 @@
 //! - The writer publishes a new payload only when some file changed (`..data` switch).
 //! - Failures are logged at every attempt with the next delay; init-only mode gives up after
 //!   its deadline with a non-zero exit, so nothing retries forever silently.
+//! - Between rounds no copy of a secret value stays in the agent's memory: the round's values
+//!   are `SecretBytes` (zeroed on drop), the binaries free memory through the zero-on-free
+//!   allocator (`kvmount-alloc`), the round's vault connections are closed after it (their
+//!   read buffers held the answers) and the runtime thread's stack is overwritten. The Entra
+//!   credential (and its cached access token) is kept until the token file changes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,12 +108,14 @@ impl Identity {
     }
 }
 
-/// A Key Vault client for one token; rebuilt when the token file changes.
+/// A Key Vault credential for one token (rebuilt when the token file changes) and the vault
+/// client of the current round (dropped after it, see [`Session::end_round`]).
 pub struct Session {
     connector: Connector,
     vault: String,
     identity: Identity,
     token: SecretString,
+    credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
     client: Option<Arc<VaultClient>>,
 }
 
@@ -122,30 +129,47 @@ impl Session {
             vault: plan.keyvault_name.clone(),
             identity: Identity::resolve(plan)?,
             token: SecretString::default(),
+            credential: None,
             client: None,
         })
     }
 
-    /// The client, after re-reading the token file.
+    /// Drops the round's vault client and closes its connections: the HTTP client's read
+    /// buffer of a live connection still holds the last answer (secret values), which the
+    /// zeroing allocator only clears once it is freed. The credential (and its cached Entra
+    /// token) stays; the next round opens a new connection to the vault.
+    pub fn end_round(&mut self) {
+        self.client = None;
+        self.connector.forget_vault(&self.vault);
+    }
+
+    /// The round's client, after re-reading the token file: a new credential when the token
+    /// changed, a new vault client (new connections) after each [`Session::end_round`].
     pub fn client(&mut self) -> Result<Arc<VaultClient>, VaultError> {
         let token = read_token(&self.identity.token_file)?;
-        if self.client.is_none() || token != self.token {
-            let auth = Auth::WorkloadIdentity {
-                client_id: self.identity.client_id.clone(),
-                token: token.clone(),
-            };
-            let credential = self.connector.credential(&self.identity.tenant_id, &auth)?;
-            let client = self.connector.secret_client(&self.vault, credential)?;
-            if self.client.is_some() {
-                tracing::info!(token_file = %self.identity.token_file.display(), "service-account token changed; new credential");
+        let credential = match &self.credential {
+            Some(credential) if token == self.token => credential.clone(),
+            _ => {
+                let auth = Auth::WorkloadIdentity {
+                    client_id: self.identity.client_id.clone(),
+                    token: token.clone(),
+                };
+                let credential = self.connector.credential(&self.identity.tenant_id, &auth)?;
+                if self.credential.is_some() {
+                    tracing::info!(token_file = %self.identity.token_file.display(), "service-account token changed; new credential");
+                }
+                self.credential = Some(credential.clone());
+                self.client = None;
+                self.token = token;
+                credential
             }
-            self.client = Some(Arc::new(client));
-            self.token = token;
+        };
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
         }
-        // Set just above.
-        self.client
-            .clone()
-            .ok_or_else(|| VaultError::new(kvmount_vault::ErrorKind::Internal, "no client"))
+        let client = Arc::new(self.connector.secret_client(&self.vault, credential)?);
+        self.client = Some(client.clone());
+        Ok(client)
     }
 
     /// Strings no message may contain.
@@ -352,6 +376,10 @@ pub async fn run(
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
         };
+        // Nothing of the round stays behind: its connections close (their buffers are freed,
+        // and zeroed by the allocator) and its stack frames are overwritten.
+        session.end_round();
+        scrub_stack();
         let delay = match result {
             Ok((outcome, versions)) => {
                 attempts = 0;
@@ -402,6 +430,14 @@ pub async fn run(
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
         }
     }
+}
+
+/// Overwrites the stack below the caller: frames of the round just finished (the HTTP, TLS
+/// and JSON code ran on this one runtime thread) may still hold secret bytes.
+#[inline(never)]
+fn scrub_stack() {
+    let mut area = [0u8; 256 * 1024];
+    std::hint::black_box(&mut area);
 }
 
 /// The startupProbe: exit 0 once the first render is published (`<mount>/..data` exists).

@@ -13,6 +13,11 @@ use kvmount_sidecar::annotations::Mode;
 use kvmount_sidecar::logging;
 use kvmount_sidecar::{server, tls, webhook};
 
+/// Freed memory is zeroed: HTTP, TLS and JSON buffers that held secret values do not keep them
+/// (the `tests/tests/security_sidecar.rs` scan counts copies in the agent between rounds).
+#[global_allocator]
+static ALLOCATOR: kvmount_alloc::ZeroingAllocator = kvmount_alloc::ZeroingAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "kvmount-sidecar",

@@ -671,3 +671,31 @@ pub fn tree(root: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Expands the hostile-input corpus's compact repeats, `@@<count>*<text>@@`
+/// (`tests/corpus/generate.py` writes them; `security_inputs` and `fuzz_smoke` read them).
+pub fn expand_repeats(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("@@") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let parsed = after.split_once('*').and_then(|(count, tail)| {
+            let count: usize = count.parse().ok()?;
+            let (text, tail) = tail.split_once("@@")?;
+            Some((count, text, tail))
+        });
+        match parsed {
+            Some((count, text, tail)) => {
+                out.push_str(&text.repeat(count));
+                rest = tail;
+            }
+            None => {
+                out.push_str("@@");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}

@@ -1,8 +1,10 @@
 //! Key Vault and Entra faults from the mock, against the real daemon: 429 storms with
 //! Retry-After, 503s, added latency, a slow and a failing token endpoint, expired and refused
-//! credentials. A Mount either succeeds once the fault passes or fails with a clear status
-//! within the daemon's deadline; a published volume keeps its last good content through a
-//! vault outage during rotation. The count of injected faults goes to the suite summary.
+//! credentials, and connections cut mid-response (the mock's `reset` fault). A Mount either
+//! succeeds once the fault passes or fails with a clear status within the daemon's deadline; a
+//! published volume keeps its last good content through a vault outage or resets during
+//! rotation, and takes the new version once they stop. The count of injected faults goes to the
+//! suite summary.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -29,7 +31,7 @@ const DEADLINE_SECONDS: u64 = 6;
 
 fn seed() -> Seed {
     let mut yaml = format!(
-        "tenantId: {TENANT}\nidentities:\n  - {{ name: app, clientId: {APP}, clientSecret: {SECRET} }}\n  - {{ name: slow, clientId: {SLOW}, clientSecret: {SECRET} }}\n  - {{ name: flaky, clientId: {FLAKY}, clientSecret: {SECRET} }}\n  - name: wi\n    clientId: {WI}\n    federated:\n      - {{ issuer: https://oidc.kvmount.local, subject: \"system:serviceaccount:flt:app\" }}\nvaults:\n  - name: flt\n    access:\n      - {{ identity: app, objects: [\"secret/*\"], permissions: [get] }}\n      - {{ identity: slow, objects: [\"secret/*\"], permissions: [get] }}\n      - {{ identity: flaky, objects: [\"secret/*\"], permissions: [get] }}\n      - {{ identity: wi, objects: [\"secret/*\"], permissions: [get] }}\n    secrets:\n"
+        "tenantId: {TENANT}\nidentities:\n  - {{ name: app, clientId: {APP}, clientSecret: {SECRET} }}\n  - {{ name: slow, clientId: {SLOW}, clientSecret: {SECRET} }}\n  - {{ name: flaky, clientId: {FLAKY}, clientSecret: {SECRET} }}\n  - name: wi\n    clientId: {WI}\n    federated:\n      - {{ issuer: https://oidc.kvmount.local, subject: \"system:serviceaccount:flt:app\" }}\nvaults:\n  - name: flt\n    access:\n      - {{ identity: app, objects: [\"secret/*\"], permissions: [get, set] }}\n      - {{ identity: slow, objects: [\"secret/*\"], permissions: [get] }}\n      - {{ identity: flaky, objects: [\"secret/*\"], permissions: [get] }}\n      - {{ identity: wi, objects: [\"secret/*\"], permissions: [get] }}\n    secrets:\n"
     );
     for i in 0..12 {
         yaml.push_str(&format!(
@@ -368,6 +370,169 @@ async fn mounts_succeed_after_faults_or_fail_clearly_within_the_deadline() {
         "faults",
         &[
             ("fault_scenarios", scenarios),
+            ("faults_injected", f.injected),
+            ("lost_content", lost_content),
+        ],
+    );
+}
+
+/// Connections cut mid-response (status line and headers sent, half the body, then closed) at
+/// Key Vault and at the token endpoint: a Mount succeeds once the resets stop, or fails with
+/// UNAVAILABLE within the deadline while they last; a rotation pass during resets keeps the last
+/// good content, and the next pass after them publishes the new version.
+#[tokio::test]
+async fn connection_resets_mid_response() {
+    let vault = Vault::start(Some(seed())).await;
+    let mut flags = vault.provider_flags();
+    flags.extend([
+        "--mount-timeout-seconds".into(),
+        DEADLINE_SECONDS.to_string(),
+        "--max-retries".into(),
+        "3".into(),
+        "--rotation-interval".into(),
+        "1s".into(),
+        "--log-level".into(),
+        "trace".into(),
+    ]);
+    let daemon = NodeDaemon::start(&flags);
+    let provider = CsiDriverProviderClient::new(
+        kvmount_provider::server::unix_channel(&daemon.provider_socket)
+            .await
+            .expect("provider socket"),
+    );
+    let mut f = Faults {
+        vault: &vault,
+        provider,
+        injected: 0,
+    };
+    let reset = |route: &str, object: Option<&str>, times: Option<u64>| FaultRule {
+        reset: true,
+        times,
+        ..fault(route, object)
+    };
+    // Transient: the retries get through.
+    for (what, name, client, rule) in [
+        (
+            "Key Vault reset twice",
+            "s0",
+            APP,
+            reset("secret.get", Some("secret/s0"), Some(2)),
+        ),
+        (
+            "token endpoint reset once",
+            "s1",
+            FLAKY,
+            reset("token", None, Some(1)),
+        ),
+    ] {
+        let (result, took) = f.mount(name, client, vec![rule]).await;
+        let value = result.unwrap_or_else(|s| panic!("{what}: {s:?}"));
+        assert_eq!(
+            value,
+            format!("fault-value-{}", &name[1..]).as_bytes(),
+            "{what}"
+        );
+        assert!(within_deadline(took), "{what}: {took:?}");
+    }
+    // Lasting: UNAVAILABLE within the deadline, with a message and no credential.
+    for (what, name, client, rule) in [
+        (
+            "Key Vault resets forever",
+            "s2",
+            APP,
+            reset("secret.get", Some("secret/s2"), None),
+        ),
+        (
+            "token endpoint resets forever",
+            "s3",
+            SLOW,
+            reset("token", None, None),
+        ),
+    ] {
+        let (result, took) = f.mount(name, client, vec![rule]).await;
+        let status = result.expect_err(what);
+        println!(
+            "{what}: {:?} after {took:?}: {}",
+            status.code(),
+            status.message()
+        );
+        assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+        assert!(!status.message().is_empty(), "{what}: a message");
+        assert!(!status.message().contains(SECRET), "{what}: no credential");
+        assert!(within_deadline(took), "{what}: {took:?}");
+    }
+
+    // Rotation during resets: the volume keeps its content, then takes the new version.
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let target = daemon.target("resets");
+    let mut context: HashMap<String, String> = DriverRequest::new(
+        "flt",
+        TENANT,
+        &objects(&[object("s4", "")]),
+        "flt",
+        "resets",
+    )
+    .attributes;
+    context.remove("secretProviderClass");
+    let mut request = publish_request(&target, "vol-resets", &context);
+    request.secrets = HashMap::from([
+        ("clientid".into(), APP.into()),
+        ("clientsecret".into(), SECRET.into()),
+    ]);
+    node.node_publish_volume(request.clone())
+        .await
+        .expect("publish");
+    let gets = || {
+        vault
+            .mock
+            .stats()
+            .count(None, Some("secret.get"), None, None)
+    };
+    let before = gets();
+    vault
+        .mock
+        .set_faults(vec![reset("secret.get", None, None)])
+        .expect("faults");
+    vault
+        .set_secret("flt", APP, SECRET, "s4", "reset-rotated")
+        .await;
+    let mut lost_content = 0u64;
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        match std::fs::read_to_string(target.join("s4")) {
+            Ok(v) if v == "fault-value-4" => {}
+            _ => lost_content += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let during = gets() - before;
+    vault.mock.clear_faults();
+    f.injected += during;
+    assert!(during > 0, "rotation passes read during the resets");
+    assert_eq!(lost_content, 0, "reads that did not find the last content");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(target.join("s4")).ok().as_deref() != Some("reset-rotated") {
+        assert!(
+            Instant::now() < deadline,
+            "the new version never arrived:\n{}",
+            daemon.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "vol-resets".into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .expect("unpublish");
+    assert!(mounts_under(daemon.dir()).is_empty());
+    let output = daemon.output();
+    assert!(!output.contains(SECRET), "the log holds the client secret");
+    assert!(!output.contains("fault-value-"), "the log holds a value");
+    assert!(!output.contains("panicked"), "{output}");
+    record_summary(
+        "resets",
+        &[
             ("faults_injected", f.injected),
             ("lost_content", lost_content),
         ],

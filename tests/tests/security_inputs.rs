@@ -16,8 +16,8 @@ use kvmount_proto::csi::NodeUnpublishVolumeRequest;
 use kvmount_proto::csi::node_client::NodeClient;
 use kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient;
 use kvmount_tests::{
-    DriverRequest, NodeDaemon, Vault, mounts_under, object, objects, publish_request,
-    record_summary, tree,
+    DriverRequest, NodeDaemon, Vault, expand_repeats as expand, mounts_under, object, objects,
+    publish_request, record_summary, tree,
 };
 use serde_json::Value;
 use tonic::Code;
@@ -32,33 +32,6 @@ const CANARY_TOKEN: &str = "CANARY-SA-TOKEN-51d2e0";
 /// Longest error message accepted: long enough for any field and problem, short enough for a
 /// Kubernetes event and a log line (an echoed 1 MiB input is neither).
 const MAX_MESSAGE: usize = 2048;
-
-/// Expands the corpus's compact repeats, `@@<count>*<text>@@`.
-fn expand(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("@@") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let parsed = after.split_once('*').and_then(|(count, tail)| {
-            let count: usize = count.parse().ok()?;
-            let (text, tail) = tail.split_once("@@")?;
-            Some((count, text, tail))
-        });
-        match parsed {
-            Some((count, text, tail)) => {
-                out.push_str(&text.repeat(count));
-                rest = tail;
-            }
-            None => {
-                out.push_str("@@");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 fn expand_value(v: &Value) -> Value {
     match v {
@@ -415,4 +388,44 @@ async fn hostile_inputs_are_refused_naming_the_field() {
         tally.runs,
         tally.failures.join("\n")
     );
+}
+
+/// The checked-in corpus is exactly what its generator writes: an edit to one without the other
+/// fails here. The generator runs on a copy in a temp dir, so the tree is never rewritten.
+#[test]
+fn the_corpus_is_what_its_generator_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("generate.py");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/generate.py"),
+        &script,
+    )
+    .expect("copy the generator");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .output()
+        .expect("python3 runs (tests/run.sh needs it anyway)");
+    assert!(
+        output.status.success(),
+        "generate.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fresh = std::fs::read_to_string(dir.path().join("inputs.jsonl")).expect("fresh corpus");
+    if fresh != CORPUS {
+        let (fresh_lines, old_lines): (Vec<_>, Vec<_>) =
+            (fresh.lines().collect(), CORPUS.lines().collect());
+        let first = fresh_lines
+            .iter()
+            .zip(&old_lines)
+            .position(|(a, b)| a != b)
+            .unwrap_or(fresh_lines.len().min(old_lines.len()));
+        panic!(
+            "tests/corpus/inputs.jsonl differs from a fresh run of generate.py ({} lines vs {} \
+             committed; first difference at line {}): run python3 tests/corpus/generate.py and \
+             commit both",
+            fresh_lines.len(),
+            old_lines.len(),
+            first + 1
+        );
+    }
 }

@@ -164,6 +164,23 @@ impl VolumeError {
         }
     }
 
+    /// The error with its path changed by `f` (a variant without a path is returned as is).
+    pub(crate) fn map_path(mut self, f: impl FnOnce(PathBuf) -> PathBuf) -> Self {
+        match &mut self {
+            Self::InvalidOption { path, .. }
+            | Self::NotMemoryBacked { path, .. }
+            | Self::NotADirectory { path, .. }
+            | Self::UnexpectedEntry { path, .. }
+            | Self::CrossesMount { path, .. }
+            | Self::AlreadyMounted { path, .. }
+            | Self::StillMounted { path, .. }
+            | Self::Io { path, .. } => *path = f(std::mem::take(path)),
+            Self::InvalidPath { .. } | Self::ConflictingPaths { .. } | Self::InvalidMode { .. } => {
+            }
+        }
+        self
+    }
+
     /// An [`VolumeError::Io`] from a rustix error.
     pub(crate) fn io(
         operation: &'static str,
