@@ -2,7 +2,8 @@
 # Benchmarks, kvmount side by side with the Azure provider (needs root: a network namespace,
 # real tmpfs mounts). One command:
 #
-#   bench/run.sh            # release build, full run (~10 min after the build on 2 cores):
+#   bench/run.sh            # release build (~15 min cold on 2 busy cores, seconds when cached),
+#                           # then the full run (~7 min on 2 cores):
 #                           # writes docs/benchmarks.md and docs/bench-*.svg
 #   bench/run.sh --quick    # debug build, a few samples (< 3 min): checks the harness, writes
 #                           # its report to a temp dir and prints it; tests/run.sh runs this
@@ -39,12 +40,20 @@ bench_shm=$(mktemp -d /dev/shm/kvbench.XXXXXX)
 trap 'rm -rf "$bench_tmp" "$bench_shm"' EXIT
 export TMPDIR=$bench_tmp KVMOUNT_TEST_SHM=$bench_shm
 
+# Only the binaries this run starts (each bench binary is a long thin-LTO link in release).
+case "$which" in
+    all) bins=(--bin provider-bench --bin sidecar-bench --bin bench-report) ;;
+    node) bins=(--bin node-bench) ;;
+    rotation) bins=(--bin rotation-bench) ;;
+    sidecar) bins=(--bin sidecar-bench) ;;
+esac
+bins+=(--bin kvmount-provider --bin kvmount-sidecar --bin kvmount-agent)
 if [ "$quick" = 1 ]; then
     profile=debug
-    nice -n 10 cargo build -q -p kvmount-provider -p kvmount-sidecar -p kvmount-bench
+    nice -n 10 cargo build -q -p kvmount-provider -p kvmount-sidecar -p kvmount-bench "${bins[@]}"
 else
     profile=release
-    nice -n 10 cargo build --release -p kvmount-provider -p kvmount-sidecar -p kvmount-bench
+    nice -n 10 cargo build --release -p kvmount-provider -p kvmount-sidecar -p kvmount-bench "${bins[@]}"
 fi
 bin=$root/target/$profile
 export KVMOUNT_KVMOUNT_PROVIDER_BIN=$bin/kvmount-provider

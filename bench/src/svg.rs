@@ -27,7 +27,7 @@ pub enum Scale {
     Linear,
 }
 
-const W: f64 = 720.0;
+const W: f64 = 900.0;
 const H: f64 = 420.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
@@ -171,7 +171,7 @@ fn category_labels(svg: &mut String, categories: &[String], center: impl Fn(usiz
         let x = center(i);
         let _ = write!(
             svg,
-            "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\" font-size=\"11\">{}</text><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\" font-size=\"11\">{}</text>",
             H - BOTTOM + 16.0,
             escape(a),
             H - BOTTOM + 30.0,
@@ -200,7 +200,8 @@ impl Chart<'_> {
         bars(self)
     }
 
-    /// Lines over evenly spaced categories (a log x axis when the categories are decades).
+    /// Lines over evenly spaced categories (a log x axis when the categories are decades);
+    /// on a log axis a value below the lowest decade, 0 included, sits on the bottom line.
     pub fn lines(&self) -> String {
         lines(self)
     }
@@ -237,7 +238,9 @@ fn lines(c: &Chart) -> String {
     let (mut svg, axis) = frame(c.title, c.y_label, c.scale, series);
     let step = (W - LEFT - RIGHT) / categories.len().max(1) as f64;
     let x = |i: usize| LEFT + (i as f64 + 0.5) * step;
-    for s in series {
+    // Every second series is dashed, so one drawn over an equal one stays visible.
+    for (i, s) in series.iter().enumerate() {
+        let dash = if i % 2 == 1 { "8 5" } else { "none" };
         let points: Vec<(f64, f64)> = s
             .values
             .iter()
@@ -250,7 +253,7 @@ fn lines(c: &Chart) -> String {
             .collect();
         let _ = write!(
             svg,
-            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2.5\" points=\"{}\"/>",
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2.5\" stroke-dasharray=\"{dash}\" points=\"{}\"/>",
             s.color,
             path.join(" ")
         );
