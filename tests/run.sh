@@ -88,6 +88,13 @@ echo "== deploy: helm lint + template of every values combination, Kubernetes sc
 helm=$(tests/deploy/install-helm.sh)   # cached under .tools/; the first build took ~12 min here
 KVMOUNT_HELM="$helm" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/deploy
 
+echo "== benchmark harness: bench/run.sh --quick (kvmount and the Azure provider side by side; numbers are printed, never checked)"
+# The Azure provider is built first (cached under .tools/; the first build takes ~1.5 min), so the
+# quick run itself stays under 3 minutes; if it cannot be built, the quick run says so and runs
+# kvmount's side only. A crash of the harness fails the suite; slow numbers never do.
+bench/azure-provider/install.sh >/dev/null || echo "(the Azure provider did not build; see above)"
+bench/run.sh --quick
+
 echo "== summary"
 python3 - "$summary_dir" "$(( $(date +%s) - suite_start ))" <<'PY'
 import json, os, sys

@@ -25,6 +25,10 @@ pub struct MockVaultArgs {
     /// Key Vault DNS suffix: vaults are `<name>.<suffix>`, the token resource `https://<suffix>`.
     #[arg(long, default_value = "vault.localhost")]
     pub dns_suffix: String,
+    /// Repeatable: a DNS name clients reach the Entra endpoints by (a hosts file maps it here),
+    /// added to the server certificate; the first is the authority in the OpenID documents.
+    #[arg(long = "entra-host", value_name = "NAME")]
+    pub entra_hosts: Vec<String>,
     /// Also serve IMDS (plain HTTP) here for the seed's managed identities, e.g.
     /// 169.254.169.254:80 inside a network namespace.
     #[arg(long, value_name = "ADDR")]
@@ -101,6 +105,7 @@ pub async fn run_cli(args: MockVaultArgs) -> anyhow::Result<()> {
         seed,
         tls_dir,
         dns_suffix: args.dns_suffix,
+        entra_hosts: args.entra_hosts,
     };
     let vault = crate::start_with_imds(config, args.imds_listen)
         .await

@@ -108,6 +108,13 @@ pub struct MockVaultConfig {
     pub tls_dir: PathBuf,
     /// Key Vault DNS suffix; vault URLs are `https://<vault>.<suffix>:PORT/`, the token resource `https://<suffix>`.
     pub dns_suffix: String,
+    /// DNS names clients reach the Entra endpoints by, for clients that take no address
+    /// mapping (a hosts file in a network namespace maps them here): added to the server
+    /// certificate; the first is the authority in [`MockVault::base_url`] and the OpenID
+    /// documents (`https://<name>` when listening on port 443). Empty: the listen address.
+    /// MSAL asks `login.microsoftonline.com` for instance discovery of any authority it does
+    /// not know, so a client with a custom authority needs that name here too.
+    pub entra_hosts: Vec<String>,
 }
 
 impl MockVaultConfig {
@@ -118,6 +125,7 @@ impl MockVaultConfig {
             seed: Seed::demo(),
             tls_dir: tls_dir.into(),
             dns_suffix: "vault.localhost".to_string(),
+            entra_hosts: Vec::new(),
         }
     }
 }
@@ -175,10 +183,11 @@ pub(crate) fn derived_uuid(input: &str) -> String {
     )
 }
 
-fn check_dns_suffix(suffix: &str) -> Result<(), Error> {
-    let ok = !suffix.is_empty()
-        && suffix.len() <= 200
-        && suffix.split('.').all(|l| {
+/// `name` is a DNS name; else a seed error naming `field`.
+fn check_dns_name(field: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -187,9 +196,9 @@ fn check_dns_suffix(suffix: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Seed(SeedError::Invalid {
-            field: "dns_suffix".into(),
+            field: field.into(),
             message: format!(
-                "{suffix:?} is not a DNS name (labels of [A-Za-z0-9-] separated by dots)"
+                "{name:?} is not a DNS name (labels of [A-Za-z0-9-] separated by dots)"
             ),
         }))
     }
@@ -207,13 +216,21 @@ pub async fn start_with_imds(
     config: MockVaultConfig,
     imds_listen: Option<SocketAddr>,
 ) -> Result<MockVault, Error> {
-    check_dns_suffix(&config.dns_suffix)?;
+    check_dns_name("dns_suffix", &config.dns_suffix)?;
     let dns_suffix = config.dns_suffix.to_ascii_lowercase();
+    for name in &config.entra_hosts {
+        check_dns_name("entra_hosts", name)?;
+    }
+    let entra_hosts: Vec<String> = config
+        .entra_hosts
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
     let tls_dir = std::path::absolute(&config.tls_dir).map_err(|source| Error::Io {
         path: config.tls_dir.clone(),
         source,
     })?;
-    let tls = tls::ensure(&tls_dir, &dns_suffix)?;
+    let tls = tls::ensure(&tls_dir, &dns_suffix, &entra_hosts)?;
     let token_signer = tls::token_signer(&tls_dir)?;
     let dev_issuer = tls::issuer_signer(&tls_dir)?.verify_key();
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -227,11 +244,15 @@ pub async fn start_with_imds(
         source,
     })?;
     let host = match addr.ip() {
+        _ if !entra_hosts.is_empty() => entra_hosts[0].clone(),
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
         IpAddr::V4(ip) => ip.to_string(),
     };
-    let base_url = format!("https://{host}:{}", addr.port());
+    let base_url = match addr.port() {
+        443 if !entra_hosts.is_empty() => format!("https://{host}"),
+        port => format!("https://{host}:{port}"),
+    };
     let state = Arc::new(
         State::new(
             &config.seed,

@@ -304,7 +304,19 @@ pub(crate) fn backing_secret(
                 "cert",
                 KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, chain)),
             );
-            let pfx = Zeroizing::new(store.writer("").write().map_err(|e| e.to_string())?);
+            // SHA-1 MAC and 3DES, like the PFX Key Vault keeps for a certificate: clients with
+            // the classic decoders (Go's x/crypto/pkcs12, which the Azure provider uses) read
+            // only these, and every newer decoder reads them too.
+            let pfx = Zeroizing::new(
+                store
+                    .writer("")
+                    .encryption_algorithm(
+                        p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc,
+                    )
+                    .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha1)
+                    .write()
+                    .map_err(|e| e.to_string())?,
+            );
             Ok(Zeroizing::new(
                 base64::engine::general_purpose::STANDARD.encode(pfx.as_slice()),
             ))

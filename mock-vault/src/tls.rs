@@ -3,8 +3,8 @@
 //! | file | what |
 //! |---|---|
 //! | `ca.pem`, `ca-key.pem` | dev CA (basicConstraints critical CA:TRUE, keyCertSign), reused across runs |
-//! | `server.pem`, `server-key.pem` | server certificate for `*.<suffix>`, `<suffix>`, `localhost`, `127.0.0.1`, `::1`; `server.pem` holds leaf then CA |
-//! | `server-dns-suffix` | the suffix the server certificate was made for (regenerated when it changes) |
+//! | `server.pem`, `server-key.pem` | server certificate for `*.<suffix>`, `<suffix>`, the Entra host names, `localhost`, `127.0.0.1`, `::1`; `server.pem` holds leaf then CA |
+//! | `server-dns-suffix` | the suffix and Entra host names the server certificate was made for (regenerated when they change) |
 //! | `token-signing-key.pem` | P-256 key that signs the Entra access tokens |
 //! | `issuer-key.pem`, `issuer.pub.pem` | P-256 key of the dev service-account issuer (`https://oidc.kvmount.local`) |
 //!
@@ -108,8 +108,12 @@ pub(crate) struct TlsMaterial {
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
-/// Creates or reuses the CA and the server certificate for `dns_suffix`.
-pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error> {
+/// Creates or reuses the CA and the server certificate for `dns_suffix` and `entra_hosts`.
+pub(crate) fn ensure(
+    dir: &Path,
+    dns_suffix: &str,
+    entra_hosts: &[String],
+) -> Result<TlsMaterial, Error> {
     ensure_dir(dir)?;
     let ca_path = dir.join(CA_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
@@ -136,8 +140,12 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
     let ca_pem = fs::read_to_string(&ca_path).map_err(io_err(&ca_path))?;
 
     let suffix_path = dir.join(SERVER_SUFFIX_FILE);
+    let made_for = std::iter::once(dns_suffix)
+        .chain(entra_hosts.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
     let reuse_server = !ca_is_new
-        && read_opt(&suffix_path)?.as_deref().map(str::trim) == Some(dns_suffix)
+        && read_opt(&suffix_path)?.as_deref().map(str::trim) == Some(made_for.as_str())
         && dir.join(SERVER_FILE).exists()
         && dir.join(SERVER_KEY_FILE).exists();
     if !reuse_server {
@@ -145,13 +153,9 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
         // identifier are derived from those, so they match the CA certificate on disk.
         let issuer = Issuer::new(ca_params(), ca_key);
         let key = KeyPair::generate().map_err(|e| tls_err(dir, e.to_string()))?;
-        let names = vec![
-            format!("*.{dns_suffix}"),
-            dns_suffix.to_string(),
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
+        let mut names = vec![format!("*.{dns_suffix}"), dns_suffix.to_string()];
+        names.extend(entra_hosts.iter().cloned());
+        names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
         let mut p = CertificateParams::new(names)
             .map_err(|e| tls_err(dir, format!("server names: {e}")))?;
         let mut dn = DistinguishedName::new();
@@ -180,7 +184,7 @@ pub(crate) fn ensure(dir: &Path, dns_suffix: &str) -> Result<TlsMaterial, Error>
         write_file(
             dir,
             SERVER_SUFFIX_FILE,
-            format!("{dns_suffix}\n").as_bytes(),
+            format!("{made_for}\n").as_bytes(),
             0o644,
         )?;
         tracing::info!(dir = %dir.display(), dns_suffix, "created mock vault server certificate");

@@ -969,3 +969,61 @@ async fn reset_faults_cut_the_response_mid_body() {
         .expect("put");
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn entra_hosts_name_the_authority_and_are_in_the_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = MockVaultConfig::new(dir.path().join("tls"));
+    config.entra_hosts = vec![
+        "login.stack.test".into(),
+        "login.microsoftonline.com".into(),
+    ];
+    let vault = kvmount_mock_vault::start(config).await.expect("start mock");
+    let port = vault.addr().port();
+    assert_eq!(vault.base_url(), format!("https://login.stack.test:{port}"));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(vault.ca_path()).expect("ca"))
+        .expect("ca pem");
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("login.stack.test", vault.addr())
+        .resolve("login.microsoftonline.com", vault.addr())
+        .build()
+        .expect("client");
+    // MSAL's instance discovery goes to login.microsoftonline.com for an unknown authority.
+    let discovery: Value = http
+        .get(format!(
+            "https://login.microsoftonline.com:{port}/common/discovery/instance?api-version=1.1"
+        ))
+        .send()
+        .await
+        .expect("discovery over TLS for the second name")
+        .json()
+        .await
+        .expect("json");
+    let openid_url = discovery["tenant_discovery_endpoint"]
+        .as_str()
+        .expect("url");
+    assert_eq!(
+        openid_url,
+        format!("https://login.stack.test:{port}/{TENANT}/v2.0/.well-known/openid-configuration")
+    );
+    let openid: Value = http
+        .get(openid_url)
+        .send()
+        .await
+        .expect("openid over TLS for the first name")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        openid["token_endpoint"],
+        format!("https://login.stack.test:{port}/{TENANT}/oauth2/v2.0/token")
+    );
+    vault.shutdown().await;
+    let bad = MockVaultConfig {
+        entra_hosts: vec!["not a name".into()],
+        ..MockVaultConfig::new(dir.path().join("tls"))
+    };
+    let err = kvmount_mock_vault::start(bad).await.expect_err("refused");
+    assert!(err.to_string().contains("entra_hosts"), "{err}");
+}

@@ -141,6 +141,7 @@ async fn play(root: &Path) -> anyhow::Result<()> {
         seed: Seed::demo(),
         tls_dir: tls_dir.clone(),
         dns_suffix: "vault.localhost".into(),
+        entra_hosts: Vec::new(),
     })
     .await
     .context("starting the mock vault")?;

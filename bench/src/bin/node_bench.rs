@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kvmount_bench::{millis, percentile, rss_kib};
 use kvmount_mock_vault::{FaultRule, Seed};
 use kvmount_proto::csi::NodeUnpublishVolumeRequest;
 use kvmount_proto::csi::node_client::NodeClient;
@@ -56,24 +57,8 @@ fn context(vault: &Vault, pod: &str, token: &str, objs: &str) -> HashMap<String,
     ])
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
-}
-
 fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    format!("{:.2}", millis(d))
 }
 
 async fn publish(
@@ -158,9 +143,9 @@ async fn main() {
         }
         unpublish(&mut node, &keeper_target, &keeper).await;
         for (name, samples) in [
-            ("cold (new pod, objects not cached)", &mut cold),
-            ("warm (republish of a pod)", &mut republish),
-            ("warm (new pod, same identity)", &mut new_pod),
+            ("cold (new pod, objects not cached)", &cold),
+            ("warm (republish of a pod)", &republish),
+            ("warm (new pod, same identity)", &new_pod),
         ] {
             rows.push(format!(
                 "| {latency} ms | {name} | {} | {} |",

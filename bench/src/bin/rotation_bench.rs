@@ -4,9 +4,9 @@
 //! Writes `docs/rotation-requests.svg` and prints a Markdown table.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
+use kvmount_bench::svg::{self, Chart, Scale, Series};
 use kvmount_mock_vault::Seed;
 use kvmount_proto::csi::NodeUnpublishVolumeRequest;
 use kvmount_proto::csi::node_client::NodeClient;
@@ -123,76 +123,27 @@ async fn main() {
     println!("\n![Key Vault requests per rotation interval](docs/rotation-requests.svg)");
 }
 
-/// A log-log line chart of requests per interval against pods, both series.
+/// Requests per interval against pods (log scale), both series.
 fn plot(rows: &[(usize, u64, f64, f64)]) -> String {
-    let (w, h, left, bottom, top, right) = (640.0, 400.0, 70.0, 50.0, 30.0, 20.0);
-    let x = |pods: f64| left + (pods.log10() / 3.0) * (w - left - right);
-    let y = |n: f64| h - bottom - (n.max(1.0).log10() / 4.0) * (h - bottom - top);
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">"
-    );
-    let _ = write!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = write!(
-        svg,
-        "<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">Key Vault GETs per rotation interval (5 objects)</text>",
-        w / 2.0
-    );
-    for decade in 0..=4 {
-        let n = 10f64.powi(decade);
-        let (x2, yy, tx, ty) = (w - right, y(n), left - 6.0, y(n) + 4.0);
-        let _ = write!(
-            svg,
-            "<line x1=\"{left}\" x2=\"{x2}\" y1=\"{yy}\" y2=\"{yy}\" stroke=\"#ddd\"/><text x=\"{tx}\" y=\"{ty}\" text-anchor=\"end\">{n}</text>"
-        );
+    let pods: Vec<String> = rows.iter().map(|r| r.0.to_string()).collect();
+    let series = [
+        Series {
+            label: "per-pod fetch (Azure provider model)".into(),
+            color: svg::AZURE,
+            values: rows.iter().map(|r| Some(r.3)).collect(),
+        },
+        Series {
+            label: "kvmount (measured)".into(),
+            color: svg::KVMOUNT,
+            values: rows.iter().map(|r| Some(r.2)).collect(),
+        },
+    ];
+    Chart {
+        title: &format!("Key Vault GETs per rotation interval ({OBJECTS} objects)"),
+        y_label: "GETs per interval",
+        scale: Scale::Log,
+        categories: &pods,
+        series: &series,
     }
-    for pods in [1.0, 10.0, 100.0, 1000.0] {
-        let (xx, y2, ty) = (x(pods), h - bottom, h - bottom + 18.0);
-        let _ = write!(
-            svg,
-            "<line x1=\"{xx}\" x2=\"{xx}\" y1=\"{top}\" y2=\"{y2}\" stroke=\"#ddd\"/><text x=\"{xx}\" y=\"{ty}\" text-anchor=\"middle\">{pods}</text>"
-        );
-    }
-    let _ = write!(
-        svg,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">pods on the node</text>",
-        w / 2.0,
-        h - 8.0
-    );
-    for (color, label, pick) in [
-        ("#c0392b", "per-pod fetch (Azure provider)", 3usize),
-        ("#2471a3", "kvmount (measured)", 2),
-    ] {
-        let points: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                let v = if pick == 3 { r.3 } else { r.2 };
-                format!("{:.1},{:.1}", x(r.0 as f64), y(v))
-            })
-            .collect();
-        let _ = write!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2.5\" points=\"{}\"/>",
-            points.join(" ")
-        );
-        for p in &points {
-            let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = write!(
-                svg,
-                "<circle cx=\"{px}\" cy=\"{py}\" r=\"4\" fill=\"{color}\"/>"
-            );
-        }
-        let ly = if pick == 3 { top + 20.0 } else { top + 40.0 };
-        let _ = write!(
-            svg,
-            "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{label}</text>",
-            left + 20.0,
-            ly - 4.0,
-            left + 40.0,
-            ly
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+    .lines()
 }

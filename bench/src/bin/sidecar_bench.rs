@@ -3,10 +3,12 @@
 //! - agent time to first render (its own clock from process start, and spawn-to-file), next to
 //!   the Key Vault round trips the same reads cost in-process (token + one GET per object);
 //! - agent RSS in steady state (refreshing every second for 20 s, 3 objects + 1 template);
-//! - webhook: AdmissionReview round trip over TLS (one connection, sequential) and the
-//!   decision time the webhook reports in /metrics.
+//! - webhook: AdmissionReview latency over TLS at a fixed rate (open loop: each review is sent
+//!   at its scheduled time whether or not the earlier ones were answered, and timed from that
+//!   time) and the decision time the webhook reports in /metrics.
 //!
-//! Prints a Markdown table. `bench/run.sh sidecar` builds and runs it.
+//! Prints a Markdown table; `--json PATH` also writes the numbers for `bench-report`;
+//! `--quick` takes fewer samples. `bench/run.sh sidecar` builds and runs it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -14,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kvmount_bench::{millis, percentile, status_kib};
 use kvmount_sidecar::config::{
     AGENT_CONFIG_ENV, AgentConfig, ObjectFields, ObjectRef, TemplateFile, object_yaml,
     objects_document,
@@ -21,7 +24,8 @@ use kvmount_sidecar::config::{
 use kvmount_tests::Vault;
 
 const APP_A: &str = "00000000-0000-0000-0000-00000000000a";
-const RUNS: usize = 20;
+/// AdmissionReviews per second in the webhook run.
+const REVIEW_RATE: u32 = 100;
 
 fn bin() -> String {
     std::env::var("KVMOUNT_KVMOUNT_SIDECAR_BIN")
@@ -32,11 +36,6 @@ fn bin() -> String {
 fn agent_bin() -> String {
     std::env::var("KVMOUNT_KVMOUNT_AGENT_BIN")
         .unwrap_or_else(|_| "target/release/kvmount-agent".into())
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
 }
 
 fn ms(d: Duration) -> String {
@@ -130,30 +129,8 @@ fn spawn_agent(
     (child, out)
 }
 
-fn rss_parts_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
-}
-
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"))
 }
 
 async fn in_process_round_trips(vault: &Vault, token: &str) -> Duration {
@@ -195,6 +172,14 @@ async fn in_process_round_trips(vault: &Vault, token: &str) -> Duration {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_out = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1));
+    let runs = if quick { 3 } else { 20 };
+    let review_seconds: u32 = if quick { 3 } else { 20 };
     let vault = Vault::start(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let token = vault.sa_token("team-a", "app");
@@ -204,7 +189,7 @@ async fn main() {
     // Time to first render, init-only runs.
     let mut own = Vec::new();
     let mut spawn_to_exit = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let tmpfs = Tmpfs::new();
         let env = config(&vault, &token_path, &tmpfs.0, 300);
         let started = Instant::now();
@@ -223,7 +208,7 @@ async fn main() {
         own.push(Duration::from_millis(elapsed));
     }
     let mut trips = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         trips.push(in_process_round_trips(&vault, &token).await);
     }
 
@@ -234,21 +219,22 @@ async fn main() {
     let pid = child.id();
     let mut samples = Vec::new();
     let started = Instant::now();
+    let (window, settle) = if quick { (6, 3) } else { (20, 5) };
     let window = Duration::from_secs(
         std::env::var("KVMOUNT_BENCH_RSS_SECONDS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(20),
+            .unwrap_or(window),
     );
     while started.elapsed() < window {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if started.elapsed() > Duration::from_secs(5) {
+        if started.elapsed() > Duration::from_secs(settle) {
             samples.push(rss_kib(pid));
         }
     }
     let refreshes = out.lock().expect("lock").matches("fetch failed").count();
     let (_, hwm) = rss_kib(pid);
-    let (anon, file) = rss_parts_kib(pid);
+    let (anon, file) = (status_kib(pid, "RssAnon"), status_kib(pid, "RssFile"));
     let _ = child.kill();
     let _ = child.wait();
     drop(tmpfs);
@@ -318,9 +304,8 @@ async fn main() {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut hook_times = Vec::new();
-    for i in 0..2100 {
-        let started = Instant::now();
+    // Warm the connection pool, then send at a fixed rate without waiting for answers.
+    for _ in 0..100 {
         let resp = client
             .post(&url)
             .body(review.clone())
@@ -328,9 +313,23 @@ async fn main() {
             .await
             .expect("post");
         resp.bytes().await.expect("body");
-        if i >= 100 {
-            hook_times.push(started.elapsed());
-        }
+    }
+    let period = Duration::from_secs(1) / REVIEW_RATE;
+    let t0 = tokio::time::Instant::now();
+    let mut sends = Vec::new();
+    for i in 0..REVIEW_RATE * review_seconds {
+        let scheduled = t0 + period * i;
+        tokio::time::sleep_until(scheduled).await;
+        let (client, url, body) = (client.clone(), url.clone(), review.clone());
+        sends.push(tokio::spawn(async move {
+            let resp = client.post(&url).body(body).send().await.expect("post");
+            resp.bytes().await.expect("body");
+            scheduled.elapsed()
+        }));
+    }
+    let mut hook_times = Vec::new();
+    for send in sends {
+        hook_times.push(send.await.expect("join"));
     }
     let metrics = client
         .get(format!("https://localhost:{port}/metrics"))
@@ -358,22 +357,23 @@ async fn main() {
     println!("| measurement | value |");
     println!("|---|---|");
     println!(
-        "| agent first render, its own clock from process start (p50 / p95 of {RUNS}) | {} / {} |",
-        ms(percentile(&mut own.clone(), 0.5)),
-        ms(percentile(&mut own, 0.95))
+        "| agent first render, its own clock from process start (p50 / p95 of {runs}) | {} / {} |",
+        ms(percentile(&own, 50.0)),
+        ms(percentile(&own, 95.0))
     );
     println!(
         "| agent init-only run, spawn to exit (p50 / p95) | {} / {} |",
-        ms(percentile(&mut spawn_to_exit.clone(), 0.5)),
-        ms(percentile(&mut spawn_to_exit, 0.95))
+        ms(percentile(&spawn_to_exit, 50.0)),
+        ms(percentile(&spawn_to_exit, 95.0))
     );
     println!(
         "| the same Key Vault round trips in-process (token + 2 GETs, new TLS connections; p50 / p95) | {} / {} |",
-        ms(percentile(&mut trips.clone(), 0.5)),
-        ms(percentile(&mut trips, 0.95))
+        ms(percentile(&trips, 50.0)),
+        ms(percentile(&trips, 95.0))
     );
     println!(
-        "| agent RSS, steady state (refresh every 1 s, 15 s sampled: max / last / VmHWM) | {:.2} MiB / {:.2} MiB / {:.2} MiB |",
+        "| agent RSS, steady state (refresh every 1 s, {} s sampled: max / last / VmHWM) | {:.2} MiB / {:.2} MiB / {:.2} MiB |",
+        window.as_secs() - settle,
         rss_max as f64 / 1024.0,
         rss_last as f64 / 1024.0,
         hwm as f64 / 1024.0
@@ -387,9 +387,9 @@ async fn main() {
         "| agent refresh failures during the RSS run / secret GETs served | {refreshes} / {gets} |"
     );
     println!(
-        "| webhook AdmissionReview round trip over TLS, keep-alive (p50 / p99 of 2,000) | {} / {} |",
-        ms(percentile(&mut hook_times.clone(), 0.5)),
-        ms(percentile(&mut hook_times, 0.99))
+        "| webhook AdmissionReview over TLS at {REVIEW_RATE}/s for {review_seconds} s, from the scheduled send (p50 / p99) | {} / {} |",
+        ms(percentile(&hook_times, 50.0)),
+        ms(percentile(&hook_times, 99.0))
     );
     println!(
         "| webhook decision time, /metrics (mean / max) | {:.1} µs / {:.1} µs |",
@@ -400,4 +400,25 @@ async fn main() {
         "| webhook RSS after the run | {:.2} MiB |",
         hook_rss as f64 / 1024.0
     );
+    if let Some(path) = json_out {
+        let pct = |v: &[Duration]| serde_json::json!({"p50": millis(percentile(v, 50.0)), "p95": millis(percentile(v, 95.0))});
+        let results = serde_json::json!({
+            "quick": quick,
+            "runs": runs,
+            "first_render_ms": pct(&own),
+            "spawn_to_exit_ms": pct(&spawn_to_exit),
+            "round_trips_ms": pct(&trips),
+            "agent_rss_kib": {"max": rss_max, "last": rss_last, "hwm": hwm, "anon": anon, "file": file},
+            "agent_refresh_failures": refreshes,
+            "webhook": {
+                "rate_per_second": REVIEW_RATE, "seconds": review_seconds,
+                "p50_ms": millis(percentile(&hook_times, 50.0)),
+                "p99_ms": millis(percentile(&hook_times, 99.0)),
+                "decision_mean_us": decision_mean * 1e6, "decision_max_us": decision_max * 1e6,
+                "rss_kib": hook_rss,
+            },
+        });
+        let text = serde_json::to_string_pretty(&results).expect("json");
+        std::fs::write(path, text + "\n").expect("write the --json file");
+    }
 }

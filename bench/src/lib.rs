@@ -1,0 +1,90 @@
+//! What the benchmark binaries share: percentiles, process measurements from `/proc`, the
+//! results file they write, and hand-rolled SVG charts for `docs/benchmarks.md`.
+
+#![forbid(unsafe_code)]
+
+pub mod svg;
+
+use std::path::Path;
+use std::time::Duration;
+
+/// The nearest-rank percentile `p` (0 to 100) of `samples`; zero when there are none.
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Milliseconds as a float, for results files.
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`); 0 when the
+/// process or field is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident set size in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// CPU seconds (user + system, all threads) the process used so far, from `/proc/<pid>/stat`.
+/// Clock ticks are USER_HZ, which Linux fixes at 100 on the x86 and arm ABIs.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields after its closing parenthesis are fixed.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Writes `value` as pretty JSON to `dir/name`, creating `dir`.
+pub fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    text.push('\n');
+    std::fs::write(dir.join(name), text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&s, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&s, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&s[..3], 99.0), Duration::from_millis(3));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn own_process_measurements() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid) > 0);
+        assert!(status_kib(pid, "VmHWM") >= rss_kib(pid) / 2);
+        assert!(cpu_seconds(pid) >= 0.0);
+        assert_eq!(status_kib(u32::MAX, "VmRSS"), 0);
+    }
+}
