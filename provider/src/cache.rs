@@ -330,8 +330,8 @@ impl NodeCache {
 
     /// Proves that `params`' own credentials get a token for their identity (asking Entra ID
     /// only when no earlier proof of the same credentials is still valid), then returns the
-    /// identity's clients.
-    async fn prove(&self, params: &MountParams) -> Result<Arc<VaultClient>, VaultError> {
+    /// identity's clients, and whether they were just built.
+    async fn prove(&self, params: &MountParams) -> Result<(Arc<VaultClient>, bool), VaultError> {
         let fingerprint = fingerprint(params);
         let now = Instant::now();
         let proven = lock(&self.proofs)
@@ -370,7 +370,7 @@ impl NodeCache {
         &self,
         params: &MountParams,
         (fresh, valid_until): (Option<Arc<dyn TokenCredential>>, Instant),
-    ) -> Result<Arc<VaultClient>, VaultError> {
+    ) -> Result<(Arc<VaultClient>, bool), VaultError> {
         let key = IdentityKey::of_mount(params);
         let mut identities = lock(&self.identities);
         if let Some(entry) = identities.get_mut(&key)
@@ -382,7 +382,7 @@ impl NodeCache {
                 entry.credential.replace(credential);
                 entry.valid_until = valid_until;
             }
-            return Ok(Arc::clone(&entry.client));
+            return Ok((Arc::clone(&entry.client), false));
         }
         let credential = match fresh {
             Some(credential) => credential,
@@ -404,7 +404,7 @@ impl NodeCache {
                 client: Arc::clone(&client),
             },
         );
-        Ok(client)
+        Ok((client, true))
     }
 
     fn slot(&self, key: &ObjectKey) -> Arc<Slot> {
@@ -427,7 +427,7 @@ impl NodeCache {
             error,
         };
         let scrub = scrub_list(&params.auth);
-        let client = self.prove(params).await.map_err(vault_failure)?;
+        let (client, new_client) = self.prove(params).await.map_err(vault_failure)?;
         let lookups = params.objects.iter().map(|spec| {
             let client = &*client;
             let scrub = &scrub;
@@ -472,7 +472,27 @@ impl NodeCache {
                 Ok((rendered, key))
             }
         });
-        let results = try_join_all(lookups).await?;
+        let mut lookups: Vec<_> = lookups.map(Some).collect();
+        let mut results = Vec::with_capacity(lookups.len());
+        if new_client {
+            // New clients answer Key Vault's challenge once each (secrets, keys, certificates)
+            // and then reuse it: the first object of each type goes alone, so a class of N
+            // objects costs one challenge, not N.
+            let mut seen = HashSet::new();
+            let leaders: Vec<usize> = (0..lookups.len())
+                .filter(|&i| seen.insert(params.objects[i].object_type))
+                .collect();
+            let firsts = leaders.iter().filter_map(|&i| lookups[i].take());
+            results.extend(leaders.iter().copied().zip(try_join_all(firsts).await?));
+        }
+        let rest: Vec<usize> = (0..lookups.len())
+            .filter(|&i| lookups[i].is_some())
+            .collect();
+        let others = lookups.iter_mut().filter_map(Option::take);
+        results.extend(rest.into_iter().zip(try_join_all(others).await?));
+        // In the class's order.
+        results.sort_by_key(|(i, _)| *i);
+        let results = results.into_iter().map(|(_, r)| r);
         Ok(results.into_iter().unzip())
     }
 
