@@ -199,7 +199,7 @@ impl Report {
         let (d, md) = (&self.data, &mut self.md);
         let _ = writeln!(
             md,
-            "## Mount latency through the provider API\n\nOne Mount call as the upstream driver makes it (workload identity, `cloudName: AzureStackCloud`), sequential. Cold: a new pod whose objects nobody read yet; warm: the same pod mounted again (the driver's rotation). Added latency is on every secret GET at the mock.\n\n| secrets | added latency | case | kvmount p50 / p99 ms | Azure p50 / p99 ms | kvmount / Azure (p50) | samples |\n|---|---|---|---|---|---|---|"
+            "## Mount latency through the provider API\n\nOne Mount call as the upstream driver makes it (workload identity, `cloudName: AzureStackCloud`), sequential. Cold: a new pod whose objects nobody read yet (samples spaced by secrets / 20 s, so each starts with kvmount's default request budget, `--vault-qps 20 --vault-burst 40`, refilled: a class over 40 objects still waits for the limit); warm: the same pod mounted again (the driver's rotation). Added latency is on every secret GET at the mock.\n\n| secrets | added latency | case | kvmount p50 / p99 ms | Azure p50 / p99 ms | kvmount / Azure (p50) | samples |\n|---|---|---|---|---|---|---|"
         );
         let mut cats = Vec::new();
         let mut ours = Vec::new();

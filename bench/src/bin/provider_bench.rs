@@ -43,6 +43,10 @@ const NAMESPACE: &str = "bench";
 const CLASS_SIZES: [usize; 3] = [1, 10, 50];
 const POD_CLASS: usize = 5;
 const STREAMS: usize = 8;
+/// kvmount's default `--vault-qps`: cold samples are spaced so each starts with the daemon's
+/// request budget refilled (the rows measure a mount, not the rate limit; bursts of pods are
+/// the pod rows).
+const KVMOUNT_DEFAULT_QPS: f64 = 20.0;
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Rotation intervals counted after each mount wave.
 const INTERVALS: u32 = 2;
@@ -357,6 +361,8 @@ async fn latency_rows(bench: &Bench, plan: &Plan, sides: &mut [Side]) -> Vec<Val
                 for (i, side) in sides.iter_mut().enumerate() {
                     cold[i].record(mount(&mut side.client, &req).await);
                 }
+                tokio::time::sleep(Duration::from_secs_f64(size as f64 / KVMOUNT_DEFAULT_QPS))
+                    .await;
             }
             let pod = format!("warm-{latency}-{size}");
             let req = bench.request(&pod, &bench.token(&pod), &secret_class(&fresh(size)));
