@@ -23,9 +23,23 @@ use kvmount_vault::{
 };
 use serde::{Deserialize, Serialize};
 
-/// What makes two objects the same entry.
+/// What makes two objects the same entry. Cheap to clone: the cache hands out the one copy it
+/// keeps for each entry, so the volumes that use an entry share it (1,000 volumes of a 10-object
+/// class hold 10 keys, not 10,000).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ObjectKey {
+#[serde(transparent)]
+pub struct ObjectKey(Arc<ObjectKeyFields>);
+
+impl std::ops::Deref for ObjectKey {
+    type Target = ObjectKeyFields;
+    fn deref(&self) -> &ObjectKeyFields {
+        &self.0
+    }
+}
+
+/// The fields of an [`ObjectKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectKeyFields {
     /// Vault name.
     pub vault: String,
     /// The Key Vault DNS suffix of the class's cloud (`cloudName`, `cloudEnvFileName`), or
@@ -55,7 +69,7 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// The key of `spec` read by `params`'s identity.
     pub fn new(params: &MountParams, spec: &ObjectSpec) -> Self {
-        Self {
+        Self(Arc::new(ObjectKeyFields {
             vault: params.keyvault_name.to_ascii_lowercase(),
             cloud: cloud_of(params),
             tenant: params.tenant_id.to_ascii_lowercase(),
@@ -66,7 +80,7 @@ impl ObjectKey {
             encoding: encoding_name(spec.encoding).to_owned(),
             format: format_name(spec.format).to_owned(),
             variant: spec.cache_variant(),
-        }
+        }))
     }
 
     /// `secret/name` for logs.
@@ -192,7 +206,7 @@ struct Slot {
 }
 
 struct Users {
-    volumes: HashSet<String>,
+    volumes: HashSet<Arc<str>>,
     last_used: Instant,
     /// Consecutive failed rotation reads, and when to try again.
     failures: u32,
@@ -256,7 +270,7 @@ pub struct NodeCache {
     connector: Connector,
     config: CacheConfig,
     slots: Mutex<HashMap<ObjectKey, Arc<Slot>>>,
-    volumes: Mutex<HashMap<String, Vec<ObjectKey>>>,
+    volumes: Mutex<HashMap<Arc<str>, Vec<ObjectKey>>>,
     /// Credentials that proved valid, by [`fingerprint`].
     proofs: Mutex<HashMap<[u8; 32], Proof>>,
     /// Per identity, the clients publishes and rotation read with.
@@ -408,11 +422,18 @@ impl NodeCache {
     }
 
     fn slot(&self, key: &ObjectKey) -> Arc<Slot> {
-        Arc::clone(
-            lock(&self.slots)
-                .entry(key.clone())
-                .or_insert_with(|| Arc::new(Slot::new())),
-        )
+        self.interned(key.clone()).1
+    }
+
+    /// The entry of `key`, created when there is none, and the cache's own copy of the key.
+    fn interned(&self, key: ObjectKey) -> (ObjectKey, Arc<Slot>) {
+        let mut slots = lock(&self.slots);
+        if let Some((kept, slot)) = slots.get_key_value(&key) {
+            return (kept.clone(), Arc::clone(slot));
+        }
+        let slot = Arc::new(Slot::new());
+        slots.insert(key.clone(), Arc::clone(&slot));
+        (key, slot)
     }
 
     /// Renders every object of `params`: after the pod's own credentials proved valid for its
@@ -432,8 +453,7 @@ impl NodeCache {
             let client = &*client;
             let scrub = &scrub;
             async move {
-                let key = ObjectKey::new(params, spec);
-                let slot = self.slot(&key);
+                let (key, slot) = self.interned(ObjectKey::new(params, spec));
                 let mut value = slot.value.lock().await;
                 let fresh = value.as_ref().is_some_and(|c| {
                     // The rotation loop keeps entries in use fresh; a publish reads again only
@@ -498,14 +518,15 @@ impl NodeCache {
 
     /// Records that `volume` (a target path) uses `keys`, replacing what it used before.
     pub fn retain(&self, volume: &str, keys: Vec<ObjectKey>) {
-        let previous = lock(&self.volumes).insert(volume.to_owned(), keys.clone());
+        let volume: Arc<str> = Arc::from(volume);
+        let previous = lock(&self.volumes).insert(Arc::clone(&volume), keys.clone());
         for key in &keys {
-            self.slot(key).users().volumes.insert(volume.to_owned());
+            self.slot(key).users().volumes.insert(Arc::clone(&volume));
         }
         if let Some(previous) = previous {
             let stale: Vec<ObjectKey> =
                 previous.into_iter().filter(|k| !keys.contains(k)).collect();
-            self.drop_users(volume, &stale);
+            self.drop_users(&volume, &stale);
         }
     }
 
@@ -752,6 +773,27 @@ mod tests {
             ("clientsecret".to_owned(), "s".to_owned()),
         ]);
         kvmount_vault::params::mount_params(&attributes, &secrets, 0o644).expect("valid")
+    }
+
+    #[test]
+    fn volumes_share_the_cache_copy_of_a_key() {
+        let cache = NodeCache::new(
+            Connector::new(kvmount_vault::ConnectorConfig::default()).expect("connector"),
+            CacheConfig {
+                refresh_after: Duration::from_secs(60),
+                idle_ttl: Duration::from_secs(60),
+            },
+        );
+        let p = params(&[]);
+        let (first, _) = cache.interned(ObjectKey::new(&p, &p.objects[0]));
+        let (second, _) = cache.interned(ObjectKey::new(&p, &p.objects[0]));
+        assert!(Arc::ptr_eq(&first.0, &second.0), "one copy per entry");
+        cache.retain("/pods/a", vec![first.clone()]);
+        cache.retain("/pods/b", vec![second]);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.release("/pods/a"), 0, "b still uses it");
+        assert_eq!(cache.release("/pods/b"), 1, "erased with the last volume");
+        assert!(cache.is_empty());
     }
 
     #[test]
