@@ -213,6 +213,7 @@ pub(crate) async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        let _ = tcp.set_nodelay(true); // as in the Key Vault listener
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| serve(state.clone(), req));

@@ -413,6 +413,9 @@ pub(crate) async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        // Replies go out as written (status, headers, body), as a real service's do: with
+        // Nagle's algorithm a client's delayed ACK adds ~40 ms to small answers.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
         let watcher = graceful.watcher();

@@ -85,7 +85,7 @@ async fn unpublish(node: &mut NodeClient<Channel>, target: &Path, id: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let secrets = OBJECTS_PER_CLASS * (2 * SAMPLES + 3);
+    let secrets = OBJECTS_PER_CLASS * (4 * SAMPLES + 5);
     let vault = Vault::start(Some(seed(secrets))).await;
     let daemon = NodeDaemon::start(&vault.provider_flags());
     let pid = daemon.pid();
@@ -106,23 +106,44 @@ async fn main() {
                 }])
                 .expect("latency fault");
         }
-        // Cold: a new pod whose 10 objects nobody on the node has read yet.
+        // Cold: a new pod whose 10 objects nobody on the node has read yet. First the first
+        // pod of its identity on the node (new connections, Key Vault's challenge answered
+        // once), then with another pod of the identity running (its clients are kept).
+        let mut cold_first = Vec::new();
         let mut cold = Vec::new();
-        for i in 0..SAMPLES {
-            let pod = format!("cold-{latency}-{i}");
-            let target = daemon.target(&pod);
-            let ctx = context(
-                &vault,
-                &pod,
-                &vault.sa_token("bench", "app"),
-                &class(next_class * OBJECTS_PER_CLASS),
-            );
-            next_class += 1;
-            cold.push(publish(&mut node, &target, &pod, &ctx).await);
-            unpublish(&mut node, &target, &pod).await;
-            // Spaced so each cold publish starts with the default request budget
-            // (`--vault-qps 20`) refilled: the row measures a publish, not the rate limit.
-            tokio::time::sleep(Duration::from_secs_f64(OBJECTS_PER_CLASS as f64 / 20.0)).await;
+        for resident in [false, true] {
+            let keeper = format!("resident-{latency}");
+            let keeper_target = daemon.target(&keeper);
+            if resident {
+                let ctx = context(
+                    &vault,
+                    &keeper,
+                    &vault.sa_token("bench", "app"),
+                    &class(next_class * OBJECTS_PER_CLASS),
+                );
+                next_class += 1;
+                publish(&mut node, &keeper_target, &keeper, &ctx).await;
+            }
+            for i in 0..SAMPLES {
+                let pod = format!("cold-{latency}-{resident}-{i}");
+                let target = daemon.target(&pod);
+                let ctx = context(
+                    &vault,
+                    &pod,
+                    &vault.sa_token("bench", "app"),
+                    &class(next_class * OBJECTS_PER_CLASS),
+                );
+                next_class += 1;
+                let took = publish(&mut node, &target, &pod, &ctx).await;
+                if resident { &mut cold } else { &mut cold_first }.push(took);
+                unpublish(&mut node, &target, &pod).await;
+                // Spaced so each cold publish starts with the default request budget
+                // (`--vault-qps 20`) refilled: the row measures a publish, not the rate limit.
+                tokio::time::sleep(Duration::from_secs_f64(OBJECTS_PER_CLASS as f64 / 20.0)).await;
+            }
+            if resident {
+                unpublish(&mut node, &keeper_target, &keeper).await;
+            }
         }
         // Warm: the objects are cached (one pod keeps them); kubelet's republish of a pod, and a
         // new pod of the same identity (which still proves its own token at Entra ID first).
@@ -146,7 +167,14 @@ async fn main() {
         }
         unpublish(&mut node, &keeper_target, &keeper).await;
         for (name, samples) in [
-            ("cold (new pod, objects not cached)", &cold),
+            (
+                "cold, first pod of its identity on the node (objects not cached)",
+                &cold_first,
+            ),
+            (
+                "cold, another pod of its identity on the node (objects not cached)",
+                &cold,
+            ),
             ("warm (republish of a pod)", &republish),
             ("warm (new pod, same identity)", &new_pod),
         ] {
