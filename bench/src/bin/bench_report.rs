@@ -343,7 +343,7 @@ impl Report {
         let (d, md) = (&self.data, &mut self.md);
         let _ = writeln!(
             md,
-            "## Daemon memory and CPU (provider API)\n\nRSS after each mount wave and its rotation round (the Azure provider keeps nothing per pod; kvmount keeps the node cache and one credential per pod token until idle). CPU: user + system seconds of the provider process during the largest wave, per 1,000 mounts.\n\n| | kvmount | Azure provider |\n|---|---|---|"
+            "## Daemon memory and CPU (provider API)\n\nRSS after each mount wave and its rotation round (the Azure provider keeps nothing per pod; kvmount keeps the node cache, one set of clients per identity, and per pod token only a digest with the time its proof expires). CPU: user + system seconds of the provider process during the largest wave, per 1,000 mounts.\n\n| | kvmount | Azure provider |\n|---|---|---|"
         );
         let r = |p: &str, k: &str| d.resources(p).and_then(|r| f(&r[k]));
         let after = |p: &str, pods: &str| {
