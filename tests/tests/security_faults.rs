@@ -93,14 +93,9 @@ impl Faults<'_> {
     }
 }
 
-fn within_deadline(took: Duration) -> bool {
-    // The daemon's deadline plus slack for a loaded machine: a hang would take far longer.
-    took < Duration::from_secs(DEADLINE_SECONDS + 20)
-}
-
-#[tokio::test]
-async fn mounts_succeed_after_faults_or_fail_clearly_within_the_deadline() {
-    let vault = Vault::start(Some(seed())).await;
+/// The daemon these tests run: the short mount deadline, few retries, a 1 s rotation interval,
+/// every log line.
+fn faulty_daemon(vault: &Vault) -> NodeDaemon {
     let mut flags = vault.provider_flags();
     flags.extend([
         "--mount-timeout-seconds".into(),
@@ -112,15 +107,31 @@ async fn mounts_succeed_after_faults_or_fail_clearly_within_the_deadline() {
         "--log-level".into(),
         "trace".into(),
     ]);
-    let daemon = NodeDaemon::start(&flags);
-    let provider = CsiDriverProviderClient::new(
+    NodeDaemon::start(&flags)
+}
+
+async fn provider_client(
+    daemon: &NodeDaemon,
+) -> CsiDriverProviderClient<tonic::transport::Channel> {
+    CsiDriverProviderClient::new(
         kvmount_provider::server::unix_channel(&daemon.provider_socket)
             .await
             .expect("provider socket"),
-    );
+    )
+}
+
+fn within_deadline(took: Duration) -> bool {
+    // The daemon's deadline plus slack for a loaded machine: a hang would take far longer.
+    took < Duration::from_secs(DEADLINE_SECONDS + 20)
+}
+
+#[tokio::test]
+async fn mounts_succeed_after_faults_or_fail_clearly_within_the_deadline() {
+    let vault = Vault::start(Some(seed())).await;
+    let daemon = faulty_daemon(&vault);
     let mut f = Faults {
         vault: &vault,
-        provider,
+        provider: provider_client(&daemon).await,
         injected: 0,
     };
     let mut scenarios = 0u64;
@@ -383,26 +394,10 @@ async fn mounts_succeed_after_faults_or_fail_clearly_within_the_deadline() {
 #[tokio::test]
 async fn connection_resets_mid_response() {
     let vault = Vault::start(Some(seed())).await;
-    let mut flags = vault.provider_flags();
-    flags.extend([
-        "--mount-timeout-seconds".into(),
-        DEADLINE_SECONDS.to_string(),
-        "--max-retries".into(),
-        "3".into(),
-        "--rotation-interval".into(),
-        "1s".into(),
-        "--log-level".into(),
-        "trace".into(),
-    ]);
-    let daemon = NodeDaemon::start(&flags);
-    let provider = CsiDriverProviderClient::new(
-        kvmount_provider::server::unix_channel(&daemon.provider_socket)
-            .await
-            .expect("provider socket"),
-    );
+    let daemon = faulty_daemon(&vault);
     let mut f = Faults {
         vault: &vault,
-        provider,
+        provider: provider_client(&daemon).await,
         injected: 0,
     };
     let reset = |route: &str, object: Option<&str>, times: Option<u64>| FaultRule {
