@@ -897,7 +897,14 @@ pub async fn list_versions(
     scrub: &[&str],
 ) -> Result<Vec<VersionInfo>, VaultError> {
     let sdk = |e: azure_core::Error| VaultError::from_sdk(&e, scrub);
-    let created = |t: Option<time::OffsetDateTime>| t.map(|t| t.unix_timestamp()).unwrap_or(0);
+    // One version's entry from its id (the version is the last path segment) and attributes.
+    let info = |id: Option<&str>, created: Option<time::OffsetDateTime>, enabled: Option<bool>| {
+        last_segment(id).map(|version| VersionInfo {
+            version,
+            created: created.map(|t| t.unix_timestamp()).unwrap_or(0),
+            enabled: enabled.unwrap_or(true),
+        })
+    };
     let mut out = Vec::new();
     match object_type {
         ObjectType::Secret => {
@@ -906,14 +913,12 @@ pub async fn list_versions(
                 .list_secret_properties_versions(name, None)
                 .map_err(sdk)?;
             while let Some(item) = pager.try_next().await.map_err(sdk)? {
-                if let Some(version) = last_segment(item.id.as_deref()) {
-                    let a = item.attributes.as_ref();
-                    out.push(VersionInfo {
-                        version,
-                        created: created(a.and_then(|a| a.created)),
-                        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
-                    });
-                }
+                let a = item.attributes.as_ref();
+                out.extend(info(
+                    item.id.as_deref(),
+                    a.and_then(|a| a.created),
+                    a.and_then(|a| a.enabled),
+                ));
             }
         }
         ObjectType::Key => {
@@ -922,14 +927,12 @@ pub async fn list_versions(
                 .list_key_properties_versions(name, None)
                 .map_err(sdk)?;
             while let Some(item) = pager.try_next().await.map_err(sdk)? {
-                if let Some(version) = last_segment(item.kid.as_deref()) {
-                    let a = item.attributes.as_ref();
-                    out.push(VersionInfo {
-                        version,
-                        created: created(a.and_then(|a| a.created)),
-                        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
-                    });
-                }
+                let a = item.attributes.as_ref();
+                out.extend(info(
+                    item.kid.as_deref(),
+                    a.and_then(|a| a.created),
+                    a.and_then(|a| a.enabled),
+                ));
             }
         }
         ObjectType::Cert => {
@@ -938,14 +941,12 @@ pub async fn list_versions(
                 .list_certificate_properties_versions(name, None)
                 .map_err(sdk)?;
             while let Some(item) = pager.try_next().await.map_err(sdk)? {
-                if let Some(version) = last_segment(item.id.as_deref()) {
-                    let a = item.attributes.as_ref();
-                    out.push(VersionInfo {
-                        version,
-                        created: created(a.and_then(|a| a.created)),
-                        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
-                    });
-                }
+                let a = item.attributes.as_ref();
+                out.extend(info(
+                    item.id.as_deref(),
+                    a.and_then(|a| a.created),
+                    a.and_then(|a| a.enabled),
+                ));
             }
         }
     }
