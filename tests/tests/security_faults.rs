@@ -120,6 +120,31 @@ async fn provider_client(
     )
 }
 
+/// NodePublishVolume of `object_name` in vault `flt` for `pod`, as the service principal
+/// (inline parameters, the secret through nodePublishSecretRef).
+fn sp_publish(
+    target: &std::path::Path,
+    object_name: &str,
+    pod: &str,
+    volume: &str,
+) -> kvmount_proto::csi::NodePublishVolumeRequest {
+    let mut context: HashMap<String, String> = DriverRequest::new(
+        "flt",
+        TENANT,
+        &objects(&[object(object_name, "")]),
+        "flt",
+        pod,
+    )
+    .attributes;
+    context.remove("secretProviderClass");
+    let mut request = publish_request(target, volume, &context);
+    request.secrets = HashMap::from([
+        ("clientid".into(), APP.into()),
+        ("clientsecret".into(), SECRET.into()),
+    ]);
+    request
+}
+
 fn within_deadline(took: Duration) -> bool {
     // The daemon's deadline plus slack for a loaded machine: a hang would take far longer.
     took < Duration::from_secs(DEADLINE_SECONDS + 20)
@@ -309,20 +334,7 @@ async fn mounts_succeed_after_faults_or_fail_clearly_within_the_deadline() {
     // A published volume keeps its last good content through an outage during rotation.
     let mut node = NodeClient::new(daemon.csi_channel().await);
     let target = daemon.target("outage");
-    let mut context: HashMap<String, String> = DriverRequest::new(
-        "flt",
-        TENANT,
-        &objects(&[object("s0", "")]),
-        "flt",
-        "outage",
-    )
-    .attributes;
-    context.remove("secretProviderClass");
-    let mut request = publish_request(&target, "vol-outage", &context);
-    request.secrets = HashMap::from([
-        ("clientid".into(), APP.into()),
-        ("clientsecret".into(), SECRET.into()),
-    ]);
+    let request = sp_publish(&target, "s0", "outage", "vol-outage");
     node.node_publish_volume(request.clone())
         .await
         .expect("publish");
@@ -460,20 +472,7 @@ async fn connection_resets_mid_response() {
     // Rotation during resets: the volume keeps its content, then takes the new version.
     let mut node = NodeClient::new(daemon.csi_channel().await);
     let target = daemon.target("resets");
-    let mut context: HashMap<String, String> = DriverRequest::new(
-        "flt",
-        TENANT,
-        &objects(&[object("s4", "")]),
-        "flt",
-        "resets",
-    )
-    .attributes;
-    context.remove("secretProviderClass");
-    let mut request = publish_request(&target, "vol-resets", &context);
-    request.secrets = HashMap::from([
-        ("clientid".into(), APP.into()),
-        ("clientsecret".into(), SECRET.into()),
-    ]);
+    let request = sp_publish(&target, "s4", "resets", "vol-resets");
     node.node_publish_volume(request.clone())
         .await
         .expect("publish");
