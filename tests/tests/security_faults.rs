@@ -145,6 +145,27 @@ fn sp_publish(
     request
 }
 
+/// Unpublishes `volume`, then checks nothing is mounted and the daemon's log holds no client
+/// secret, no value and no panic.
+async fn unpublish_and_check(
+    node: &mut NodeClient<Channel>,
+    daemon: &NodeDaemon,
+    volume: &str,
+    target: &std::path::Path,
+) {
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: volume.into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .expect("unpublish");
+    assert!(mounts_under(daemon.dir()).is_empty());
+    let output = daemon.output();
+    assert!(!output.contains(SECRET), "the log holds the client secret");
+    assert!(!output.contains("fault-value-"), "the log holds a value");
+    assert!(!output.contains("panicked"), "{output}");
+}
+
 fn within_deadline(took: Duration) -> bool {
     // The daemon's deadline plus slack for a loaded machine: a hang would take far longer.
     took < Duration::from_secs(DEADLINE_SECONDS + 20)
@@ -378,17 +399,7 @@ async fn mounts_succeed_after_faults_or_fail_clearly_within_the_deadline() {
         scenarios += 1;
     }
     assert_eq!(lost_content, 0, "reads that did not find the last content");
-    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: "vol-outage".into(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .expect("unpublish");
-    assert!(mounts_under(daemon.dir()).is_empty());
-    let output = daemon.output();
-    assert!(!output.contains(SECRET), "the log holds the client secret");
-    assert!(!output.contains("fault-value-"), "the log holds a value");
-    assert!(!output.contains("panicked"), "{output}");
+    unpublish_and_check(&mut node, &daemon, "vol-outage", &target).await;
     record_summary(
         "faults",
         &[
@@ -513,17 +524,7 @@ async fn connection_resets_mid_response() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: "vol-resets".into(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .expect("unpublish");
-    assert!(mounts_under(daemon.dir()).is_empty());
-    let output = daemon.output();
-    assert!(!output.contains(SECRET), "the log holds the client secret");
-    assert!(!output.contains("fault-value-"), "the log holds a value");
-    assert!(!output.contains("panicked"), "{output}");
+    unpublish_and_check(&mut node, &daemon, "vol-resets", &target).await;
     record_summary(
         "resets",
         &[
