@@ -192,6 +192,16 @@ impl FaultTable {
         lock(&self.rules).clone()
     }
 
+    /// The added latency of the rules that match, using up none of their `times`: what a
+    /// challenge 401 costs (a round trip is as slow whatever it answers).
+    pub fn latency(&self, vault: &str, route: &str, object: &str) -> Duration {
+        lock(&self.rules)
+            .iter()
+            .filter(|rule| rule.times != Some(0) && rule.matches(vault, route, object))
+            .map(|rule| Duration::from_millis(rule.latency_ms.unwrap_or(0)))
+            .sum()
+    }
+
     /// Applies every matching rule: latencies add up, the first status wins; each matched rule
     /// uses up one of its `times`.
     pub fn hit(&self, vault: &str, route: &str, object: &str) -> FaultHit {

@@ -205,11 +205,17 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
     if let Err(reply) = check_api_version(req.query("api-version")) {
         return reply;
     }
+    let object = op.object();
     let caller = match authenticate(state, req) {
         Ok(c) => c,
-        Err(reply) => return reply,
+        Err(reply) => {
+            let latency = state.faults.latency(vault, op.route(), &object);
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            return reply;
+        }
     };
-    let object = op.object();
     let hit = state.faults.hit(vault, op.route(), &object);
     if !hit.latency.is_zero() {
         tokio::time::sleep(hit.latency).await;

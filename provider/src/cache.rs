@@ -12,14 +12,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use azure_core::credentials::TokenCredential;
-use futures::future::try_join_all;
 use kvmount_vault::client::{SwappableCredential, VaultClient, check_credential};
 use kvmount_vault::cloud::Cloud;
 use kvmount_vault::fetch::scrub_list;
 use kvmount_vault::params::{Auth, ObjectEncoding, ObjectFormat, ObjectType};
 use kvmount_vault::{
     Connector, FetchedObject, MountParams, ObjectError, ObjectSpec, RenderedObject, VaultError,
-    fetch_object, rendered_object,
+    fetch_object, join_objects, rendered_object,
 };
 use serde::{Deserialize, Serialize};
 
@@ -345,7 +344,7 @@ impl NodeCache {
     /// Proves that `params`' own credentials get a token for their identity (asking Entra ID
     /// only when no earlier proof of the same credentials is still valid), then returns the
     /// identity's clients, and whether they were just built.
-    async fn prove(&self, params: &MountParams) -> Result<(Arc<VaultClient>, bool), VaultError> {
+    async fn prove(&self, params: &MountParams) -> Result<Arc<VaultClient>, VaultError> {
         let fingerprint = fingerprint(params);
         let now = Instant::now();
         let proven = lock(&self.proofs)
@@ -384,7 +383,7 @@ impl NodeCache {
         &self,
         params: &MountParams,
         (fresh, valid_until): (Option<Arc<dyn TokenCredential>>, Instant),
-    ) -> Result<(Arc<VaultClient>, bool), VaultError> {
+    ) -> Result<Arc<VaultClient>, VaultError> {
         let key = IdentityKey::of_mount(params);
         let mut identities = lock(&self.identities);
         if let Some(entry) = identities.get_mut(&key)
@@ -396,7 +395,7 @@ impl NodeCache {
                 entry.credential.replace(credential);
                 entry.valid_until = valid_until;
             }
-            return Ok((Arc::clone(&entry.client), false));
+            return Ok(Arc::clone(&entry.client));
         }
         let credential = match fresh {
             Some(credential) => credential,
@@ -418,7 +417,7 @@ impl NodeCache {
                 client: Arc::clone(&client),
             },
         );
-        Ok((client, true))
+        Ok(client)
     }
 
     fn slot(&self, key: &ObjectKey) -> Arc<Slot> {
@@ -448,11 +447,11 @@ impl NodeCache {
             error,
         };
         let scrub = scrub_list(&params.auth);
-        let (client, new_client) = self.prove(params).await.map_err(vault_failure)?;
+        let client = self.prove(params).await.map_err(vault_failure)?;
         let lookups = params.objects.iter().map(|spec| {
             let client = &*client;
             let scrub = &scrub;
-            async move {
+            (spec.object_type, async move {
                 let (key, slot) = self.interned(ObjectKey::new(params, spec));
                 let mut value = slot.value.lock().await;
                 let fresh = value.as_ref().is_some_and(|c| {
@@ -490,29 +489,9 @@ impl NodeCache {
                 // Keep the slot in the map even if an erase raced with this read.
                 lock(&self.slots).entry(key.clone()).or_insert(slot);
                 Ok((rendered, key))
-            }
+            })
         });
-        let mut lookups: Vec<_> = lookups.map(Some).collect();
-        let mut results = Vec::with_capacity(lookups.len());
-        if new_client {
-            // New clients answer Key Vault's challenge once each (secrets, keys, certificates)
-            // and then reuse it: the first object of each type goes alone, so a class of N
-            // objects costs one challenge, not N.
-            let mut seen = HashSet::new();
-            let leaders: Vec<usize> = (0..lookups.len())
-                .filter(|&i| seen.insert(params.objects[i].object_type))
-                .collect();
-            let firsts = leaders.iter().filter_map(|&i| lookups[i].take());
-            results.extend(leaders.iter().copied().zip(try_join_all(firsts).await?));
-        }
-        let rest: Vec<usize> = (0..lookups.len())
-            .filter(|&i| lookups[i].is_some())
-            .collect();
-        let others = lookups.iter_mut().filter_map(Option::take);
-        results.extend(rest.into_iter().zip(try_join_all(others).await?));
-        // In the class's order.
-        results.sort_by_key(|(i, _)| *i);
-        let results = results.into_iter().map(|(_, r)| r);
+        let results = join_objects(&client, lookups).await?;
         Ok(results.into_iter().unzip())
     }
 

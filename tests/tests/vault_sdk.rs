@@ -108,3 +108,78 @@ async fn an_untrusted_certificate_is_refused() {
         .expect_err("no CA, no connection");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }
+
+/// A new client answers Key Vault's challenge once per type, and the other objects of that
+/// type go out as soon as it is answered, while the first object's own read is still in flight.
+#[tokio::test]
+async fn a_new_client_is_challenged_once_and_the_other_reads_follow_the_challenge() {
+    use futures::FutureExt as _;
+    use kvmount_vault::client::get_secret;
+    use kvmount_vault::params::ObjectType;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let vault = Vault::start(None).await;
+    // The first object's reads (its challenge too) take a second; the others are quick.
+    vault
+        .mock
+        .set_faults(vec![kvmount_mock_vault::FaultRule {
+            route: Some("secret.get".into()),
+            object: Some("secret/db-password".into()),
+            latency_ms: Some(1_000),
+            ..Default::default()
+        }])
+        .expect("latency fault");
+    let connector = vault.connector();
+    let params = mount_params(
+        &attrs(&[
+            ("keyvaultName", "demo".into()),
+            ("tenantID", vault.mock.tenant_id().to_owned()),
+            ("objects", objects(&[object("db-password", "")])),
+        ]),
+        &attrs(&[
+            ("clientid", "00000000-0000-0000-0000-00000000000a".into()),
+            ("clientsecret", "app-a-password".into()),
+        ]),
+        0o644,
+    )
+    .expect("params");
+    let credential = connector.credential_for(&params).expect("credential");
+    let client = connector
+        .vault_client_for(&params, credential)
+        .expect("client");
+    assert!(!client.challenge_known(ObjectType::Secret));
+    let first_done = AtomicBool::new(false);
+    let (client, first_done) = (&client, &first_done);
+    let first = async move {
+        let read = get_secret(client, "db-password", None, &[]).await;
+        first_done.store(true, Ordering::SeqCst);
+        read.map(|_| false)
+    };
+    // Each of the others reports whether it went out before the first read ended.
+    let other = |name: &'static str| async move {
+        let overlapped = !first_done.load(Ordering::SeqCst);
+        get_secret(client, name, None, &[])
+            .await
+            .map(|_| overlapped)
+    };
+    let jobs = vec![
+        (ObjectType::Secret, first.boxed_local()),
+        (ObjectType::Secret, other("api-key").boxed_local()),
+        (ObjectType::Secret, other("api-key").boxed_local()),
+    ];
+    let overlapped = kvmount_vault::join_objects(client, jobs)
+        .await
+        .expect("reads");
+    assert_eq!(overlapped, [false, true, true]);
+    assert!(client.challenge_known(ObjectType::Secret));
+    let stats = vault.mock.stats();
+    assert_eq!(
+        stats.count(Some("demo"), None, None, Some(401)),
+        1,
+        "one challenge for three objects: {stats:?}"
+    );
+    assert_eq!(
+        stats.count(Some("demo"), Some("secret.get"), None, Some(200)),
+        3
+    );
+}

@@ -39,6 +39,71 @@ pub struct VaultClient {
     pub keys: KeyClient,
     /// Certificates.
     pub certificates: CertificateClient,
+    /// Per client (secrets, keys, certificates): whether it has met its vault's challenge.
+    challenged: [tokio::sync::watch::Sender<bool>; 3],
+}
+
+impl VaultClient {
+    /// The client that reads `kind`'s index in `challenged`.
+    fn client_index(kind: ObjectType) -> usize {
+        match kind {
+            ObjectType::Secret => 0,
+            ObjectType::Key => 1,
+            ObjectType::Cert => 2,
+        }
+    }
+
+    fn challenge_of(&self, kind: ObjectType) -> &tokio::sync::watch::Sender<bool> {
+        &self.challenged[Self::client_index(kind)]
+    }
+
+    /// Whether the client that reads `kind` knows its vault's challenge, so that its requests
+    /// go out authorized.
+    pub fn challenge_known(&self, kind: ObjectType) -> bool {
+        *self.challenge_of(kind).borrow()
+    }
+
+    /// Marks the challenge of `kind`'s client as settled: its first request has ended, with or
+    /// without one, and waiting for it is pointless.
+    pub fn challenge_settled(&self, kind: ObjectType) {
+        self.challenge_of(kind)
+            .send_if_modified(|known| !std::mem::replace(known, true));
+    }
+
+    /// Waits until [`Self::challenge_known`] or [`Self::challenge_settled`] for `kind`.
+    pub async fn challenge_answered(&self, kind: ObjectType) {
+        let mut known = self.challenge_of(kind).subscribe();
+        // The sender lives as long as `self`: this ends only with `true`.
+        let _ = known.wait_for(|known| *known).await;
+    }
+}
+
+/// The credential of one SDK client, noting when that client has met its vault's challenge.
+/// The Key Vault SDK sends a client's first request unauthorized, reads the token scope from
+/// the 401 and stores it before it asks the credential for a token: so the first token request
+/// means every later request of the client goes out authorized, with no challenge of its own.
+struct ChallengeNote {
+    inner: Arc<dyn TokenCredential>,
+    known: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for ChallengeNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChallengeNote")
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for ChallengeNote {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        self.known
+            .send_if_modified(|known| !std::mem::replace(known, true));
+        self.inner.get_token(scopes, options).await
+    }
 }
 
 impl std::ops::Deref for VaultClient {
@@ -555,9 +620,17 @@ impl Connector {
         let bad = |e: azure_core::Error| {
             VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}"))
         };
+        let challenged: [tokio::sync::watch::Sender<bool>; 3] =
+            std::array::from_fn(|_| tokio::sync::watch::Sender::new(false));
+        let noted = |kind: ObjectType| -> Arc<dyn TokenCredential> {
+            Arc::new(ChallengeNote {
+                inner: Arc::clone(&credential),
+                known: challenged[VaultClient::client_index(kind)].clone(),
+            })
+        };
         let secrets = SecretClient::new(
             &url,
-            Arc::clone(&credential),
+            noted(ObjectType::Secret),
             Some(SecretClientOptions {
                 client_options: self.vault_options(vault, cloud, http.clone()),
                 ..Default::default()
@@ -566,7 +639,7 @@ impl Connector {
         .map_err(bad)?;
         let keys = KeyClient::new(
             &url,
-            Arc::clone(&credential),
+            noted(ObjectType::Key),
             Some(KeyClientOptions {
                 client_options: self.vault_options(vault, cloud, http.clone()),
                 ..Default::default()
@@ -575,7 +648,7 @@ impl Connector {
         .map_err(bad)?;
         let certificates = CertificateClient::new(
             &url,
-            credential,
+            noted(ObjectType::Cert),
             Some(CertificateClientOptions {
                 client_options: self.vault_options(vault, cloud, http),
                 ..Default::default()
@@ -586,6 +659,7 @@ impl Connector {
             secrets,
             keys,
             certificates,
+            challenged,
         })
     }
 }
