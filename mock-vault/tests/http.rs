@@ -983,6 +983,7 @@ async fn entra_hosts_name_the_authority_and_are_in_the_certificate() {
     assert_eq!(vault.base_url(), format!("https://login.stack.test:{port}"));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(vault.ca_path()).expect("ca"))
         .expect("ca pem");
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .tls_certs_only([ca])
         .resolve("login.stack.test", vault.addr())

@@ -144,6 +144,7 @@ async fn imds_serves_the_seeds_managed_identities() {
             "http://{imds}/metadata/identity/oauth2/token?api-version=2019-08-01&resource=https://vault.localhost{extra}"
         )
     };
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let ask = |u: String, metadata: bool| {
         let mut r = http.get(u);

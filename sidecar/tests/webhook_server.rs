@@ -91,6 +91,7 @@ impl Drop for Webhook {
 }
 
 fn client(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    kvmount_vault::client::use_ring();
     let builder = reqwest::Client::builder()
         .resolve("localhost", "127.0.0.1:0".parse().unwrap())
         .timeout(Duration::from_secs(5));

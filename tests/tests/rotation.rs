@@ -258,6 +258,7 @@ async fn a_429_storm_is_paced_and_keeps_the_old_content() {
             ),
         "{status}"
     );
+    kvmount_vault::client::use_ring();
     let http = reqwest::Client::new();
     let metrics = http
         .get(format!("http://127.0.0.1:{metrics_port}/metrics"))

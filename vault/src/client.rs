@@ -694,11 +694,20 @@ fn trusted_roots(config: &ConnectorConfig) -> Result<Vec<reqwest::Certificate>, 
     Ok(roots)
 }
 
+/// Makes ring rustls' process-wide default provider, unless one is installed already. The HTTP
+/// clients take their TLS from it: reqwest is built without a provider of its own (no aws-lc,
+/// a second copy of the same work), so a process calls this before it builds one.
+pub fn use_ring() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Builds an HTTP client that trusts `roots` only, with the configured host overrides.
 fn build_http(
     config: &ConnectorConfig,
     roots: &[reqwest::Certificate],
 ) -> Result<reqwest::Client, ConfigError> {
+    use_ring();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvmount_bench::{millis, percentile, rss_kib};
+use kvmount_bench::{millis, percentile, rss_kib, status_kib};
 use kvmount_mock_vault::{FaultRule, Seed};
 use kvmount_proto::csi::NodeUnpublishVolumeRequest;
 use kvmount_proto::csi::node_client::NodeClient;
@@ -94,6 +94,7 @@ async fn main() {
     let pid = daemon.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kib(pid);
+    let idle = memory_split(pid);
     let mut node = NodeClient::new(daemon.csi_channel().await);
     let mut rows = Vec::new();
     let mut next_class = 0usize;
@@ -225,6 +226,12 @@ async fn main() {
     let publish_all = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let loaded_rss = rss_kib(pid);
+    let loaded = memory_split(pid);
+    if let Ok(secs) = std::env::var("KVMOUNT_BENCH_PAUSE") {
+        // For a look at the loaded daemon (smaps, gdb): it stays up this many seconds.
+        eprintln!("node-bench: daemon {pid} holds {VOLUMES} volumes; pausing {secs} s");
+        tokio::time::sleep(Duration::from_secs(secs.parse().unwrap_or(60))).await;
+    }
     let gets = vault
         .mock
         .stats()
@@ -277,11 +284,16 @@ async fn main() {
         println!("{row}");
     }
     println!();
-    println!("| daemon RSS | KiB |");
-    println!("|---|---|");
-    println!("| idle | {idle_rss} |");
-    println!("| {VOLUMES} published volumes | {loaded_rss} |");
-    println!("| after unpublishing them | {after_rss} |");
+    let after = memory_split(pid);
+    println!("| daemon RSS | KiB | anonymous | file-backed | threads |");
+    println!("|---|---|---|---|---|");
+    for (name, rss, (anon, file, threads)) in [
+        ("idle".to_owned(), idle_rss, idle),
+        (format!("{VOLUMES} published volumes"), loaded_rss, loaded),
+        ("after unpublishing them".to_owned(), after_rss, after),
+    ] {
+        println!("| {name} | {rss} | {anon} | {file} | {threads} |");
+    }
     println!();
     println!(
         "| {VOLUMES} volumes, 8 concurrent streams | total s | p50 ms | p99 ms |\n|---|---|---|---|"
@@ -301,4 +313,14 @@ async fn main() {
     println!(
         "All {VOLUMES} succeeded; left behind after unpublishing: {mounts_left} mounts, {dirs_left} target directories, {records_left} state records. Key Vault secret GETs in total for the run: {gets}."
     );
+}
+
+/// Resident KiB that are anonymous (heap, stacks) and file-backed (the binary, libraries), and
+/// the thread count, from `/proc/<pid>/status`.
+fn memory_split(pid: u32) -> (u64, u64, u64) {
+    (
+        status_kib(pid, "RssAnon"),
+        status_kib(pid, "RssFile"),
+        status_kib(pid, "Threads"),
+    )
 }

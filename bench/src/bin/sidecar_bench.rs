@@ -278,6 +278,7 @@ async fn main() {
         }
     };
     std::thread::spawn(move || for _ in lines {});
+    kvmount_vault::client::use_ring();
     let client = reqwest::Client::builder()
         .tls_certs_only(
             reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).expect("ca")).expect("pem"),

@@ -40,6 +40,7 @@ impl Mock {
     pub fn http(&self, vaults: &[&str]) -> reqwest::Client {
         let pem = std::fs::read(self.vault.ca_path()).expect("ca");
         let ca = reqwest::Certificate::from_pem(&pem).expect("ca pem");
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::Client::builder().tls_certs_only([ca]);
         for v in vaults {
             b = b.resolve(
