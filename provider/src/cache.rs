@@ -341,48 +341,70 @@ impl NodeCache {
         }
     }
 
-    /// Proves that `params`' own credentials get a token for their identity (asking Entra ID
-    /// only when no earlier proof of the same credentials is still valid), then returns the
-    /// identity's clients, and whether they were just built.
-    async fn prove(&self, params: &MountParams) -> Result<Arc<VaultClient>, VaultError> {
-        let fingerprint = fingerprint(params);
+    /// When `params`' own credentials were proved and the proof is still valid: until when.
+    fn valid_proof(&self, params: &MountParams) -> Option<Instant> {
         let now = Instant::now();
-        let proven = lock(&self.proofs)
-            .get_mut(&fingerprint)
+        lock(&self.proofs)
+            .get_mut(&fingerprint(params))
             .filter(|proof| proof.valid_until > now)
             .map(|proof| {
                 proof.last_used = now;
                 proof.valid_until
-            });
-        let fresh = match proven {
-            Some(valid_until) => (None, valid_until),
-            None => {
-                let credential = self.connector.credential_for(params)?;
-                let scrub = scrub_list(&params.auth);
-                let left =
-                    check_credential(&credential, &self.connector.token_scope_for(params), &scrub)
-                        .await?;
-                let valid_until = Instant::now() + left.saturating_sub(PROOF_MARGIN);
-                lock(&self.proofs).insert(
-                    fingerprint,
-                    Proof {
-                        valid_until,
-                        last_used: Instant::now(),
-                    },
-                );
-                (Some(credential), valid_until)
-            }
-        };
-        self.identity_client(params, fresh)
+            })
     }
 
-    /// The clients of `params`' identity, built when there are none yet (or they belong to
-    /// another cloud). A credential that has just proved valid replaces the identity's
-    /// credential when its token lasts longer.
+    /// Proves that `credential` (made from `params`' own credentials) gets a token for its
+    /// identity at Entra ID, and records the proof. Returns until when it holds.
+    async fn prove(
+        &self,
+        params: &MountParams,
+        credential: &Arc<dyn TokenCredential>,
+        scrub: &[&str],
+    ) -> Result<Instant, VaultError> {
+        let scope = self.connector.token_scope_for(params);
+        let left = check_credential(credential, &scope, scrub).await?;
+        let valid_until = Instant::now() + left.saturating_sub(PROOF_MARGIN);
+        lock(&self.proofs).insert(
+            fingerprint(params),
+            Proof {
+                valid_until,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(valid_until)
+    }
+
+    /// The clients the identity of `params` has (in its cloud), if any.
+    fn known_client(&self, params: &MountParams) -> Option<Arc<VaultClient>> {
+        lock(&self.identities)
+            .get(&IdentityKey::of_mount(params))
+            .filter(|entry| entry.cloud == params.cloud)
+            .map(|entry| Arc::clone(&entry.client))
+    }
+
+    /// New clients for the identity of `params`, reading with `credential`.
+    fn new_client(
+        &self,
+        params: &MountParams,
+        credential: Arc<dyn TokenCredential>,
+    ) -> Result<(Arc<SwappableCredential>, Arc<VaultClient>), VaultError> {
+        let shared = Arc::new(SwappableCredential::new(credential));
+        let client = self
+            .connector
+            .vault_client_for(params, Arc::clone(&shared) as Arc<dyn TokenCredential>)?;
+        Ok((shared, Arc::new(client)))
+    }
+
+    /// The clients of `params`' identity, kept for its later pods. An identity with none yet
+    /// (or with clients of another cloud) keeps `built` when given, else new ones. A
+    /// credential that has just proved valid replaces the identity's credential when its
+    /// token lasts longer.
     fn identity_client(
         &self,
         params: &MountParams,
-        (fresh, valid_until): (Option<Arc<dyn TokenCredential>>, Instant),
+        fresh: Option<Arc<dyn TokenCredential>>,
+        built: Option<(Arc<SwappableCredential>, Arc<VaultClient>)>,
+        valid_until: Instant,
     ) -> Result<Arc<VaultClient>, VaultError> {
         let key = IdentityKey::of_mount(params);
         let mut identities = lock(&self.identities);
@@ -397,21 +419,22 @@ impl NodeCache {
             }
             return Ok(Arc::clone(&entry.client));
         }
-        let credential = match fresh {
-            Some(credential) => credential,
+        let (credential, client) = match built {
+            Some(built) => built,
             // Proved earlier, but the identity's clients were dropped since (its entries
             // were erased): a new SDK credential from the same, still valid, credentials.
-            None => self.connector.credential_for(params)?,
+            None => {
+                let credential = match fresh {
+                    Some(credential) => credential,
+                    None => self.connector.credential_for(params)?,
+                };
+                self.new_client(params, credential)?
+            }
         };
-        let shared = Arc::new(SwappableCredential::new(credential));
-        let client = Arc::new(
-            self.connector
-                .vault_client_for(params, Arc::clone(&shared) as Arc<dyn TokenCredential>)?,
-        );
         identities.insert(
             key,
             IdentityEntry {
-                credential: shared,
+                credential,
                 valid_until,
                 cloud: params.cloud.clone(),
                 client: Arc::clone(&client),
@@ -435,8 +458,8 @@ impl NodeCache {
         (key, slot)
     }
 
-    /// Renders every object of `params`: after the pod's own credentials proved valid for its
-    /// identity, from the cache where fresh, else from Key Vault (one read per entry however
+    /// Renders every object of `params` once the pod's own credentials proved valid for its
+    /// identity (for a new identity the proof and the reads overlap), from the cache where fresh, else from Key Vault (one read per entry however
     /// many callers wait). All or nothing. Returns the objects and the keys they came from.
     pub async fn fetch(
         &self,
@@ -447,10 +470,71 @@ impl NodeCache {
             error,
         };
         let scrub = scrub_list(&params.auth);
-        let client = self.prove(params).await.map_err(vault_failure)?;
+        if let Some(valid_until) = self.valid_proof(params) {
+            let client = self
+                .identity_client(params, None, None, valid_until)
+                .map_err(vault_failure)?;
+            return self.read_all(params, &client, &scrub).await;
+        }
+        let credential = self
+            .connector
+            .credential_for(params)
+            .map_err(vault_failure)?;
+        if self.known_client(params).is_some() {
+            // The identity's clients read with a credential proved earlier, so this pod's
+            // proof comes first: a pod with bad credentials makes no Key Vault read.
+            let valid_until = self
+                .prove(params, &credential, &scrub)
+                .await
+                .map_err(vault_failure)?;
+            let client = self
+                .identity_client(params, Some(credential), None, valid_until)
+                .map_err(vault_failure)?;
+            return self.read_all(params, &client, &scrub).await;
+        }
+        // A new identity: its new clients read with this pod's own credential, so the token
+        // exchange at Entra ID and the reads go at once. The first request (Key Vault's
+        // challenge) needs no token, and the first token request joins the proof's: bad
+        // credentials get no token and so read nothing. Nothing is returned, and the clients
+        // are not kept, unless the proof holds.
+        let (shared, client) = self
+            .new_client(params, Arc::clone(&credential))
+            .map_err(vault_failure)?;
+        let (valid_until, read) = {
+            let proof = self.prove(params, &credential, &scrub);
+            let read = self.read_all(params, &client, &scrub);
+            tokio::pin!(proof, read);
+            tokio::select! {
+                // The proof goes first, so its token request is the one the reads' joins.
+                biased;
+                // A failed proof ends the publish at once.
+                proof = &mut proof => (proof.map_err(vault_failure)?, read.await?),
+                // So does a failed read: it failed before any token, or Key Vault answered a
+                // token of this pod's own credential. Reads that succeed wait for the proof
+                // (some may have been cache hits).
+                read = &mut read => (proof.await.map_err(vault_failure)?, read?),
+            }
+        };
+        self.identity_client(
+            params,
+            Some(credential),
+            Some((shared, client)),
+            valid_until,
+        )
+        .map_err(vault_failure)?;
+        Ok(read)
+    }
+
+    /// Every object of `params` through `client`: from the cache where fresh, else from Key
+    /// Vault (one read per entry however many callers wait), in the class's order. Callers
+    /// return the result only to a pod whose credentials are proved.
+    async fn read_all(
+        &self,
+        params: &MountParams,
+        client: &VaultClient,
+        scrub: &[&str],
+    ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>), ObjectError> {
         let lookups = params.objects.iter().map(|spec| {
-            let client = &*client;
-            let scrub = &scrub;
             (spec.object_type, async move {
                 let (key, slot) = self.interned(ObjectKey::new(params, spec));
                 let mut value = slot.value.lock().await;
@@ -491,7 +575,7 @@ impl NodeCache {
                 Ok((rendered, key))
             })
         });
-        let results = join_objects(&client, lookups).await?;
+        let results = join_objects(client, lookups).await?;
         Ok(results.into_iter().unzip())
     }
 

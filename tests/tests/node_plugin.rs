@@ -180,7 +180,35 @@ async fn a_new_pod_of_a_proven_identity_costs_one_token_and_one_get_per_object()
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(!t3.join("api-key").exists());
 
-    for (volume, target) in [("vol-1", &t1), ("vol-2", &t2), ("vol-3", &t3)] {
+    // A garbage token as the first pod of an identity: its proof and its reads overlap, but
+    // the reads get no token, so Key Vault serves nothing and the pod gets nothing.
+    let served = vault
+        .mock
+        .stats()
+        .count(Some("demo"), Some("secret.get"), None, Some(200));
+    let t4 = daemon.target("pod-4");
+    let ctx4 = context(&vault, "team-b", "pod-4", APP_B, "not-a-token", &second);
+    let err = node
+        .node_publish_volume(publish_request(&t4, "vol-4", &ctx4))
+        .await
+        .expect_err("garbage token of a new identity");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(!t4.join("api-key").exists());
+    assert_eq!(
+        vault
+            .mock
+            .stats()
+            .count(Some("demo"), Some("secret.get"), None, Some(200)),
+        served,
+        "nothing read for an unproved pod"
+    );
+
+    for (volume, target) in [
+        ("vol-1", &t1),
+        ("vol-2", &t2),
+        ("vol-3", &t3),
+        ("vol-4", &t4),
+    ] {
         node.node_unpublish_volume(unpublish(volume, target))
             .await
             .expect("unpublish");
