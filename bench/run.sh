@@ -2,7 +2,8 @@
 # Benchmarks, kvmount side by side with the Azure provider (needs root: a network namespace,
 # real tmpfs mounts). One command:
 #
-#   bench/run.sh            # release build (~15 min cold on 2 busy cores, seconds when cached),
+#   bench/run.sh            # builds (the harness in release, kvmount's binaries in the dist
+#                           # profile they ship in; ~20 min cold on 2 busy cores, seconds when cached),
 #                           # then the full run (~7 min on 2 cores):
 #                           # writes docs/benchmarks.md and docs/bench-*.svg
 #   bench/run.sh --quick    # debug build, a few samples (< 3 min): checks the harness, writes
@@ -47,17 +48,21 @@ case "$which" in
     rotation) bins=(--bin rotation-bench) ;;
     sidecar) bins=(--bin sidecar-bench) ;;
 esac
-bins+=(--bin kvmount-provider --bin kvmount-sidecar --bin kvmount-agent)
+shipped=(-p kvmount-provider -p kvmount-sidecar --bin kvmount-provider --bin kvmount-sidecar --bin kvmount-agent)
 if [ "$quick" = 1 ]; then
     profile=debug
-    nice -n 10 cargo build -q -p kvmount-provider -p kvmount-sidecar -p kvmount-bench "${bins[@]}"
+    nice -n 10 cargo build -q -p kvmount-bench "${bins[@]}" "${shipped[@]}"
+    product=$root/target/debug
 else
+    # The harness in release; the daemon, webhook and agent under test as they ship (dist).
     profile=release
-    nice -n 10 cargo build --release -p kvmount-provider -p kvmount-sidecar -p kvmount-bench "${bins[@]}"
+    nice -n 10 cargo build --release -p kvmount-bench "${bins[@]}"
+    nice -n 10 cargo build --profile dist "${shipped[@]}"
+    product=$root/target/dist
 fi
 bin=$root/target/$profile
-export KVMOUNT_KVMOUNT_PROVIDER_BIN=$bin/kvmount-provider
-export KVMOUNT_KVMOUNT_SIDECAR_BIN=$bin/kvmount-sidecar KVMOUNT_KVMOUNT_AGENT_BIN=$bin/kvmount-agent
+export KVMOUNT_KVMOUNT_PROVIDER_BIN=$product/kvmount-provider
+export KVMOUNT_KVMOUNT_SIDECAR_BIN=$product/kvmount-sidecar KVMOUNT_KVMOUNT_AGENT_BIN=$product/kvmount-agent
 
 # Runs "$@" in a new network and mount namespace: loopback up, our hosts file over /etc/hosts.
 # On exit (normal, failure or signal) every other process left in that namespace is ended.

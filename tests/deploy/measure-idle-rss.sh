@@ -4,11 +4,11 @@
 # sockets with a tmpfs state dir under /dev/shm, waits for /readyz, samples /proc/PID/status for
 # a few seconds, prints VmRSS, VmHWM and Threads, and stops the daemon. Not part of tests/run.sh.
 #
-#   cargo build --release -p kvmount-provider && tests/deploy/measure-idle-rss.sh
+#   cargo build --profile dist -p kvmount-provider && tests/deploy/measure-idle-rss.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=${KVMOUNT_PROVIDER_BIN:-$root/target/release/kvmount-provider}
-[ -x "$bin" ] || { echo "build it first: cargo build --release -p kvmount-provider" >&2; exit 1; }
+bin=${KVMOUNT_PROVIDER_BIN:-$root/target/dist/kvmount-provider}
+[ -x "$bin" ] || { echo "build it first: cargo build --profile dist -p kvmount-provider" >&2; exit 1; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-rss.XXXXXX")
 state=$(mktemp -d /dev/shm/kvmount-rss-state.XXXXXX)
 pid=
