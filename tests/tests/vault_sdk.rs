@@ -14,6 +14,23 @@ fn attrs(pairs: &[(&str, String)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// A mount of `db-password` in the demo vault as app-a (service principal).
+fn app_a_db_password(vault: &Vault) -> kvmount_vault::MountParams {
+    mount_params(
+        &attrs(&[
+            ("keyvaultName", "demo".into()),
+            ("tenantID", vault.mock.tenant_id().to_owned()),
+            ("objects", objects(&[object("db-password", "")])),
+        ]),
+        &attrs(&[
+            ("clientid", "00000000-0000-0000-0000-00000000000a".into()),
+            ("clientsecret", "app-a-password".into()),
+        ]),
+        0o644,
+    )
+    .expect("params")
+}
+
 #[tokio::test]
 async fn challenge_then_token_then_secret_with_both_credentials() {
     let vault = Vault::start(None).await;
@@ -90,19 +107,7 @@ async fn an_untrusted_certificate_is_refused() {
         ..ConnectorConfig::default()
     })
     .expect("connector");
-    let params = mount_params(
-        &attrs(&[
-            ("keyvaultName", "demo".into()),
-            ("tenantID", vault.mock.tenant_id().into()),
-            ("objects", objects(&[object("db-password", "")])),
-        ]),
-        &attrs(&[
-            ("clientid", "00000000-0000-0000-0000-00000000000a".into()),
-            ("clientsecret", "app-a-password".into()),
-        ]),
-        0o644,
-    )
-    .expect("params");
+    let params = app_a_db_password(&vault);
     let err = fetch_all(&connector, &params)
         .await
         .expect_err("no CA, no connection");
@@ -130,19 +135,7 @@ async fn a_new_client_is_challenged_once_and_the_other_reads_follow_the_challeng
         }])
         .expect("latency fault");
     let connector = vault.connector();
-    let params = mount_params(
-        &attrs(&[
-            ("keyvaultName", "demo".into()),
-            ("tenantID", vault.mock.tenant_id().to_owned()),
-            ("objects", objects(&[object("db-password", "")])),
-        ]),
-        &attrs(&[
-            ("clientid", "00000000-0000-0000-0000-00000000000a".into()),
-            ("clientsecret", "app-a-password".into()),
-        ]),
-        0o644,
-    )
-    .expect("params");
+    let params = app_a_db_password(&vault);
     let credential = connector.credential_for(&params).expect("credential");
     let client = connector
         .vault_client_for(&params, credential)
