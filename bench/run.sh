@@ -2,8 +2,9 @@
 # Benchmarks, kvmount side by side with the Azure provider (needs root: a network namespace,
 # real tmpfs mounts). One command:
 #
-#   bench/run.sh            # builds (the harness in release, kvmount's binaries in the dist
-#                           # profile they ship in; ~20 min cold on 2 busy cores, seconds when cached),
+#   bench/run.sh            # builds (the harness in release, kvmount's binaries in the dist and
+#                           # dist-agent profiles they ship in; ~25 min cold on 2 busy cores,
+#                           # seconds when cached),
 #                           # then the full run (~7 min on 2 cores):
 #                           # writes docs/benchmarks.md and docs/bench-*.svg
 #   bench/run.sh --quick    # debug build, a few samples (< 3 min): checks the harness, writes
@@ -48,21 +49,24 @@ case "$which" in
     rotation) bins=(--bin rotation-bench) ;;
     sidecar) bins=(--bin sidecar-bench) ;;
 esac
-shipped=(-p kvmount-provider -p kvmount-sidecar --bin kvmount-provider --bin kvmount-sidecar --bin kvmount-agent)
+shipped=(-p kvmount-provider -p kvmount-sidecar --bin kvmount-provider --bin kvmount-sidecar)
+agent=(-p kvmount-sidecar --bin kvmount-agent)
 if [ "$quick" = 1 ]; then
     profile=debug
-    nice -n 10 cargo build -q -p kvmount-bench "${bins[@]}" "${shipped[@]}"
-    product=$root/target/debug
+    nice -n 10 cargo build -q -p kvmount-bench "${bins[@]}" "${shipped[@]}" --bin kvmount-agent
+    product=$root/target/debug agent_dir=$root/target/debug
 else
-    # The harness in release; the daemon, webhook and agent under test as they ship (dist).
+    # The harness in release; the daemon, webhook and agent under test as they ship (the
+    # dist and dist-agent profiles, as the images build them).
     profile=release
     nice -n 10 cargo build --release -p kvmount-bench "${bins[@]}"
     nice -n 10 cargo build --profile dist "${shipped[@]}"
-    product=$root/target/dist
+    nice -n 10 cargo build --profile dist-agent "${agent[@]}"
+    product=$root/target/dist agent_dir=$root/target/dist-agent
 fi
 bin=$root/target/$profile
 export KVMOUNT_KVMOUNT_PROVIDER_BIN=$product/kvmount-provider
-export KVMOUNT_KVMOUNT_SIDECAR_BIN=$product/kvmount-sidecar KVMOUNT_KVMOUNT_AGENT_BIN=$product/kvmount-agent
+export KVMOUNT_KVMOUNT_SIDECAR_BIN=$product/kvmount-sidecar KVMOUNT_KVMOUNT_AGENT_BIN=$agent_dir/kvmount-agent
 
 # Runs "$@" in a new network and mount namespace: loopback up, our hosts file over /etc/hosts.
 # On exit (normal, failure or signal) every other process left in that namespace is ended.
