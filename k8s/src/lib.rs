@@ -169,10 +169,10 @@ impl ClassResolver {
     }
 }
 
-/// kube builds its rustls config with the process-wide default crypto provider. When
-/// the final binary enables both of rustls' providers (ring here, aws-lc-rs through
-/// another crate) rustls cannot pick one and would panic, so install ring unless the
-/// program already chose one (then this is a no-op and the program's choice stands).
+/// kube builds its rustls config with the process-wide default crypto provider, which a
+/// binary may not have installed yet (kvmount's HTTP clients install ring through
+/// `kvmount_vault::client::use_ring`; this crate does not depend on that one), so install
+/// ring unless the program already chose a provider (then this is a no-op).
 fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Err only means another thread installed one first: equally fine.

@@ -24,9 +24,10 @@
 //! Faults apply to requests that passed authentication, to the token endpoint and to IMDS; a
 //! challenge 401 only takes the matching rules' latency (a round trip costs the same whatever
 //! it answers) and uses up none of their `times`. A rule answers with an error `status` (with
-//! `retryAfter`), adds `latencyMs`, or (`reset: true`) cuts the connection mid-response: the status line and
-//! headers (with the whole `Content-Length`) and half of the body go out, then the HTTP/1.1
-//! connection is closed (the h2 stream reset), as a dying proxy or a TCP reset would.
+//! `retryAfter`), adds `latencyMs`, or (`reset: true`) cuts the connection mid-response: the
+//! status line and headers (with the whole `Content-Length`) and half of the body go out, then
+//! the HTTP/1.1 connection is closed (the h2 stream reset), as a dying proxy or a TCP reset
+//! would.
 //!
 //! Never logged: secret values, tokens, client secrets, assertions.
 

@@ -459,50 +459,59 @@ impl NodeCache {
     }
 
     /// Renders every object of `params` once the pod's own credentials proved valid for its
-    /// identity (for a new identity the proof and the reads overlap), from the cache where fresh, else from Key Vault (one read per entry however
-    /// many callers wait). All or nothing. Returns the objects and the keys they came from.
+    /// identity (for a new identity the proof and the reads overlap), from the cache where
+    /// fresh, else from Key Vault (one read per entry however many callers wait). All or
+    /// nothing. Returns the objects and the keys they came from.
     pub async fn fetch(
         &self,
         params: &MountParams,
     ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>), ObjectError> {
-        let vault_failure = |error: VaultError| ObjectError {
-            object: format!("vault {}", params.keyvault_name),
-            error,
-        };
+        let vault_failure = |error| ObjectError::of_vault(params, error);
         let scrub = scrub_list(&params.auth);
-        if let Some(valid_until) = self.valid_proof(params) {
-            let client = self
-                .identity_client(params, None, None, valid_until)
-                .map_err(vault_failure)?;
-            return self.read_all(params, &client, &scrub).await;
-        }
-        let credential = self
-            .connector
-            .credential_for(params)
+        let (fresh, valid_until) = match self.valid_proof(params) {
+            Some(valid_until) => (None, valid_until),
+            None => {
+                let credential = self
+                    .connector
+                    .credential_for(params)
+                    .map_err(vault_failure)?;
+                if self.known_client(params).is_none() {
+                    return self.fetch_new_identity(params, credential, &scrub).await;
+                }
+                // The identity's clients read with a credential proved earlier, so this pod's
+                // proof comes first: a pod with bad credentials makes no Key Vault read.
+                let valid_until = self
+                    .prove(params, &credential, &scrub)
+                    .await
+                    .map_err(vault_failure)?;
+                (Some(credential), valid_until)
+            }
+        };
+        let client = self
+            .identity_client(params, fresh, None, valid_until)
             .map_err(vault_failure)?;
-        if self.known_client(params).is_some() {
-            // The identity's clients read with a credential proved earlier, so this pod's
-            // proof comes first: a pod with bad credentials makes no Key Vault read.
-            let valid_until = self
-                .prove(params, &credential, &scrub)
-                .await
-                .map_err(vault_failure)?;
-            let client = self
-                .identity_client(params, Some(credential), None, valid_until)
-                .map_err(vault_failure)?;
-            return self.read_all(params, &client, &scrub).await;
-        }
-        // A new identity: its new clients read with this pod's own credential, so the token
-        // exchange at Entra ID and the reads go at once. The first request (Key Vault's
-        // challenge) needs no token, and the first token request joins the proof's: bad
-        // credentials get no token and so read nothing. Nothing is returned, and the clients
-        // are not kept, unless the proof holds.
+        self.read_all(params, &client, &scrub).await
+    }
+
+    /// [`Self::fetch`] for the first pod of an identity (no clients yet), with its unproved
+    /// `credential`. The new clients read with this pod's own credential, so the token exchange
+    /// at Entra ID and the reads go at once: the first request (Key Vault's challenge) needs
+    /// no token, and the first token request joins the proof's, so bad credentials get no
+    /// token and read nothing. Nothing is returned, and the clients are not kept, unless the
+    /// proof holds.
+    async fn fetch_new_identity(
+        &self,
+        params: &MountParams,
+        credential: Arc<dyn TokenCredential>,
+        scrub: &[&str],
+    ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>), ObjectError> {
+        let vault_failure = |error| ObjectError::of_vault(params, error);
         let (shared, client) = self
             .new_client(params, Arc::clone(&credential))
             .map_err(vault_failure)?;
         let (valid_until, read) = {
-            let proof = self.prove(params, &credential, &scrub);
-            let read = self.read_all(params, &client, &scrub);
+            let proof = self.prove(params, &credential, scrub);
+            let read = self.read_all(params, &client, scrub);
             tokio::pin!(proof, read);
             tokio::select! {
                 // The proof goes first, so its token request is the one the reads' joins.

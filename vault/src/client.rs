@@ -66,8 +66,7 @@ impl VaultClient {
     /// Marks the challenge of `kind`'s client as settled: its first request has ended, with or
     /// without one, and waiting for it is pointless.
     pub fn challenge_settled(&self, kind: ObjectType) {
-        self.challenge_of(kind)
-            .send_if_modified(|known| !std::mem::replace(known, true));
+        mark_known(self.challenge_of(kind));
     }
 
     /// Waits until [`Self::challenge_known`] or [`Self::challenge_settled`] for `kind`.
@@ -100,10 +99,14 @@ impl TokenCredential for ChallengeNote {
         scopes: &[&str],
         options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
     ) -> azure_core::Result<azure_core::credentials::AccessToken> {
-        self.known
-            .send_if_modified(|known| !std::mem::replace(known, true));
+        mark_known(&self.known);
         self.inner.get_token(scopes, options).await
     }
+}
+
+/// Sets a challenge flag, waking its waiters only the first time.
+fn mark_known(flag: &tokio::sync::watch::Sender<bool>) {
+    flag.send_if_modified(|known| !std::mem::replace(known, true));
 }
 
 impl std::ops::Deref for VaultClient {

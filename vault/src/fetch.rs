@@ -45,6 +45,14 @@ pub struct ObjectError {
 }
 
 impl ObjectError {
+    /// A failure of the vault of `params` before any object (a credential, a client).
+    pub fn of_vault(params: &MountParams, error: VaultError) -> Self {
+        Self {
+            object: format!("vault {}", params.keyvault_name),
+            error,
+        }
+    }
+
     /// Classification of the failure.
     pub fn kind(&self) -> ErrorKind {
         self.error.kind
@@ -112,10 +120,7 @@ pub async fn fetch_all(
     connector: &Connector,
     params: &MountParams,
 ) -> Result<Vec<RenderedObject>, ObjectError> {
-    let vault_failure = |error: VaultError| ObjectError {
-        object: format!("vault {}", params.keyvault_name),
-        error,
-    };
+    let vault_failure = |error| ObjectError::of_vault(params, error);
     let credential = connector.credential_for(params).map_err(vault_failure)?;
     let client = connector
         .vault_client_for(params, credential)
