@@ -8,6 +8,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
+mod stack;
+pub use stack::scrub_stack;
+
 use zeroize::Zeroize;
 
 /// The system allocator, zeroing on free.

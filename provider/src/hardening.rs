@@ -44,11 +44,6 @@ pub fn lock_memory() -> Result<(), String> {
         .map_err(|e| format!("mlockall failed ({e}); secrets could be swapped"))
 }
 
-/// Overwrites the dead part of this thread's stack below the caller with zeros, so values that
-/// finished frames left behind (TLS decryption, JSON decoding) do not linger. The daemon runs on
-/// one thread, so every Key Vault answer was decoded on this stack.
-#[inline(never)]
-pub fn scrub_stack() {
-    let mut area = [0u8; 256 * 1024];
-    std::hint::black_box(&mut area);
-}
+/// The stack scrub the daemon runs after each publish, unpublish and rotation (shared with
+/// the agent).
+pub use kvmount_alloc::scrub_stack;

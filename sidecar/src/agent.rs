@@ -381,7 +381,8 @@ pub async fn run(
         // Nothing of the round stays behind: its connections close (their buffers are freed,
         // and zeroed by the allocator) and its stack frames are overwritten.
         session.end_round();
-        scrub_stack();
+        // The round's HTTP, TLS and JSON code ran on this one runtime thread (the main one).
+        kvmount_alloc::scrub_stack();
         let delay = match result {
             Ok((outcome, versions)) => {
                 attempts = 0;
@@ -432,14 +433,6 @@ pub async fn run(
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
         }
     }
-}
-
-/// Overwrites the stack below the caller: frames of the round just finished (the HTTP, TLS
-/// and JSON code ran on this one runtime thread) may still hold secret bytes.
-#[inline(never)]
-fn scrub_stack() {
-    let mut area = [0u8; 256 * 1024];
-    std::hint::black_box(&mut area);
 }
 
 /// The startupProbe: exit 0 once the first render is published (`<mount>/..data` exists).
