@@ -38,6 +38,24 @@ fn agent_bin() -> String {
         .unwrap_or_else(|_| "target/release/kvmount-agent".into())
 }
 
+/// How the agent binary at `path` is linked, and its size: "static" (no program interpreter,
+/// like the image's musl build) or "dynamic" (a glibc build that maps shared libraries).
+fn binary_kind(path: &str) -> (&'static str, u64) {
+    let bytes = std::fs::read(path).expect("read the agent binary");
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().expect("ELF header")) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    let dynamic = (0..phnum).any(|i| {
+        let at = phoff + i * phentsize;
+        u32::from_le_bytes(bytes[at..at + 4].try_into().expect("program header")) == PT_INTERP
+    });
+    (
+        if dynamic { "dynamic" } else { "static" },
+        bytes.len() as u64,
+    )
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -372,6 +390,11 @@ async fn main() {
         ms(percentile(&trips, 50.0)),
         ms(percentile(&trips, 95.0))
     );
+    let (linking, binary_bytes) = binary_kind(&agent_bin());
+    println!(
+        "| agent binary measured: linking / size | {linking} / {:.1} MB |",
+        binary_bytes as f64 / 1e6
+    );
     println!(
         "| agent RSS, steady state (refresh every 1 s, {} s sampled: max / last / VmHWM) | {:.2} MiB / {:.2} MiB / {:.2} MiB |",
         window.as_secs() - settle,
@@ -410,6 +433,7 @@ async fn main() {
             "spawn_to_exit_ms": pct(&spawn_to_exit),
             "round_trips_ms": pct(&trips),
             "agent_rss_kib": {"max": rss_max, "last": rss_last, "hwm": hwm, "anon": anon, "file": file},
+            "agent_binary": {"linking": linking, "bytes": binary_bytes},
             "agent_refresh_failures": refreshes,
             "webhook": {
                 "rate_per_second": REVIEW_RATE, "seconds": review_seconds,
