@@ -1,8 +1,11 @@
 //! Overwriting the dead part of the main thread's stack.
 #![deny(unsafe_code)]
 
-/// Overwrites are done in frames of this many bytes.
-const CHUNK: usize = 16 * 1024;
+/// Overwrites are done in nested frames of this many zeroed bytes.
+const CHUNK: usize = 1024;
+
+/// At most this much more than `CHUNK` per frame (return address, saved registers).
+const FRAME_SLACK: usize = 256;
 
 /// Where the stack is not the main thread's (whose mapping shows how deep it has grown), this
 /// much below the caller is overwritten.
@@ -16,9 +19,11 @@ const MAX_DEPTH: usize = 4 * 1024 * 1024;
 ///
 /// On the main thread the kernel grows the `[stack]` mapping as the stack is first used, so
 /// its lower end is as deep as the stack has ever been (or the 128 KiB the kernel maps at
-/// exec): everything from there to the caller is overwritten, however deep a round went, and
-/// no page is touched that was never used. On another thread (a fixed-size stack whose
-/// mapping says nothing about its use) a fixed [`FALLBACK_DEPTH`] is.
+/// exec): everything from there to the caller is overwritten (but the last frame's worth, at
+/// most `CHUNK + FRAME_SLACK` bytes at the very bottom), however deep a round went. Nothing is
+/// written below that end, so the scrub itself never grows the stack and no page is touched
+/// that was never used. On another thread (a fixed-size stack whose mapping says nothing
+/// about its use) a fixed [`FALLBACK_DEPTH`] below the caller is overwritten.
 #[inline(never)]
 pub fn scrub_stack() {
     let here = 0u8;
@@ -28,7 +33,7 @@ pub fn scrub_stack() {
         .and_then(|maps| used_below(&maps, sp))
         .unwrap_or(FALLBACK_DEPTH)
         .min(MAX_DEPTH);
-    overwrite(depth.div_ceil(CHUNK));
+    overwrite_down_to(sp.saturating_sub(depth));
 }
 
 /// How far the `[stack]` mapping in `maps` (`/proc/self/maps`) reaches below `sp`, when `sp`
@@ -42,13 +47,15 @@ fn used_below(maps: &str, sp: usize) -> Option<usize> {
     (start..end).contains(&sp).then(|| sp - start)
 }
 
-/// `chunks` nested frames of [`CHUNK`] zeroed bytes each.
+/// Nested frames of [`CHUNK`] zeroed bytes, each below the last, while another one fits
+/// above `floor`.
 #[inline(never)]
-fn overwrite(chunks: usize) {
+fn overwrite_down_to(floor: usize) {
     let mut area = [0u8; CHUNK];
     std::hint::black_box(&mut area);
-    if chunks > 1 {
-        overwrite(chunks - 1);
+    let at = area.as_ptr() as usize;
+    if at >= floor + CHUNK + FRAME_SLACK {
+        overwrite_down_to(floor);
     }
     // Used after the call, so the frame cannot be reused for it.
     std::hint::black_box(&area);
@@ -99,6 +106,20 @@ mod tests {
         let mut buf = vec![0u8; CANARY.len()];
         mem.read_exact(&mut buf).expect("read");
         buf == CANARY
+    }
+
+    #[test]
+    fn nothing_below_the_floor_is_written() {
+        std::thread::spawn(|| {
+            let deep = leave_canary_deep(16);
+            let shallow = leave_canary_deep(8);
+            assert!(holds(deep) && holds(shallow));
+            overwrite_down_to(deep + CANARY.len() + 64);
+            assert!(!holds(shallow), "above the floor: overwritten");
+            assert!(holds(deep), "below the floor: untouched");
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]
