@@ -133,8 +133,8 @@ async fn a_new_pod_of_a_proven_identity_costs_one_token_and_one_get_per_object()
         .stats()
         .count(Some("demo"), None, None, Some(401));
     assert_eq!(
-        challenges, 0,
-        "a new identity's reads go out with its token: no challenge"
+        challenges, 1,
+        "a new identity's client is challenged once, not once per object"
     );
     assert_eq!(tokens_issued(&vault), 1);
 
@@ -159,8 +159,8 @@ async fn a_new_pod_of_a_proven_identity_costs_one_token_and_one_get_per_object()
             .mock
             .stats()
             .count(Some("demo"), None, None, Some(401)),
-        0,
-        "no challenge for the identity's next pod either"
+        challenges,
+        "no new challenge: the identity's clients are reused"
     );
     assert_eq!(tokens_issued(&vault), 2, "pod-2 proved its own token");
 

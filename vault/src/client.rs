@@ -7,11 +7,8 @@ use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
-use azure_core::http::headers::AUTHORIZATION;
-use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{
-    ClientMethodOptions, ClientOptions, Context, ExponentialRetryOptions, Method, Request,
-    RetryOptions, Transport,
+    ClientMethodOptions, ClientOptions, ExponentialRetryOptions, RetryOptions, Transport,
 };
 use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
@@ -42,56 +39,74 @@ pub struct VaultClient {
     pub keys: KeyClient,
     /// Certificates.
     pub certificates: CertificateClient,
+    /// Per client (secrets, keys, certificates): whether it has met its vault's challenge.
+    challenged: [tokio::sync::watch::Sender<bool>; 3],
 }
 
-/// Authorizes each request of a vault's clients that the SDK sends without a token, with a
-/// token for the cloud's Key Vault scope. The SDK's clients learn the scope from Key Vault's 401
-/// challenge, so each new client (one per identity, vault and object type) would first spend a
-/// round trip on an unauthorized request. The scope is known from the cloud: it is the one the
-/// challenge names and the one a pod's proof asks for, so the first read of a new client goes
-/// out authorized, and its token request joins the proof's. A vault that wants another scope
-/// answers 401 with its challenge; the SDK then authorizes the retry from it (checking the
-/// challenge's resource against the vault host) and its later requests carry its own token,
-/// which this policy leaves alone. Only GETs: before it knows the challenge the SDK takes the
-/// body off a request (to send it only once authorized), so a write keeps the SDK's own flow.
-struct Preauthorize {
-    credential: Arc<dyn TokenCredential>,
-    scope: String,
+impl VaultClient {
+    /// The client that reads `kind`'s index in `challenged`.
+    fn client_index(kind: ObjectType) -> usize {
+        match kind {
+            ObjectType::Secret => 0,
+            ObjectType::Key => 1,
+            ObjectType::Cert => 2,
+        }
+    }
+
+    fn challenge_of(&self, kind: ObjectType) -> &tokio::sync::watch::Sender<bool> {
+        &self.challenged[Self::client_index(kind)]
+    }
+
+    /// Whether the client that reads `kind` knows its vault's challenge, so that its requests
+    /// go out authorized.
+    pub fn challenge_known(&self, kind: ObjectType) -> bool {
+        *self.challenge_of(kind).borrow()
+    }
+
+    /// Marks the challenge of `kind`'s client as settled: its first request has ended, with or
+    /// without one, and waiting for it is pointless.
+    pub fn challenge_settled(&self, kind: ObjectType) {
+        mark_known(self.challenge_of(kind));
+    }
+
+    /// Waits until [`Self::challenge_known`] or [`Self::challenge_settled`] for `kind`.
+    pub async fn challenge_answered(&self, kind: ObjectType) {
+        let mut known = self.challenge_of(kind).subscribe();
+        // The sender lives as long as `self`: this ends only with `true`.
+        let _ = known.wait_for(|known| *known).await;
+    }
 }
 
-impl std::fmt::Debug for Preauthorize {
+/// The credential of one SDK client, noting when that client has met its vault's challenge.
+/// The Key Vault SDK sends a client's first request unauthorized, reads the token scope from
+/// the 401 and stores it before it asks the credential for a token: so the first token request
+/// means every later request of the client goes out authorized, with no challenge of its own.
+struct ChallengeNote {
+    inner: Arc<dyn TokenCredential>,
+    known: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for ChallengeNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Preauthorize")
-            .field("scope", &self.scope)
-            .finish_non_exhaustive()
+        f.write_str("ChallengeNote")
     }
 }
 
 #[async_trait::async_trait]
-impl Policy for Preauthorize {
-    async fn send(
+impl TokenCredential for ChallengeNote {
+    async fn get_token(
         &self,
-        ctx: &Context,
-        request: &mut Request,
-        next: &[Arc<dyn Policy>],
-    ) -> PolicyResult {
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Other,
-                "kvmount preauthorize policy: no transport after it",
-            ));
-        };
-        if request.method() == Method::Get
-            && request.headers().get_optional_str(&AUTHORIZATION).is_none()
-        {
-            let token = self
-                .credential
-                .get_token(&[self.scope.as_str()], None)
-                .await?;
-            request.insert_header(AUTHORIZATION, format!("Bearer {}", token.token.secret()));
-        }
-        first.send(ctx, request, rest).await
+        scopes: &[&str],
+        options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        mark_known(&self.known);
+        self.inner.get_token(scopes, options).await
     }
+}
+
+/// Sets a challenge flag, waking its waiters only the first time.
+fn mark_known(flag: &tokio::sync::watch::Sender<bool>) {
+    flag.send_if_modified(|known| !std::mem::replace(known, true));
 }
 
 impl std::ops::Deref for VaultClient {
@@ -436,12 +451,7 @@ impl Connector {
 
     /// The OAuth scope for Key Vault tokens: `https://<dns suffix without port>/.default`.
     pub fn token_scope(&self) -> String {
-        self.token_scope_in(None)
-    }
-
-    /// [`Connector::token_scope`] for `cloud`, or the daemon's cloud when `None`.
-    fn token_scope_in(&self, cloud: Option<&Cloud>) -> String {
-        let (_, suffix) = self.endpoints(cloud);
+        let suffix = &self.config.keyvault_dns_suffix;
         let host = suffix.split(':').next().unwrap_or(suffix);
         format!("https://{host}/.default")
     }
@@ -469,7 +479,9 @@ impl Connector {
 
     /// [`Connector::token_scope`] for the mount's cloud.
     pub fn token_scope_for(&self, params: &MountParams) -> String {
-        self.token_scope_in(params.cloud.as_ref())
+        let (_, suffix) = self.endpoints(params.cloud.as_ref());
+        let host = suffix.split(':').next().unwrap_or(suffix);
+        format!("https://{host}/.default")
     }
 
     /// [`Connector::credential`] for the mount's identity and cloud.
@@ -489,17 +501,15 @@ impl Connector {
         self.vault_client_in(params.cloud.as_ref(), &params.keyvault_name, credential)
     }
 
-    /// Options of a data-plane client of `vault`: the cloud's options, `preauthorize`, then the
-    /// vault's per-try policy (rate limit, metrics), when the connector has one.
+    /// Options of a data-plane client of `vault`: the cloud's options plus the vault's per-try
+    /// policy (rate limit, metrics), when the connector has one.
     fn vault_options(
         &self,
         vault: &str,
         cloud_of: Option<&Cloud>,
         http: reqwest::Client,
-        preauthorize: &Arc<dyn Policy>,
     ) -> ClientOptions {
         let mut options = self.client_options_in(cloud_of, http);
-        options.per_try_policies.push(Arc::clone(preauthorize));
         if let Some(factory) = &self.policies {
             options.per_try_policies.push(factory.policy(vault));
         }
@@ -613,33 +623,37 @@ impl Connector {
         let bad = |e: azure_core::Error| {
             VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}"))
         };
-        let preauthorize: Arc<dyn Policy> = Arc::new(Preauthorize {
-            credential: Arc::clone(&credential),
-            scope: self.token_scope_in(cloud),
-        });
+        let challenged: [tokio::sync::watch::Sender<bool>; 3] =
+            std::array::from_fn(|_| tokio::sync::watch::Sender::new(false));
+        let noted = |kind: ObjectType| -> Arc<dyn TokenCredential> {
+            Arc::new(ChallengeNote {
+                inner: Arc::clone(&credential),
+                known: challenged[VaultClient::client_index(kind)].clone(),
+            })
+        };
         let secrets = SecretClient::new(
             &url,
-            Arc::clone(&credential),
+            noted(ObjectType::Secret),
             Some(SecretClientOptions {
-                client_options: self.vault_options(vault, cloud, http.clone(), &preauthorize),
+                client_options: self.vault_options(vault, cloud, http.clone()),
                 ..Default::default()
             }),
         )
         .map_err(bad)?;
         let keys = KeyClient::new(
             &url,
-            Arc::clone(&credential),
+            noted(ObjectType::Key),
             Some(KeyClientOptions {
-                client_options: self.vault_options(vault, cloud, http.clone(), &preauthorize),
+                client_options: self.vault_options(vault, cloud, http.clone()),
                 ..Default::default()
             }),
         )
         .map_err(bad)?;
         let certificates = CertificateClient::new(
             &url,
-            Arc::clone(&credential),
+            noted(ObjectType::Cert),
             Some(CertificateClientOptions {
-                client_options: self.vault_options(vault, cloud, http, &preauthorize),
+                client_options: self.vault_options(vault, cloud, http),
                 ..Default::default()
             }),
         )
@@ -648,6 +662,7 @@ impl Connector {
             secrets,
             keys,
             certificates,
+            challenged,
         })
     }
 }
@@ -729,7 +744,7 @@ pub async fn check_credential(
 }
 
 /// A credential whose inner credential can be replaced while clients hold it, so the clients
-/// of one identity (their connections and token cache) outlive the pod whose
+/// of one identity (their connections and Key Vault challenge state) outlive the pod whose
 /// credentials they were first built with.
 pub struct SwappableCredential(std::sync::RwLock<Arc<dyn TokenCredential>>);
 

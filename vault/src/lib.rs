@@ -22,7 +22,7 @@ pub use client::{Connector, ConnectorConfig, ResolveRule};
 pub use error::{ErrorKind, VaultError};
 pub use fetch::{
     FetchedObject, ObjectError, RenderedFile, RenderedObject, fetch_all, fetch_object,
-    rendered_object,
+    join_objects, rendered_object,
 };
 pub use params::{Auth, MountParams, ObjectSpec, ParamError};
 pub use secret::{SecretBytes, SecretString};
