@@ -9,7 +9,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 
 mod stack;
-pub use stack::scrub_stack;
+pub use stack::{scrub_stack, stack_depth_below};
 
 use zeroize::Zeroize;
 

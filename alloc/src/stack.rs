@@ -30,15 +30,15 @@ pub fn scrub_stack() {
     let sp = std::hint::black_box(std::ptr::addr_of!(here)) as usize;
     let depth = std::fs::read_to_string("/proc/self/maps")
         .ok()
-        .and_then(|maps| used_below(&maps, sp))
+        .and_then(|maps| stack_depth_below(&maps, sp))
         .unwrap_or(FALLBACK_DEPTH)
         .min(MAX_DEPTH);
     overwrite_down_to(sp.saturating_sub(depth));
 }
 
 /// How far the `[stack]` mapping in `maps` (`/proc/self/maps`) reaches below `sp`, when `sp`
-/// is inside it.
-fn used_below(maps: &str, sp: usize) -> Option<usize> {
+/// is inside it. Public for its fuzz target (`fuzz/fuzz_targets/alloc_stack_maps.rs`).
+pub fn stack_depth_below(maps: &str, sp: usize) -> Option<usize> {
     let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
     let (start, rest) = line.split_once('-')?;
     let end = rest.split_whitespace().next()?;
@@ -71,12 +71,12 @@ mod tests {
                     7ffc8a3bf000-7ffc8a406000 rw-p 00000000 00:00 0                          [stack]\n\
                     7ffc8a4f5000-7ffc8a4f7000 r-xp 00000000 00:00 0                          [vdso]\n";
         assert_eq!(
-            used_below(maps, 0x7ffc8a400000),
+            stack_depth_below(maps, 0x7ffc8a400000),
             Some(0x7ffc8a400000 - 0x7ffc8a3bf000)
         );
         // Another thread's stack is not inside `[stack]`.
-        assert_eq!(used_below(maps, 0x7f0000001000), None);
-        assert_eq!(used_below("garbage", 1), None);
+        assert_eq!(stack_depth_below(maps, 0x7f0000001000), None);
+        assert_eq!(stack_depth_below("garbage", 1), None);
     }
 
     const CANARY: &[u8] = b"kvmount-stack-canary-0123456789";

@@ -35,6 +35,9 @@ macro_rules! fuzz_target {
 // target missing here fails `every_fuzz_target_has_a_smoke_test`). The files are crate roots
 // for cargo-fuzz (`#![no_main]`) and are linted by that build, not by this one.
 #[allow(unused_attributes, unused_imports, clippy::all)]
+#[path = "../../fuzz/fuzz_targets/alloc_stack_maps.rs"]
+mod alloc_stack_maps;
+#[allow(unused_attributes, unused_imports, clippy::all)]
 #[path = "../../fuzz/fuzz_targets/mock_jwt.rs"]
 mod mock_jwt;
 #[allow(unused_attributes, unused_imports, clippy::all)]
@@ -347,6 +350,18 @@ fn every_fuzz_target_has_a_smoke_test() {
 }
 
 const OBJECTS: &[u8] = b"array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: b/c\n    filePermission: \"0640\"\n  - |\n    objectName: k\n    objectType: key\n    objectVersionHistory: 2\n";
+
+#[test]
+fn alloc_stack_maps() {
+    // The stack pointer (little-endian) inside the `[stack]` mapping, then the maps text.
+    let mut seed = 0x7ffc_8a40_0000u64.to_le_bytes().to_vec();
+    seed.extend_from_slice(
+        b"55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0 [heap]\n\
+          7ffc8a3bf000-7ffc8a406000 rw-p 00000000 00:00 0 [stack]\n\
+          7ffc8a4f5000-7ffc8a4f7000 r-xp 00000000 00:00 0 [vdso]\n",
+    );
+    smoke("alloc_stack_maps", alloc_stack_maps::run, &[&seed]);
+}
 
 #[test]
 fn mock_jwt() {
