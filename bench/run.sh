@@ -82,15 +82,20 @@ else
     # .cargo/config.toml). Without the musl target or musl-gcc (for ring's C code) it falls
     # back to the glibc build, which maps glibc's shared libraries (about 1.9 MiB more RSS);
     # the report says which was measured.
+    # Only the runs that start the agent build it (node and rotation do not).
     musl=x86_64-unknown-linux-musl
-    if musl_ready "$musl"; then
-        nice -n 10 cargo build --profile dist-agent "${agent[@]}" --target "$musl"
-        agent_dir=$root/target/$musl/dist-agent
-    else
-        echo "bench/run.sh: no $musl toolchain here; measuring the glibc build of the agent" >&2
-        nice -n 10 cargo build --profile dist-agent "${agent[@]}"
-        agent_dir=$root/target/dist-agent
-    fi
+    agent_dir=$root/target/dist-agent
+    case "$which" in
+        all|sidecar)
+            if musl_ready "$musl"; then
+                nice -n 10 cargo build --profile dist-agent "${agent[@]}" --target "$musl"
+                agent_dir=$root/target/$musl/dist-agent
+            else
+                echo "bench/run.sh: no $musl toolchain here; measuring the glibc build of the agent" >&2
+                nice -n 10 cargo build --profile dist-agent "${agent[@]}"
+            fi
+            ;;
+    esac
 fi
 bin=$root/target/$profile
 export KVMOUNT_KVMOUNT_PROVIDER_BIN=$product/kvmount-provider
