@@ -18,6 +18,10 @@ pub struct Stats {
     pub total: u64,
     /// One entry per (vault, route, object, status), sorted.
     pub entries: Vec<StatsEntry>,
+    /// TLS connections accepted, by the server name the client sent (`""` without one, as
+    /// for an IP address): how many connections a client opened to a vault host.
+    #[serde(default)]
+    pub connections: BTreeMap<String, u64>,
 }
 
 /// One counter of [`Stats`].
@@ -58,6 +62,7 @@ impl Stats {
 #[derive(Default)]
 pub(crate) struct StatsRecorder {
     counts: Mutex<BTreeMap<(String, String, String, u16), u64>>,
+    connections: Mutex<BTreeMap<String, u64>>,
 }
 
 impl StatsRecorder {
@@ -70,6 +75,13 @@ impl StatsRecorder {
                 object.to_string(),
                 status,
             ))
+            .or_insert(0) += 1;
+    }
+
+    /// A TLS connection was accepted for `server_name` (`""` without SNI).
+    pub fn connected(&self, server_name: &str) {
+        *lock(&self.connections)
+            .entry(server_name.to_ascii_lowercase())
             .or_insert(0) += 1;
     }
 
@@ -88,11 +100,13 @@ impl StatsRecorder {
         Stats {
             total: entries.iter().map(|e| e.count).sum(),
             entries,
+            connections: lock(&self.connections).clone(),
         }
     }
 
     pub fn reset(&self) {
         lock(&self.counts).clear();
+        lock(&self.connections).clear();
     }
 }
 

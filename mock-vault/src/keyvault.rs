@@ -222,6 +222,10 @@ async fn serve(state: &State, req: &Req, op: &Op, vault_idx: usize, vault: &str)
     }
     req.cut_if(hit.reset);
     if let Some((status, retry_after)) = hit.status {
+        if status == 401 {
+            // Key Vault turns a token down with its challenge, so the client can try again.
+            return challenge(state, "Unauthorized (injected fault).");
+        }
         return fault_reply(status, retry_after);
     }
     if let Op::Unknown = op {
@@ -297,7 +301,6 @@ pub(crate) fn fault_reply(status: u16, retry_after: Option<u64>) -> Reply {
                 retry_after.unwrap_or(1)
             ),
         ),
-        401 => ("Unauthorized", "Unauthorized (injected fault).".to_string()),
         403 => ("Forbidden", "Forbidden (injected fault).".to_string()),
         404 => ("SecretNotFound", "Not found (injected fault).".to_string()),
         400 => (

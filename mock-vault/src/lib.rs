@@ -24,7 +24,8 @@
 //! Faults apply to requests that passed authentication, to the token endpoint and to IMDS; a
 //! challenge 401 only takes the matching rules' latency (a round trip costs the same whatever
 //! it answers) and uses up none of their `times`. A rule answers with an error `status` (with
-//! `retryAfter`), adds `latencyMs`, or (`reset: true`) cuts the connection mid-response: the
+//! `retryAfter`; a Key Vault 401 carries the vault's challenge, as Key Vault's own do), adds
+//! `latencyMs`, or (`reset: true`) cuts the connection mid-response: the
 //! status line and headers (with the whole `Content-Length`) and half of the body go out, then
 //! the HTTP/1.1 connection is closed (the h2 stream reset), as a dying proxy or a TCP reset
 //! would.

@@ -422,7 +422,12 @@ pub(crate) async fn accept_loop(
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
+                    Ok(Ok(tls)) => {
+                        state
+                            .stats
+                            .connected(tls.get_ref().1.server_name().unwrap_or_default());
+                        tls
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;

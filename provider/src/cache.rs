@@ -18,7 +18,7 @@ use kvmount_vault::fetch::scrub_list;
 use kvmount_vault::params::{Auth, ObjectEncoding, ObjectFormat, ObjectType};
 use kvmount_vault::{
     Connector, FetchedObject, MountParams, ObjectError, ObjectSpec, RenderedObject, VaultError,
-    fetch_object, join_objects, rendered_object,
+    fetch_object, rendered_object,
 };
 use serde::{Deserialize, Serialize};
 
@@ -244,7 +244,7 @@ struct Proof {
 const PROOF_MARGIN: Duration = Duration::from_secs(120);
 
 /// What reads one identity's objects from Key Vault: its clients, built once (one
-/// connection pool and one Key Vault challenge however many pods use them), and the newest
+/// connection pool however many pods use them), and the newest
 /// credential that proved valid for the identity behind them.
 struct IdentityEntry {
     credential: Arc<SwappableCredential>,
@@ -494,11 +494,10 @@ impl NodeCache {
     }
 
     /// [`Self::fetch`] for the first pod of an identity (no clients yet), with its unproved
-    /// `credential`. The new clients read with this pod's own credential, so the token exchange
-    /// at Entra ID and the reads go at once: the first request (Key Vault's challenge) needs
-    /// no token, and the first token request joins the proof's, so bad credentials get no
-    /// token and read nothing. Nothing is returned, and the clients are not kept, unless the
-    /// proof holds.
+    /// `credential`. The new clients read with this pod's own credential, so the proof and the
+    /// reads start together: every read waits for a token, and their token requests join the
+    /// proof's (one exchange at Entra ID), so bad credentials get no token and read nothing.
+    /// Nothing is returned, and the clients are not kept, unless the proof holds.
     async fn fetch_new_identity(
         &self,
         params: &MountParams,
@@ -544,7 +543,7 @@ impl NodeCache {
         scrub: &[&str],
     ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>), ObjectError> {
         let lookups = params.objects.iter().map(|spec| {
-            (spec.object_type, async move {
+            async move {
                 let (key, slot) = self.interned(ObjectKey::new(params, spec));
                 let mut value = slot.value.lock().await;
                 let fresh = value.as_ref().is_some_and(|c| {
@@ -582,9 +581,9 @@ impl NodeCache {
                 // Keep the slot in the map even if an erase raced with this read.
                 lock(&self.slots).entry(key.clone()).or_insert(slot);
                 Ok((rendered, key))
-            })
+            }
         });
-        let results = join_objects(client, lookups).await?;
+        let results = futures::future::try_join_all(lookups).await?;
         Ok(results.into_iter().unzip())
     }
 

@@ -118,8 +118,8 @@ impl Policy for VaultPolicy {
                 "kvmount vault policy: no transport after it",
             ));
         };
-        // The unauthenticated first request of the challenge flow is not a Key Vault
-        // transaction that counts against the service limit, but it is still traffic: limit it.
+        // Every try counts, a 401 challenge included: it is not a Key Vault transaction
+        // against the service limit, but it is still traffic.
         self.limiter.acquire(&self.vault).await;
         let operation = operation(request);
         let started = Instant::now();

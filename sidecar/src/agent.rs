@@ -23,7 +23,7 @@ use kvmount_vault::client::VaultClient;
 use kvmount_vault::fetch::scrub_list;
 use kvmount_vault::{
     Auth, Connector, ConnectorConfig, FetchedObject, ObjectSpec, SecretBytes, SecretString,
-    VaultError, fetch_object, join_objects, rendered_object,
+    VaultError, fetch_object, rendered_object,
 };
 use kvmount_volume::{AtomicWriter, FileSpec, Ownership};
 
@@ -232,14 +232,17 @@ pub async fn fetch_distinct<'a>(
     let fetches = unique.into_iter().map(|(key, spec)| {
         let client = &client;
         let scrub = &scrub;
-        (spec.object_type, async move {
+        async move {
             fetch_object(client, spec, scrub)
                 .await
                 .map(|f| (key, f))
                 .map_err(|e| format!("{}: {e}", spec.id()))
-        })
+        }
     });
-    Ok(join_objects(&client, fetches).await?.into_iter().collect())
+    Ok(futures::future::try_join_all(fetches)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// One rendered file.

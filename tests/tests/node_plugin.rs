@@ -134,7 +134,7 @@ async fn a_new_pod_of_a_proven_identity_costs_one_token_and_one_get_per_object()
         .count(Some("demo"), None, None, Some(401));
     assert_eq!(
         challenges, 1,
-        "a new identity's client is challenged once, not once per object"
+        "a new identity's reads go out with its token; one challenge, to the copy that opened the vault's connection"
     );
     assert_eq!(tokens_issued(&vault), 1);
 
@@ -160,7 +160,7 @@ async fn a_new_pod_of_a_proven_identity_costs_one_token_and_one_get_per_object()
             .stats()
             .count(Some("demo"), None, None, Some(401)),
         challenges,
-        "no new challenge: the identity's clients are reused"
+        "no new challenge for the identity's next pod: the vault's connection is open"
     );
     assert_eq!(tokens_issued(&vault), 2, "pod-2 proved its own token");
 

@@ -32,7 +32,7 @@ fn app_a_db_password(vault: &Vault) -> kvmount_vault::MountParams {
 }
 
 #[tokio::test]
-async fn challenge_then_token_then_secret_with_both_credentials() {
+async fn token_then_secrets_with_both_credentials() {
     let vault = Vault::start(None).await;
     let connector = vault.connector();
     let tenant = vault.mock.tenant_id().to_owned();
@@ -56,9 +56,11 @@ async fn challenge_then_token_then_secret_with_both_credentials() {
     assert_eq!(rendered[0].files[0].contents.expose(), b"current-value");
     assert_eq!(rendered[1].files[0].contents.expose(), b"demo-api-key-0001");
     let stats = vault.mock.stats();
-    // The SDK sends the first request without a token on purpose and gets the challenge.
-    assert!(
-        stats.count(Some("demo"), None, None, Some(401)) >= 1,
+    // The reads go out with a token for the cloud's Key Vault scope; the only challenge is
+    // the answer to the unauthorized copy that opened the connection.
+    assert_eq!(
+        stats.count(Some("demo"), None, None, Some(401)),
+        1,
         "{stats:?}"
     );
     assert_eq!(
@@ -114,17 +116,17 @@ async fn an_untrusted_certificate_is_refused() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }
 
-/// A new client answers Key Vault's challenge once per type, and the other objects of that
-/// type go out as soon as it is answered, while the first object's own read is still in flight.
+/// A new client's reads go out authorized, together, and on one connection: the first one
+/// also sends an unauthorized copy of itself, which opens the connection (Key Vault answers it
+/// with its challenge), and none of the reads waits for that answer.
 #[tokio::test]
-async fn a_new_client_is_challenged_once_and_the_other_reads_follow_the_challenge() {
+async fn a_new_clients_reads_share_one_connection_and_do_not_wait_for_the_challenge() {
     use futures::FutureExt as _;
     use kvmount_vault::client::get_secret;
-    use kvmount_vault::params::ObjectType;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     let vault = Vault::start(None).await;
-    // The first object's reads (its challenge too) take a second; the others are quick.
+    // Everything about the first object takes a second, the challenge to its copy too; the
+    // others are quick.
     vault
         .mock
         .set_faults(vec![kvmount_mock_vault::FaultRule {
@@ -140,39 +142,78 @@ async fn a_new_client_is_challenged_once_and_the_other_reads_follow_the_challeng
     let client = connector
         .vault_client_for(&params, credential)
         .expect("client");
-    assert!(!client.challenge_known(ObjectType::Secret));
-    let first_done = AtomicBool::new(false);
-    let (client, first_done) = (&client, &first_done);
-    let first = async move {
-        let read = get_secret(client, "db-password", None, &[]).await;
-        first_done.store(true, Ordering::SeqCst);
-        read.map(|_| false)
+    let mock = &vault.mock;
+    let challenges = || mock.stats().count(Some("demo"), None, None, Some(401));
+    let client = &client;
+    // Each read reports whether Key Vault had answered the challenge when it ended.
+    let read = |name: &'static str| async move {
+        let read = get_secret(client, name, None, &[]).await;
+        read.map(|_| challenges() > 0)
     };
-    // Each of the others reports whether it went out before the first read ended.
-    let other = |name: &'static str| async move {
-        let overlapped = !first_done.load(Ordering::SeqCst);
-        get_secret(client, name, None, &[])
-            .await
-            .map(|_| overlapped)
-    };
-    let jobs = vec![
-        (ObjectType::Secret, first.boxed_local()),
-        (ObjectType::Secret, other("api-key").boxed_local()),
-        (ObjectType::Secret, other("api-key").boxed_local()),
-    ];
-    let overlapped = kvmount_vault::join_objects(client, jobs)
-        .await
-        .expect("reads");
-    assert_eq!(overlapped, [false, true, true]);
-    assert!(client.challenge_known(ObjectType::Secret));
+    let after_challenge = futures::future::try_join_all(vec![
+        read("db-password").boxed_local(),
+        read("api-key").boxed_local(),
+        read("api-key").boxed_local(),
+    ])
+    .await
+    .expect("reads");
+    assert_eq!(
+        after_challenge[1..],
+        [false, false],
+        "the quick reads ended before the challenge was answered"
+    );
     let stats = vault.mock.stats();
     assert_eq!(
         stats.count(Some("demo"), None, None, Some(401)),
         1,
-        "one challenge for three objects: {stats:?}"
+        "one challenge, to the copy: {stats:?}"
     );
     assert_eq!(
         stats.count(Some("demo"), Some("secret.get"), None, Some(200)),
-        3
+        3,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.count(None, Some("token"), None, Some(200)),
+        1,
+        "one token for three reads: {stats:?}"
+    );
+    let host = format!("demo.{}", mock.dns_suffix());
+    assert_eq!(
+        stats.connections.get(&host),
+        Some(&1),
+        "one connection to the vault: {stats:?}"
+    );
+}
+
+/// A vault that turns the first token down answers with its challenge, and the SDK's retry,
+/// authorized from that challenge, reads the object: one 401 to the token, then the value.
+#[tokio::test]
+async fn a_token_the_vault_turns_down_is_retried_through_its_challenge() {
+    let vault = Vault::start(None).await;
+    vault
+        .mock
+        .set_faults(vec![kvmount_mock_vault::FaultRule {
+            route: Some("secret.get".into()),
+            status: Some(401),
+            times: Some(1),
+            ..Default::default()
+        }])
+        .expect("401 fault");
+    let connector = vault.connector();
+    let params = app_a_db_password(&vault);
+    let rendered = fetch_all(&connector, &params).await.expect("fetch");
+    assert_eq!(rendered[0].files[0].contents.expose(), b"current-value");
+    let stats = vault.mock.stats();
+    // The challenge to the copy that opened the connection, and the injected one.
+    assert_eq!(
+        stats.count(Some("demo"), Some("secret.get"), None, Some(401)),
+        2,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.count(Some("demo"), Some("secret.get"), None, Some(200)),
+        1,
+        "{stats:?}"
     );
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::http::policies::Policy;
 use azure_core::http::{
     ClientMethodOptions, ClientOptions, ExponentialRetryOptions, RetryOptions, Transport,
 };
@@ -27,6 +28,7 @@ use url::Url;
 use crate::cloud::Cloud;
 use crate::error::{ErrorKind, VaultError};
 use crate::params::{Auth, MountParams, ObjectType};
+use crate::preauth::{NoteOpen, Opening, Preauthorize};
 use crate::render::FetchedSecret;
 use crate::secret::{SecretBytes, SecretString};
 
@@ -39,74 +41,6 @@ pub struct VaultClient {
     pub keys: KeyClient,
     /// Certificates.
     pub certificates: CertificateClient,
-    /// Per client (secrets, keys, certificates): whether it has met its vault's challenge.
-    challenged: [tokio::sync::watch::Sender<bool>; 3],
-}
-
-impl VaultClient {
-    /// The client that reads `kind`'s index in `challenged`.
-    fn client_index(kind: ObjectType) -> usize {
-        match kind {
-            ObjectType::Secret => 0,
-            ObjectType::Key => 1,
-            ObjectType::Cert => 2,
-        }
-    }
-
-    fn challenge_of(&self, kind: ObjectType) -> &tokio::sync::watch::Sender<bool> {
-        &self.challenged[Self::client_index(kind)]
-    }
-
-    /// Whether the client that reads `kind` knows its vault's challenge, so that its requests
-    /// go out authorized.
-    pub fn challenge_known(&self, kind: ObjectType) -> bool {
-        *self.challenge_of(kind).borrow()
-    }
-
-    /// Marks the challenge of `kind`'s client as settled: its first request has ended, with or
-    /// without one, and waiting for it is pointless.
-    pub fn challenge_settled(&self, kind: ObjectType) {
-        mark_known(self.challenge_of(kind));
-    }
-
-    /// Waits until [`Self::challenge_known`] or [`Self::challenge_settled`] for `kind`.
-    pub async fn challenge_answered(&self, kind: ObjectType) {
-        let mut known = self.challenge_of(kind).subscribe();
-        // The sender lives as long as `self`: this ends only with `true`.
-        let _ = known.wait_for(|known| *known).await;
-    }
-}
-
-/// The credential of one SDK client, noting when that client has met its vault's challenge.
-/// The Key Vault SDK sends a client's first request unauthorized, reads the token scope from
-/// the 401 and stores it before it asks the credential for a token: so the first token request
-/// means every later request of the client goes out authorized, with no challenge of its own.
-struct ChallengeNote {
-    inner: Arc<dyn TokenCredential>,
-    known: tokio::sync::watch::Sender<bool>,
-}
-
-impl std::fmt::Debug for ChallengeNote {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChallengeNote")
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenCredential for ChallengeNote {
-    async fn get_token(
-        &self,
-        scopes: &[&str],
-        options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
-        mark_known(&self.known);
-        self.inner.get_token(scopes, options).await
-    }
-}
-
-/// Sets a challenge flag, waking its waiters only the first time.
-fn mark_known(flag: &tokio::sync::watch::Sender<bool>) {
-    flag.send_if_modified(|known| !std::mem::replace(known, true));
 }
 
 impl std::ops::Deref for VaultClient {
@@ -367,7 +301,7 @@ pub struct Connector {
     /// For Entra ID token requests.
     auth_http: reqwest::Client,
     /// Per-vault clients, created on first use.
-    vault_http: Arc<std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>>,
+    vault_http: Arc<std::sync::Mutex<std::collections::HashMap<String, VaultHttp>>>,
     config: Arc<ConnectorConfig>,
     policies: Option<Arc<dyn VaultPolicyFactory>>,
 }
@@ -409,7 +343,7 @@ impl Connector {
             ));
         }
         let roots = Arc::new(trusted_roots(&config)?);
-        let auth_http = build_http(&config, &roots)?;
+        let auth_http = build_http(&config, &roots, None)?;
         Ok(Self {
             roots,
             auth_http,
@@ -426,7 +360,7 @@ impl Connector {
     }
 
     /// The HTTP client for `vault`, created on first use.
-    fn vault_http(&self, vault: &str) -> Result<reqwest::Client, ConfigError> {
+    fn vault_http(&self, vault: &str) -> Result<VaultHttp, ConfigError> {
         let mut clients = self
             .vault_http
             .lock()
@@ -434,7 +368,11 @@ impl Connector {
         if let Some(client) = clients.get(vault) {
             return Ok(client.clone());
         }
-        let client = build_http(&self.config, &self.roots)?;
+        let opening = Opening::new();
+        let client = VaultHttp {
+            http: build_http(&self.config, &self.roots, Some(&opening))?,
+            opening,
+        };
         clients.insert(vault.to_owned(), client.clone());
         Ok(client)
     }
@@ -451,7 +389,12 @@ impl Connector {
 
     /// The OAuth scope for Key Vault tokens: `https://<dns suffix without port>/.default`.
     pub fn token_scope(&self) -> String {
-        let suffix = &self.config.keyvault_dns_suffix;
+        self.token_scope_in(None)
+    }
+
+    /// [`Connector::token_scope`] for `cloud`, or the daemon's cloud when `None`.
+    fn token_scope_in(&self, cloud: Option<&Cloud>) -> String {
+        let (_, suffix) = self.endpoints(cloud);
         let host = suffix.split(':').next().unwrap_or(suffix);
         format!("https://{host}/.default")
     }
@@ -479,9 +422,7 @@ impl Connector {
 
     /// [`Connector::token_scope`] for the mount's cloud.
     pub fn token_scope_for(&self, params: &MountParams) -> String {
-        let (_, suffix) = self.endpoints(params.cloud.as_ref());
-        let host = suffix.split(':').next().unwrap_or(suffix);
-        format!("https://{host}/.default")
+        self.token_scope_in(params.cloud.as_ref())
     }
 
     /// [`Connector::credential`] for the mount's identity and cloud.
@@ -501,15 +442,17 @@ impl Connector {
         self.vault_client_in(params.cloud.as_ref(), &params.keyvault_name, credential)
     }
 
-    /// Options of a data-plane client of `vault`: the cloud's options plus the vault's per-try
-    /// policy (rate limit, metrics), when the connector has one.
+    /// Options of a data-plane client of `vault`: the cloud's options, `preauthorize`, then the
+    /// vault's per-try policy (rate limit, metrics), when the connector has one.
     fn vault_options(
         &self,
         vault: &str,
         cloud_of: Option<&Cloud>,
         http: reqwest::Client,
+        preauthorize: &Arc<dyn Policy>,
     ) -> ClientOptions {
         let mut options = self.client_options_in(cloud_of, http);
+        options.per_try_policies.push(Arc::clone(preauthorize));
         if let Some(factory) = &self.policies {
             options.per_try_policies.push(factory.policy(vault));
         }
@@ -617,43 +560,40 @@ impl Connector {
         let (_, suffix) = self.endpoints(cloud);
         let url = format!("https://{vault}.{suffix}/");
         // One HTTP client (connection pool) per vault host.
-        let http = self
+        let VaultHttp { http, opening } = self
             .vault_http(&format!("{vault}.{suffix}"))
             .map_err(|e| VaultError::new(ErrorKind::Internal, e.to_string()))?;
         let bad = |e: azure_core::Error| {
             VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}"))
         };
-        let challenged: [tokio::sync::watch::Sender<bool>; 3] =
-            std::array::from_fn(|_| tokio::sync::watch::Sender::new(false));
-        let noted = |kind: ObjectType| -> Arc<dyn TokenCredential> {
-            Arc::new(ChallengeNote {
-                inner: Arc::clone(&credential),
-                known: challenged[VaultClient::client_index(kind)].clone(),
-            })
-        };
+        let preauthorize: Arc<dyn Policy> = Arc::new(Preauthorize {
+            credential: Arc::clone(&credential),
+            scope: self.token_scope_in(cloud),
+            opening,
+        });
         let secrets = SecretClient::new(
             &url,
-            noted(ObjectType::Secret),
+            Arc::clone(&credential),
             Some(SecretClientOptions {
-                client_options: self.vault_options(vault, cloud, http.clone()),
+                client_options: self.vault_options(vault, cloud, http.clone(), &preauthorize),
                 ..Default::default()
             }),
         )
         .map_err(bad)?;
         let keys = KeyClient::new(
             &url,
-            noted(ObjectType::Key),
+            Arc::clone(&credential),
             Some(KeyClientOptions {
-                client_options: self.vault_options(vault, cloud, http.clone()),
+                client_options: self.vault_options(vault, cloud, http.clone(), &preauthorize),
                 ..Default::default()
             }),
         )
         .map_err(bad)?;
         let certificates = CertificateClient::new(
             &url,
-            noted(ObjectType::Cert),
+            Arc::clone(&credential),
             Some(CertificateClientOptions {
-                client_options: self.vault_options(vault, cloud, http),
+                client_options: self.vault_options(vault, cloud, http, &preauthorize),
                 ..Default::default()
             }),
         )
@@ -662,7 +602,6 @@ impl Connector {
             secrets,
             keys,
             certificates,
-            challenged,
         })
     }
 }
@@ -705,10 +644,19 @@ pub fn use_ring() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Builds an HTTP client that trusts `roots` only, with the configured host overrides.
+/// A vault host's HTTP client (its connection pool) and whether it has connected yet.
+#[derive(Clone)]
+struct VaultHttp {
+    http: reqwest::Client,
+    opening: Arc<Opening>,
+}
+
+/// Builds an HTTP client that trusts `roots` only, with the configured host overrides; a
+/// vault's client marks `opening` open when it has connected.
 fn build_http(
     config: &ConnectorConfig,
     roots: &[reqwest::Certificate],
+    opening: Option<&Arc<Opening>>,
 ) -> Result<reqwest::Client, ConfigError> {
     use_ring();
     let mut builder = reqwest::Client::builder()
@@ -717,6 +665,9 @@ fn build_http(
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("kvmount/", env!("CARGO_PKG_VERSION")))
         .tls_certs_only(roots.iter().cloned());
+    if let Some(opening) = opening {
+        builder = builder.connector_layer(NoteOpen(Arc::clone(opening)));
+    }
     if !config.resolve.is_empty() {
         builder = builder.dns_resolver(Arc::new(OverrideResolver {
             rules: Arc::new(config.resolve.clone()),
@@ -744,7 +695,7 @@ pub async fn check_credential(
 }
 
 /// A credential whose inner credential can be replaced while clients hold it, so the clients
-/// of one identity (their connections and Key Vault challenge state) outlive the pod whose
+/// of one identity (their connections and token cache) outlive the pod whose
 /// credentials they were first built with.
 pub struct SwappableCredential(std::sync::RwLock<Arc<dyn TokenCredential>>);
 

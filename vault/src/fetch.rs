@@ -1,7 +1,5 @@
 //! Fetching and rendering every object of a mount: concurrently, all or nothing.
 
-use std::collections::HashSet;
-
 use futures::future::try_join_all;
 
 use crate::client::{
@@ -83,37 +81,6 @@ pub struct FetchedObject {
     pub present: bool,
 }
 
-/// Runs `jobs` concurrently, each reading objects of its type through `client`; the first
-/// failure fails all. Key Vault's challenge is answered once per SDK client, not once per
-/// object: while the client of a type has not met its vault's challenge, the first job of that
-/// type goes alone and the others follow as soon as the challenge is answered (one round trip
-/// in), not when that job ends. Results are in the order of `jobs`.
-pub async fn join_objects<R, E, F>(
-    client: &VaultClient,
-    jobs: impl IntoIterator<Item = (ObjectType, F)>,
-) -> Result<Vec<R>, E>
-where
-    F: std::future::Future<Output = Result<R, E>>,
-{
-    let mut leading = HashSet::new();
-    let jobs = jobs.into_iter().map(|(kind, job)| {
-        let leads = !client.challenge_known(kind) && leading.insert(kind);
-        let follows = !leads && !client.challenge_known(kind);
-        async move {
-            if follows {
-                client.challenge_answered(kind).await;
-            }
-            let out = job.await;
-            if leads {
-                // Ended before any challenge (a cache hit, a failure): the others need not wait.
-                client.challenge_settled(kind);
-            }
-            out
-        }
-    });
-    try_join_all(jobs).await
-}
-
 /// Fetches and renders every object in `params`, concurrently; the first failure fails all.
 /// One credential and one client for the whole mount; no caching across calls.
 pub async fn fetch_all(
@@ -129,7 +96,7 @@ pub async fn fetch_all(
     let fetches = params.objects.iter().map(|spec| {
         let client = &client;
         let scrub = &scrub;
-        (spec.object_type, async move {
+        async move {
             let fetched = fetch_object(client, spec, scrub)
                 .await
                 .map_err(|error| ObjectError {
@@ -137,9 +104,9 @@ pub async fn fetch_all(
                     error,
                 })?;
             Ok(rendered_object(spec, &fetched, params.default_mode))
-        })
+        }
     });
-    join_objects(&client, fetches).await
+    try_join_all(fetches).await
 }
 
 /// The version a history slot stands for: enabled versions newest first (by creation time),

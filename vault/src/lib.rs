@@ -15,6 +15,7 @@ pub mod error;
 pub mod fetch;
 pub mod params;
 pub mod pem;
+mod preauth;
 pub mod render;
 pub mod secret;
 
@@ -22,7 +23,7 @@ pub use client::{Connector, ConnectorConfig, ResolveRule};
 pub use error::{ErrorKind, VaultError};
 pub use fetch::{
     FetchedObject, ObjectError, RenderedFile, RenderedObject, fetch_all, fetch_object,
-    join_objects, rendered_object,
+    rendered_object,
 };
 pub use params::{Auth, MountParams, ObjectSpec, ParamError};
 pub use secret::{SecretBytes, SecretString};
