@@ -186,6 +186,55 @@ async fn a_new_clients_reads_share_one_connection_and_do_not_wait_for_the_challe
     );
 }
 
+/// A vault's new HTTP client whose credential already holds a token: the first read opens the
+/// connection itself, with its token, and the other waits for it; no unauthorized copy.
+#[tokio::test]
+async fn with_the_token_at_hand_the_first_read_opens_the_connection_itself() {
+    use kvmount_vault::client::get_secret;
+
+    let vault = Vault::start(None).await;
+    let connector = vault.connector();
+    let params = app_a_db_password(&vault);
+    let credential = connector.credential_for(&params).expect("credential");
+    let first = connector
+        .vault_client_for(&params, std::sync::Arc::clone(&credential))
+        .expect("client");
+    get_secret(&first, "db-password", None, &[])
+        .await
+        .expect("first read");
+    drop(first);
+    // The daemon does this when the vault's last entry goes: a new HTTP client next time.
+    connector.forget_vault("demo");
+    vault.mock.reset_stats();
+    let client = connector
+        .vault_client_for(&params, credential)
+        .expect("client");
+    let (a, b) = futures::join!(
+        get_secret(&client, "db-password", None, &[]),
+        get_secret(&client, "api-key", None, &[])
+    );
+    a.expect("db-password");
+    b.expect("api-key");
+    let stats = vault.mock.stats();
+    assert_eq!(
+        stats.count(Some("demo"), None, None, Some(401)),
+        0,
+        "no copy, no challenge: {stats:?}"
+    );
+    assert_eq!(stats.count(None, Some("token"), None, None), 0, "{stats:?}");
+    assert_eq!(
+        stats.count(Some("demo"), Some("secret.get"), None, Some(200)),
+        2,
+        "{stats:?}"
+    );
+    let host = format!("demo.{}", vault.mock.dns_suffix());
+    assert_eq!(
+        stats.connections.get(&host),
+        Some(&1),
+        "one connection for both reads: {stats:?}"
+    );
+}
+
 /// A vault that turns the first token down answers with its challenge, and the SDK's retry,
 /// authorized from that challenge, reads the object: one 401 to the token, then the value.
 #[tokio::test]

@@ -28,7 +28,7 @@ use url::Url;
 use crate::cloud::Cloud;
 use crate::error::{ErrorKind, VaultError};
 use crate::params::{Auth, MountParams, ObjectType};
-use crate::preauth::{NoteOpen, Opening, Preauthorize};
+use crate::preauth::{NoteOpen, Opening, POOL_IDLE, Preauthorize};
 use crate::render::FetchedSecret;
 use crate::secret::{SecretBytes, SecretString};
 
@@ -662,7 +662,7 @@ fn build_http(
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(POOL_IDLE)
         .user_agent(concat!("kvmount/", env!("CARGO_PKG_VERSION")))
         .tls_certs_only(roots.iter().cloned());
     if let Some(opening) = opening {

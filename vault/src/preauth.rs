@@ -9,11 +9,15 @@
 //! The challenge did one more thing: it opened the vault's connection while the token exchange
 //! ran, and the reads then shared that connection (HTTP/2). Reads that all start at once on an
 //! HTTP client with no connection would each open their own. So while a vault's HTTP client has
-//! never connected ([`Opening`]), the first GET also sends a copy of itself without a token:
-//! Key Vault answers it with its challenge, as it answers the SDK's own first request, and it
-//! opens the connection alongside the token exchange. Every GET, the first one's too, waits
-//! until that connection is up (or the copy has failed), then goes out with its token. A new
-//! client's reads cost one round trip after the connection and the token, not two.
+//! no connection ([`Opening`]), one GET opens it and the others wait until it is up (its
+//! connector reports it) or that GET has failed; then they go out on it:
+//! - when the token is not at hand yet (a new identity, whose token exchange is under way), the
+//!   opening GET sends a copy of itself without a token first. Key Vault answers it with its
+//!   challenge, as it answers the SDK's own first request, and it opens the connection
+//!   alongside the token exchange. A new client's reads cost one round trip after the
+//!   connection and the token, not two;
+//! - when the token is at hand (a connection closed after [`POOL_IDLE`] without requests), the
+//!   opening GET itself goes first, with its token: no extra request.
 //!
 //! A vault that wants another scope answers the token with its challenge; the SDK then
 //! authorizes the retry from it (checking the challenge's resource against the vault host), and
@@ -23,70 +27,160 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
-use azure_core::credentials::TokenCredential;
+use azure_core::credentials::{AccessToken, TokenCredential};
 use azure_core::http::headers::AUTHORIZATION;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Method, Request};
 use tokio::sync::watch;
 
-/// Where a vault's HTTP client is in opening its first connection.
+/// How long a vault's HTTP client keeps a connection that has no requests.
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Where a vault's HTTP client is in opening a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// No connection yet, and no request opening one.
+    /// No connection, and no request opening one.
     Closed,
-    /// A request's unauthorized copy is opening the first connection.
+    /// A request is opening the connection.
     Opening,
-    /// A connection has been established.
+    /// A connection is up (as far as anyone knows: see [`Opening::expire_idle`]).
     Open,
 }
 
-/// Whether a vault's HTTP client has connected: set by its connector ([`NoteOpen`]), read by
-/// the [`Preauthorize`] policy of every SDK client built on it.
+/// Whether a vault's HTTP client has a connection: set by its connector ([`NoteOpen`]) and by
+/// the requests that open one, read by the [`Preauthorize`] policy of every SDK client built on
+/// it.
 #[derive(Debug)]
-pub(crate) struct Opening(watch::Sender<Stage>);
+pub(crate) struct Opening {
+    stage: watch::Sender<Stage>,
+    activity: Mutex<Activity>,
+    /// [`POOL_IDLE`], shorter in tests.
+    idle: Duration,
+}
+
+/// The requests of a vault's HTTP client.
+#[derive(Debug)]
+struct Activity {
+    in_flight: usize,
+    /// When the last one ended.
+    last: Instant,
+}
 
 impl Opening {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self(watch::Sender::new(Stage::Closed)))
+        Self::with_idle(POOL_IDLE)
+    }
+
+    fn with_idle(idle: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            stage: watch::Sender::new(Stage::Closed),
+            activity: Mutex::new(Activity {
+                in_flight: 0,
+                last: Instant::now(),
+            }),
+            idle,
+        })
+    }
+
+    #[cfg(test)]
+    fn stage(&self) -> Stage {
+        *self.stage.borrow()
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A connection is up.
     fn opened(&self) {
-        self.0
+        self.stage
             .send_if_modified(|stage| std::mem::replace(stage, Stage::Open) != Stage::Open);
     }
 
-    /// Whether this caller is the one to open the first connection (it was closed).
-    fn claim(&self) -> bool {
-        self.0.send_if_modified(|stage| {
+    /// After [`POOL_IDLE`] with no request, the pool has closed its connection: the next GET
+    /// opens one again.
+    fn expire_idle(&self) {
+        let activity = self.activity();
+        if activity.in_flight == 0 && activity.last.elapsed() >= self.idle {
+            self.stage.send_if_modified(|stage| {
+                let expired = *stage == Stage::Open;
+                if expired {
+                    *stage = Stage::Closed;
+                }
+                expired
+            });
+        }
+    }
+
+    /// Counts a request in flight until the guard drops.
+    fn begin(&self) -> InFlight<'_> {
+        self.activity().in_flight += 1;
+        InFlight(self)
+    }
+
+    /// The caller's claim to open the connection, if it was closed.
+    fn claim(&self) -> Option<Claim<'_>> {
+        let claimed = self.stage.send_if_modified(|stage| {
             let claimed = *stage == Stage::Closed;
             if claimed {
                 *stage = Stage::Opening;
             }
             claimed
+        });
+        // Built only when claimed: dropping a claim ends the opening.
+        claimed.then(|| Claim {
+            opening: self,
+            answered: false,
         })
     }
 
-    /// The claimed opening has ended: if it connected nothing, the waiters go on their own, and
-    /// a later request opens again.
-    fn ended(&self) {
-        self.0.send_if_modified(|stage| {
-            let failed = *stage == Stage::Opening;
-            if failed {
-                *stage = Stage::Closed;
-            }
-            failed
-        });
-    }
-
-    /// Waits while a request is opening the first connection.
+    /// Waits while a request is opening the connection.
     async fn settled(&self) {
-        let mut stage = self.0.subscribe();
+        let mut stage = self.stage.subscribe();
         // The sender lives as long as `self`.
         let _ = stage.wait_for(|stage| *stage != Stage::Opening).await;
+    }
+}
+
+/// A request in flight (see [`Opening::begin`]).
+struct InFlight<'a>(&'a Opening);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut activity = self.0.activity();
+        activity.in_flight -= 1;
+        activity.last = Instant::now();
+    }
+}
+
+/// The claim of the request that opens the connection. When it ends (answered, failed, or
+/// dropped unfinished), the waiters go: on the connection if the vault answered, else each on
+/// its own, and a later GET opens again.
+struct Claim<'a> {
+    opening: &'a Opening,
+    answered: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let next = if self.answered {
+            Stage::Open
+        } else {
+            Stage::Closed
+        };
+        self.opening.stage.send_if_modified(|stage| {
+            let ended = *stage == Stage::Opening;
+            if ended {
+                *stage = next;
+            }
+            ended
+        });
     }
 }
 
@@ -138,7 +232,7 @@ where
 }
 
 /// Authorizes the GETs the SDK sends without a token, with a token for the cloud's Key Vault
-/// scope, once the vault's HTTP client has a connection (see the module).
+/// scope, one connection per vault host (see the module).
 pub(crate) struct Preauthorize {
     pub(crate) credential: Arc<dyn TokenCredential>,
     /// `https://<host>/.default`.
@@ -170,6 +264,10 @@ impl Preauthorize {
     }
 }
 
+fn authorize(request: &mut Request, token: &AccessToken) {
+    request.insert_header(AUTHORIZATION, format!("Bearer {}", token.token.secret()));
+}
+
 #[async_trait::async_trait]
 impl Policy for Preauthorize {
     async fn send(
@@ -188,27 +286,142 @@ impl Policy for Preauthorize {
             || request.headers().get_optional_str(&AUTHORIZATION).is_some()
             || !self.covers(request)
         {
+            let _in_flight = self.opening.begin();
             return first.send(ctx, request, rest).await;
         }
-        let opener = self.opening.claim().then(|| request.clone());
-        let open = async {
-            if let Some(mut copy) = opener {
-                // Its answer (the challenge) is not needed: the connection it opens is.
-                let _ = first.send(ctx, &mut copy, rest).await;
-                self.opening.ended();
+        self.opening.expire_idle();
+        let _in_flight = self.opening.begin();
+        let scopes = [self.scope.as_str()];
+        let mut token = std::pin::pin!(self.credential.get_token(&scopes, None));
+        let at_hand = futures::poll!(token.as_mut());
+        match (self.opening.claim(), at_hand) {
+            // The token is at hand: this GET opens the connection itself.
+            (Some(mut claim), Poll::Ready(token)) => {
+                authorize(request, &token?);
+                let response = first.send(ctx, request, rest).await;
+                claim.answered = response.is_ok();
+                response
             }
+            // The token is on its way: a copy without one opens the connection meanwhile.
+            (Some(claim), Poll::Pending) => {
+                let mut copy = request.clone();
+                let open = async move {
+                    let mut claim = claim;
+                    // Its answer (the challenge) is not needed: the connection it opens is.
+                    claim.answered = first.send(ctx, &mut copy, rest).await.is_ok();
+                };
+                let authorized = async {
+                    let (token, ()) = futures::join!(token, self.opening.settled());
+                    authorize(request, &token?);
+                    first.send(ctx, request, rest).await
+                };
+                let ((), response) = futures::join!(open, authorized);
+                response
+            }
+            (None, Poll::Ready(token)) => {
+                let token = token?;
+                self.opening.settled().await;
+                authorize(request, &token);
+                first.send(ctx, request, rest).await
+            }
+            (None, Poll::Pending) => {
+                let (token, ()) = futures::join!(token, self.opening.settled());
+                authorize(request, &token?);
+                first.send(ctx, request, rest).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_request_opens_and_the_others_wait_for_it() {
+        let opening = Opening::new();
+        let claim = opening.claim().expect("closed: the first claims");
+        assert!(opening.claim().is_none(), "only one opens");
+        let waiter = opening.settled();
+        tokio::pin!(waiter);
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+        opening.opened();
+        assert!(
+            futures::poll!(waiter.as_mut()).is_ready(),
+            "the connection is up"
+        );
+        drop(claim);
+        assert_eq!(opening.stage(), Stage::Open);
+        assert!(opening.claim().is_none(), "open: nobody opens again");
+    }
+
+    #[tokio::test]
+    async fn an_opening_that_fails_or_is_dropped_lets_the_others_go_and_the_next_open() {
+        let opening = Opening::new();
+        let claim = opening.claim().expect("claim");
+        let waiter = opening.settled();
+        tokio::pin!(waiter);
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+        drop(claim); // not answered: a failure, or a caller that gave up
+        assert!(futures::poll!(waiter.as_mut()).is_ready());
+        assert_eq!(opening.stage(), Stage::Closed);
+        let mut claim = opening.claim().expect("the next request opens again");
+        claim.answered = true; // it reused a connection the connector never reported
+        drop(claim);
+        assert_eq!(opening.stage(), Stage::Open);
+    }
+
+    #[test]
+    fn an_idle_client_opens_again_but_not_while_a_request_is_in_flight() {
+        let opening = Opening::with_idle(Duration::ZERO);
+        opening.opened();
+        let in_flight = opening.begin();
+        opening.expire_idle();
+        assert_eq!(opening.stage(), Stage::Open, "a request in flight keeps it");
+        drop(in_flight);
+        opening.expire_idle();
+        assert_eq!(opening.stage(), Stage::Closed);
+
+        let opening = Opening::new();
+        opening.opened();
+        drop(opening.begin());
+        opening.expire_idle();
+        assert_eq!(opening.stage(), Stage::Open, "not idle for long");
+    }
+
+    #[test]
+    fn a_token_goes_only_to_hosts_under_the_scopes_host() {
+        struct NoToken;
+        impl std::fmt::Debug for NoToken {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("NoToken")
+            }
+        }
+        #[async_trait::async_trait]
+        impl TokenCredential for NoToken {
+            async fn get_token(
+                &self,
+                _: &[&str],
+                _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+            ) -> azure_core::Result<AccessToken> {
+                Err(azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::Credential,
+                    "no token in this test",
+                ))
+            }
+        }
+        let policy = Preauthorize {
+            credential: Arc::new(NoToken),
+            scope: "https://vault.azure.net/.default".into(),
+            opening: Opening::new(),
         };
-        let authorized = async {
-            let scopes = [self.scope.as_str()];
-            let (token, ()) = futures::join!(
-                self.credential.get_token(&scopes, None),
-                self.opening.settled()
-            );
-            let token = token?;
-            request.insert_header(AUTHORIZATION, format!("Bearer {}", token.token.secret()));
-            first.send(ctx, request, rest).await
-        };
-        let ((), response) = futures::join!(open, authorized);
-        response
+        let request = |url: &str| Request::new(url.parse().expect("url"), Method::Get);
+        assert!(policy.covers(&request("https://demo.vault.azure.net/secrets/a")));
+        assert!(policy.covers(&request("https://DEMO.Vault.Azure.Net/secrets/a")));
+        assert!(!policy.covers(&request("https://vault.azure.net/secrets/a")));
+        assert!(!policy.covers(&request(
+            "https://demo.vault.azure.net.evil.example/secrets/a"
+        )));
+        assert!(!policy.covers(&request("https://demovault.azure.net/secrets/a")));
     }
 }
