@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Request};
-use kvmount_vault::client::VaultPolicyFactory;
+use kvmount_vault::client::{VaultPolicyFactory, next_policy};
 
 use crate::metrics::Metrics;
 
@@ -112,12 +112,7 @@ impl Policy for VaultPolicy {
         request: &mut Request,
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Other,
-                "kvmount vault policy: no transport after it",
-            ));
-        };
+        let (first, rest) = next_policy("vault", next)?;
         // Every try counts, a 401 challenge included: it is not a Key Vault transaction
         // against the service limit, but it is still traffic.
         self.limiter.acquire(&self.vault).await;

@@ -606,6 +606,23 @@ impl Connector {
     }
 }
 
+/// The policies after one in an SDK pipeline: the next, and the ones after it.
+pub type NextPolicies<'a> = (&'a Arc<dyn Policy>, &'a [Arc<dyn Policy>]);
+
+/// The next policy of an SDK pipeline and the ones after it, for a policy of `name` to pass a
+/// request on (a pipeline always ends in its transport; an error says so if not).
+pub fn next_policy<'a>(
+    name: &str,
+    next: &'a [Arc<dyn Policy>],
+) -> azure_core::Result<NextPolicies<'a>> {
+    next.split_first().ok_or_else(|| {
+        azure_core::Error::with_message(
+            azure_core::error::ErrorKind::Other,
+            format!("kvmount {name} policy: no transport after it"),
+        )
+    })
+}
+
 /// The system's trusted roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` or the distribution's bundle,
 /// as rustls-native-certs finds them) plus the `--ca-file` roots. Reading and parsing the
 /// system store costs tens of milliseconds, so it is done once per connector, not per client.

@@ -35,6 +35,8 @@ use azure_core::credentials::{AccessToken, TokenCredential};
 use azure_core::http::headers::AUTHORIZATION;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Method, Request};
+
+use crate::client::next_policy;
 use tokio::sync::watch;
 
 /// How long a vault's HTTP client keeps a connection that has no requests.
@@ -276,12 +278,7 @@ impl Policy for Preauthorize {
         request: &mut Request,
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Other,
-                "kvmount preauthorize policy: no transport after it",
-            ));
-        };
+        let (first, rest) = next_policy("preauthorize", next)?;
         if request.method() != Method::Get
             || request.headers().get_optional_str(&AUTHORIZATION).is_some()
             || !self.covers(request)

@@ -274,7 +274,8 @@ async fn main() {
     );
 
     println!(
-        "### Node plugin (release build, mock vault on loopback, {SAMPLES} samples per row)\n"
+        "### Node plugin (daemon {}, mock vault on loopback, {SAMPLES} samples per row)\n",
+        kvmount_tests::workspace_bin("kvmount-provider").display()
     );
     println!(
         "| added Key Vault latency | NodePublishVolume, class of {OBJECTS_PER_CLASS} secrets | p50 ms | p99 ms |"
