@@ -566,11 +566,11 @@ impl Connector {
         let bad = |e: azure_core::Error| {
             VaultError::new(ErrorKind::InvalidArgument, format!("vault {vault:?}: {e}"))
         };
-        let preauthorize: Arc<dyn Policy> = Arc::new(Preauthorize {
-            credential: Arc::clone(&credential),
-            scope: self.token_scope_in(cloud),
+        let preauthorize: Arc<dyn Policy> = Arc::new(Preauthorize::new(
+            Arc::clone(&credential),
+            self.token_scope_in(cloud),
             opening,
-        });
+        ));
         let secrets = SecretClient::new(
             &url,
             Arc::clone(&credential),

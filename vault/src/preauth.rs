@@ -253,10 +253,12 @@ where
 /// Authorizes the GETs the SDK sends without a token, with a token for the cloud's Key Vault
 /// scope, one connection per vault host (see the module).
 pub(crate) struct Preauthorize {
-    pub(crate) credential: Arc<dyn TokenCredential>,
+    credential: Arc<dyn TokenCredential>,
     /// `https://<host>/.default`.
-    pub(crate) scope: String,
-    pub(crate) opening: Arc<Opening>,
+    scope: String,
+    /// `.` and the scope's host, lowercase: what a request's host must end with.
+    host_suffix: Option<String>,
+    opening: Arc<Opening>,
 }
 
 impl std::fmt::Debug for Preauthorize {
@@ -268,16 +270,29 @@ impl std::fmt::Debug for Preauthorize {
 }
 
 impl Preauthorize {
+    /// The policy for the clients of one vault host, with tokens for `scope` from
+    /// `credential`.
+    pub(crate) fn new(
+        credential: Arc<dyn TokenCredential>,
+        scope: String,
+        opening: Arc<Opening>,
+    ) -> Self {
+        let host_suffix = url::Url::parse(&scope)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| format!(".{}", h.to_ascii_lowercase())));
+        Self {
+            credential,
+            scope,
+            host_suffix,
+            opening,
+        }
+    }
+
     /// Whether a token for the scope may go to `request`'s host: the check the SDK makes of a
     /// challenge's resource (the host ends with `.` and the scope's host).
     fn covers(&self, request: &Request) -> bool {
-        let scope_host = url::Url::parse(&self.scope)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
-        match (scope_host, request.url().host_str()) {
-            (Some(scope_host), Some(host)) => host
-                .to_ascii_lowercase()
-                .ends_with(&format!(".{scope_host}")),
+        match (&self.host_suffix, request.url().host_str()) {
+            (Some(suffix), Some(host)) => host.to_ascii_lowercase().ends_with(suffix.as_str()),
             _ => false,
         }
     }
@@ -493,11 +508,11 @@ mod tests {
             connecting: Default::default(),
             sent: Mutex::default(),
         });
-        let policy = Preauthorize {
-            credential: Arc::new(Tokens(tokens)),
-            scope: "https://vault.azure.net/.default".into(),
+        let policy = Preauthorize::new(
+            Arc::new(Tokens(tokens)),
+            "https://vault.azure.net/.default".into(),
             opening,
-        };
+        );
         (policy, vault)
     }
 
@@ -587,30 +602,7 @@ mod tests {
 
     #[test]
     fn a_token_goes_only_to_hosts_under_the_scopes_host() {
-        struct NoToken;
-        impl std::fmt::Debug for NoToken {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("NoToken")
-            }
-        }
-        #[async_trait::async_trait]
-        impl TokenCredential for NoToken {
-            async fn get_token(
-                &self,
-                _: &[&str],
-                _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
-            ) -> azure_core::Result<AccessToken> {
-                Err(azure_core::Error::with_message(
-                    azure_core::error::ErrorKind::Credential,
-                    "no token in this test",
-                ))
-            }
-        }
-        let policy = Preauthorize {
-            credential: Arc::new(NoToken),
-            scope: "https://vault.azure.net/.default".into(),
-            opening: Opening::new(),
-        };
+        let (policy, _) = setup(None, None);
         let request = |url: &str| Request::new(url.parse().expect("url"), Method::Get);
         assert!(policy.covers(&request("https://demo.vault.azure.net/secrets/a")));
         assert!(policy.covers(&request("https://DEMO.Vault.Azure.Net/secrets/a")));
