@@ -100,6 +100,17 @@ impl Opening {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Moves the stage from `from` to `to`, waking the waiters; false if it was not at `from`.
+    fn shift(&self, from: Stage, to: Stage) -> bool {
+        self.stage.send_if_modified(|stage| {
+            let moved = *stage == from;
+            if moved {
+                *stage = to;
+            }
+            moved
+        })
+    }
+
     /// A connection is up.
     fn opened(&self) {
         self.stage
@@ -111,26 +122,14 @@ impl Opening {
     fn expire_idle(&self) {
         let activity = self.activity();
         if activity.in_flight == 0 && activity.last.elapsed() >= self.idle {
-            self.stage.send_if_modified(|stage| {
-                let expired = *stage == Stage::Open;
-                if expired {
-                    *stage = Stage::Closed;
-                }
-                expired
-            });
+            self.shift(Stage::Open, Stage::Closed);
         }
     }
 
     /// A request failed without an answer: the connection may be gone, the next GET opens
     /// one.
     fn lost(&self) {
-        self.stage.send_if_modified(|stage| {
-            let lost = *stage == Stage::Open;
-            if lost {
-                *stage = Stage::Closed;
-            }
-            lost
-        });
+        self.shift(Stage::Open, Stage::Closed);
     }
 
     /// Counts a request in flight until the guard drops.
@@ -141,15 +140,8 @@ impl Opening {
 
     /// The caller's claim to open the connection, if it was closed.
     fn claim(&self) -> Option<Claim<'_>> {
-        let claimed = self.stage.send_if_modified(|stage| {
-            let claimed = *stage == Stage::Closed;
-            if claimed {
-                *stage = Stage::Opening;
-            }
-            claimed
-        });
         // Built only when claimed: dropping a claim ends the opening.
-        claimed.then(|| Claim {
+        self.shift(Stage::Closed, Stage::Opening).then(|| Claim {
             opening: self,
             answered: false,
         })
@@ -189,13 +181,7 @@ impl Drop for Claim<'_> {
         } else {
             Stage::Closed
         };
-        self.opening.stage.send_if_modified(|stage| {
-            let ended = *stage == Stage::Opening;
-            if ended {
-                *stage = next;
-            }
-            ended
-        });
+        self.opening.shift(Stage::Opening, next);
     }
 }
 
