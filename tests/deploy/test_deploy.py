@@ -1,6 +1,6 @@
 """The Helm chart, the rendered manifests and the examples (issue 7).
 
-helm comes from tests/deploy/install-helm.sh (built from the Go module proxy into .tools/, or
+helm comes from tests/deploy/install-helm.sh (built from the Go module proxy into /var/cache/kvmount/tools, or
 $KVMOUNT_HELM). Every rendered object is validated with kubernetes-validate (strict: unknown
 fields are errors) against the newest Kubernetes it ships and the chart's minimum (1.29).
 Custom resources without a schema there (SecretProviderClass) are validated against the CRD the
