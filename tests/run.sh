@@ -117,6 +117,8 @@ try:
 except OSError:
     pass
 smoke = [load(n) for n in sorted(os.listdir(d)) if n.startswith("fuzz-smoke-") and n.endswith(".json")]
+red = [n[len("red_team_"):-len(".json")] for n in sorted(os.listdir(d)) if n.startswith("red_team_") and n.endswith(".json")]
+authorities = load("authorities.json")
 rows = [
     ("hostile inputs tried", "%s (%s in the corpus, Mount and NodePublishVolume)" % (inputs.get("inputs_tried", "-"), inputs.get("corpus_inputs", "-"))),
     ("  refused naming the field", inputs.get("refused_as_expected", "-")),
@@ -125,6 +127,8 @@ rows = [
     ("fuzz executions (guided)", "%d over %d targets" % (sum(x["executions"] for x in fuzz), len(fuzz)) if fuzz else "- (KVMOUNT_FUZZ=1)"),
     ("faults injected", "%s (%s connection resets)" % (int(faults.get("faults_injected", 0)) + int(resets.get("faults_injected", 0)), resets.get("faults_injected", "-"))),
     ("symlink swaps", "%s over %s rounds (%s rotations)" % (swaps.get("swaps", "-"), swaps.get("rounds", "-"), swaps.get("rotations", "-"))),
+    ("red-team holes re-attacked", "%d closed (issue 17: %s)" % (len(red), ", ".join(sorted(red, key=int)) or "-")),
+    ("random :authority requests", "%s answered" % authorities.get("requests", "-")),
     ("kills survived", "%s rounds (%s during a call)" % (kills.get("kill_rounds", "-"), kills.get("kills_during_a_call", "-"))),
     ("leaks found", sum(int(x.get(k, 0) or 0) for x in (inputs, kills, faults, resets, swaps, agent) for k in ("failures", "leaks", "memory_hits", "lost_content"))),
     ("suite time", "%dm%02ds" % divmod(seconds, 60)),

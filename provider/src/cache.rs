@@ -45,6 +45,12 @@ pub struct ObjectKeyFields {
     /// empty for the daemon's own cloud: vaults of the same name in two clouds are two vaults.
     #[serde(default)]
     pub cloud: String,
+    /// The Entra authority of the class's cloud, or empty for the daemon's own
+    /// (`--authority-host`). An entry is served only to credentials proved at the authority
+    /// that read it: a class that pairs a vault's DNS suffix with another authority (its own
+    /// Entra endpoint, which would vouch for any client ID) has keys of its own.
+    #[serde(default)]
+    pub authority: String,
     /// Entra tenant.
     pub tenant: String,
     /// Entra identity (client ID) whose token read the object.
@@ -71,6 +77,7 @@ impl ObjectKey {
         Self(Arc::new(ObjectKeyFields {
             vault: params.keyvault_name.to_ascii_lowercase(),
             cloud: cloud_of(params),
+            authority: authority_of(params),
             tenant: params.tenant_id.to_ascii_lowercase(),
             client_id: params.auth.client_id().to_ascii_lowercase(),
             object_type: spec.object_type.as_str().to_owned(),
@@ -126,11 +133,21 @@ fn cloud_of(params: &MountParams) -> String {
         .unwrap_or_default()
 }
 
-/// The Entra identity of an entry, at one vault.
+/// [`ObjectKey::authority`] of a mount.
+fn authority_of(params: &MountParams) -> String {
+    params
+        .cloud
+        .as_ref()
+        .map(|c| c.authority_host.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The Entra identity of an entry, at one vault, proved at one authority.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct IdentityKey {
     vault: String,
     cloud: String,
+    authority: String,
     tenant: String,
     client_id: String,
 }
@@ -140,6 +157,7 @@ impl IdentityKey {
         Self {
             vault: key.vault.clone(),
             cloud: key.cloud.clone(),
+            authority: key.authority.clone(),
             tenant: key.tenant.clone(),
             client_id: key.client_id.clone(),
         }
@@ -149,6 +167,7 @@ impl IdentityKey {
         Self {
             vault: params.keyvault_name.to_ascii_lowercase(),
             cloud: cloud_of(params),
+            authority: authority_of(params),
             tenant: params.tenant_id.to_ascii_lowercase(),
             client_id: params.auth.client_id().to_ascii_lowercase(),
         }
@@ -843,7 +862,7 @@ mod tests {
             ("clientid".to_owned(), "app".to_owned()),
             ("clientsecret".to_owned(), "s".to_owned()),
         ]);
-        kvmount_vault::params::mount_params(&attributes, &secrets, 0o644).expect("valid")
+        kvmount_vault::params::mount_params(&attributes, &secrets, 0o644, None).expect("valid")
     }
 
     #[test]

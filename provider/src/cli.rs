@@ -119,6 +119,10 @@ pub struct ServeArgs {
     /// Directory for the state file (published volumes, never secrets); must be on tmpfs.
     #[arg(long, default_value = "/run/kvmount")]
     pub state_dir: PathBuf,
+    /// The directory whose regular files a class may name as `cloudEnvFileName` (custom
+    /// clouds). Without it, every `cloudEnvFileName` is refused.
+    #[arg(long)]
+    pub cloud_env_dir: Option<PathBuf>,
     /// Kubeconfig for SecretProviderClass lookups (default: in-cluster config when running in
     /// a pod, else none).
     #[arg(long)]
@@ -188,6 +192,10 @@ pub struct StatusArgs {
     /// The daemon's state directory.
     #[arg(long, default_value = "/run/kvmount")]
     pub state_dir: PathBuf,
+    /// The directory whose regular files a class may name as `cloudEnvFileName` (custom
+    /// clouds). Without it, every `cloudEnvFileName` is refused.
+    #[arg(long)]
+    pub cloud_env_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

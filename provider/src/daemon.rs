@@ -78,6 +78,7 @@ pub async fn run_until(
     let mounter = Mounter::new(
         Arc::clone(&cache),
         Duration::from_secs(args.mount_timeout_seconds),
+        args.cloud_env_dir.clone(),
     );
     let provider_socket = BoundSocket::bind(&args.provider_socket)?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -104,6 +105,7 @@ pub async fn run_until(
             state,
             VolumeConfig {
                 tmpfs_bytes: args.tmpfs_bytes,
+                cloud_env_dir: args.cloud_env_dir.clone(),
             },
         ));
         handle.volumes = Some(Arc::clone(&volumes));

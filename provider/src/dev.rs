@@ -178,6 +178,7 @@ async fn play(root: &Path) -> anyhow::Result<()> {
         node_id: Some("dev-node".into()),
         driver_name: crate::grpc::identity::DEFAULT_DRIVER_NAME.into(),
         state_dir: state_dir.clone(),
+        cloud_env_dir: None,
         kubeconfig: None,
         rotation_interval: Duration::from_secs(REFRESH_SECONDS),
         cache_idle: None,

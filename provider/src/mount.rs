@@ -2,6 +2,7 @@
 //! object versions. Plain Rust types; the gRPC layer wraps it.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kvmount_vault::params::{self, parse_default_mode, parse_string_map};
@@ -55,6 +56,38 @@ pub struct MountOutput {
 pub struct Mounter {
     cache: std::sync::Arc<NodeCache>,
     deadline: Duration,
+    cloud_env_dir: Option<PathBuf>,
+}
+
+/// How long reading a class's cloud environment file may take.
+const NODE_FILE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// [`params::mount_params`] for an async caller. When the class names a file on the node
+/// (`cloudEnvFileName`), parsing reads it, which may block: then it runs on a blocking thread
+/// with a deadline, so a file that never answers holds up no other call and no other pod.
+pub async fn parse_mount_params(
+    attributes: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+    default_mode: u32,
+    cloud_env_dir: Option<&Path>,
+) -> Result<params::MountParams, ParamError> {
+    if !kvmount_vault::cloud::names_node_file(attributes) {
+        return params::mount_params(attributes, secrets, default_mode, cloud_env_dir);
+    }
+    let attributes = ZeroOnDrop(attributes.clone());
+    let secrets = ZeroOnDrop(secrets.clone());
+    let dir = cloud_env_dir.map(Path::to_owned);
+    let parse = tokio::task::spawn_blocking(move || {
+        params::mount_params(&attributes.0, &secrets.0, default_mode, dir.as_deref())
+    });
+    match tokio::time::timeout(NODE_FILE_DEADLINE, parse).await {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(_)) => Err(ParamError::new("cloudEnvFileName", "cannot be used")),
+        Err(_) => Err(ParamError::new(
+            "cloudEnvFileName",
+            format!("was not read within {NODE_FILE_DEADLINE:?}"),
+        )),
+    }
 }
 
 /// Zeroes every value of a parsed map before it is dropped.
@@ -69,9 +102,18 @@ impl Drop for ZeroOnDrop {
 }
 
 impl Mounter {
-    /// A mounter that reads through `cache`, giving each mount `deadline`.
-    pub fn new(cache: std::sync::Arc<NodeCache>, deadline: Duration) -> Self {
-        Self { cache, deadline }
+    /// A mounter that reads through `cache`, giving each mount `deadline`; classes may name
+    /// cloud environment files under `cloud_env_dir` only.
+    pub fn new(
+        cache: std::sync::Arc<NodeCache>,
+        deadline: Duration,
+        cloud_env_dir: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            cache,
+            deadline,
+            cloud_env_dir,
+        }
     }
 
     /// Parses the request, fetches every object concurrently and renders the files.
@@ -79,7 +121,13 @@ impl Mounter {
         let attributes = ZeroOnDrop(parse_string_map("attributes", &input.attributes)?);
         let secrets = ZeroOnDrop(parse_string_map("secrets", &input.secrets)?);
         let default_mode = parse_default_mode(&input.permission)?;
-        let params = params::mount_params(&attributes.0, &secrets.0, default_mode)?;
+        let params = parse_mount_params(
+            &attributes.0,
+            &secrets.0,
+            default_mode,
+            self.cloud_env_dir.as_deref(),
+        )
+        .await?;
         drop(attributes);
         drop(secrets);
         tracing::info!(

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kvmount_vault::params::{self, POD_NAME, POD_NAMESPACE, POD_UID, TOKENS_ATTRIBUTE};
+use kvmount_vault::params::{POD_NAME, POD_NAMESPACE, POD_UID, TOKENS_ATTRIBUTE};
 use kvmount_vault::{ObjectError, ParamError};
 use kvmount_volume::{AtomicWriter, FileSpec, Ownership, PinnedTarget, TmpfsOptions};
 use zeroize::Zeroize;
@@ -105,10 +105,12 @@ pub enum VolumeError {
 }
 
 /// Tuning of published volumes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct VolumeConfig {
     /// tmpfs size limit per volume, bytes.
     pub tmpfs_bytes: u64,
+    /// The directory whose files classes may name as `cloudEnvFileName`.
+    pub cloud_env_dir: Option<std::path::PathBuf>,
 }
 
 /// The published volumes of this node.
@@ -309,7 +311,13 @@ impl Volumes {
             )));
         }
         let (attributes, class) = self.attributes(&request).await?;
-        let params = params::mount_params(&attributes, &request.secrets, 0o644)?;
+        let params = crate::mount::parse_mount_params(
+            &attributes,
+            &request.secrets,
+            0o644,
+            self.config.cloud_env_dir.as_deref(),
+        )
+        .await?;
         let (objects, keys) = self.cache.fetch(&params).await?;
 
         // From here on the target is reached through its parent, held open: a symlink swapped

@@ -253,8 +253,10 @@ def test_tuned_values_reach_the_daemon():
     c = node_container(docs)
     for arg in ["--rotation-interval=30s", "--cache-idle=10m", "--vault-qps=5", "--vault-burst=10",
                 "--log-format=text", "--log-level=debug", "--resolve=*.vault.azure.net=10.0.0.4",
-                "--ca-file=/etc/kvmount/ca/ca.crt"]:
+                "--ca-file=/etc/kvmount/ca/ca.crt", "--cloud-env-dir=/etc/kubernetes/clouds"]:
         assert arg in c["args"], arg
+    cloud = next(m for m in c["volumeMounts"] if m["name"] == "cloud-env")
+    assert cloud == {"name": "cloud-env", "mountPath": "/etc/kubernetes/clouds", "readOnly": True}
     assert c["image"] == "myregistry.azurecr.io/kvmount/kvmount-provider:0.1.0-test"
     assert c["imagePullPolicy"] == "Always"
     assert c["resources"]["requests"] == {"cpu": "20m", "memory": "32Mi"}
@@ -264,6 +266,15 @@ def test_tuned_values_reach_the_daemon():
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "agentpool": "secrets"}
     assert pod["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists"}]
     assert pod["imagePullSecrets"] == [{"name": "acr"}]
+    volume = next(v for v in pod["volumes"] if v["name"] == "cloud-env")
+    assert volume["hostPath"] == {"path": "/etc/kubernetes/clouds", "type": "Directory"}
+
+
+def test_no_cloud_env_dir_by_default():
+    """Without provider.cloudEnvDir the daemon refuses every cloudEnvFileName: no node path mounted."""
+    c = node_container(render(COMBOS[[p.stem for p in COMBOS].index("standalone")]))
+    assert not any(a.startswith("--cloud-env-dir") for a in c["args"])
+    assert not any(m["name"] == "cloud-env" for m in c["volumeMounts"])
 
 
 @pytest.mark.parametrize("setting,message", [

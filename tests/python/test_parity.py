@@ -16,6 +16,7 @@ import base64
 import importlib
 import json
 import os
+import pathlib
 import re
 import shlex
 import socket
@@ -146,8 +147,11 @@ class Node:
         self.url, self.ca, self.suffix = fields["url"], fields["ca"], fields["dns-suffix"]
         self.port = int(self.url.rsplit(":", 1)[1])
         self.socket = os.path.join(tmp, "kvmount.sock")
+        self.cloud_dir = os.path.join(tmp, "clouds")
+        os.makedirs(self.cloud_dir, exist_ok=True)
         self.daemon = Proc(
             [self.bin, "serve", "--provider-socket", self.socket, "--keyvault-dns-suffix", self.suffix,
+             "--cloud-env-dir", self.cloud_dir,
              "--authority-host", self.url, "--ca-file", self.ca, "--resolve", f"*.{self.suffix}=127.0.0.1:{self.port}",
              "--log-level", "debug"]
         )
@@ -469,8 +473,8 @@ def test_refusals_name_the_field(node, extra, field):
     assert APP_A_SECRET not in e.value.details()
 
 
-def test_custom_cloud_env_file(node, tmp_path):
-    env = tmp_path / "myCustomEnvironmentFile.json"
+def test_custom_cloud_env_file(node):
+    env = pathlib.Path(node.cloud_dir) / "myCustomEnvironmentFile.json"
     env.write_text(json.dumps({
         "name": "AzureStackCloud",
         "activeDirectoryEndpoint": node.url + "/",

@@ -27,6 +27,7 @@ fn app_a_db_password(vault: &Vault) -> kvmount_vault::MountParams {
             ("clientsecret", "app-a-password".into()),
         ]),
         0o644,
+        None,
     )
     .expect("params")
 }
@@ -48,6 +49,7 @@ async fn token_then_secrets_with_both_credentials() {
         ]),
         &HashMap::new(),
         0o644,
+        None,
     )
     .expect("params");
     let rendered = fetch_all(&connector, &wi)
@@ -80,6 +82,7 @@ async fn token_then_secrets_with_both_credentials() {
             ("clientsecret", "app-a-password".into()),
         ]),
         0o644,
+        None,
     )
     .expect("params");
     let rendered = fetch_all(&connector, &sp)

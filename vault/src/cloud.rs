@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::io::Read as _;
+use std::path::{Component, Path};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use serde::Deserialize;
 
@@ -113,33 +116,97 @@ pub fn parse_env_file(json: &[u8]) -> Result<Cloud, String> {
     })
 }
 
-fn read_env_file(path: &str) -> Result<Cloud, ParamError> {
-    let field = "cloudEnvFileName";
-    let quoted = shown(path);
-    if !path.starts_with('/') {
+const ENV_FILE_FIELD: &str = "cloudEnvFileName";
+
+/// Whether the class names a file on the node (`cloudEnvFileName`), which parsing then reads.
+pub fn names_node_file(attributes: &HashMap<String, String>) -> bool {
+    attributes
+        .get(ENV_FILE_FIELD)
+        .is_some_and(|v| !v.trim().is_empty())
+}
+
+/// Reads the environment file `path` names, which must be a regular file under `dir` (the
+/// daemon's `--cloud-env-dir`) reached without a symlink. A class author controls `path`, so
+/// every file that cannot be used gets the same answer, naming the field only: the answer
+/// tells nothing about which node paths exist or what they hold. The reason goes to the
+/// daemon's log for the node's operator.
+fn read_env_file(path: &str, dir: Option<&Path>) -> Result<Cloud, ParamError> {
+    let Some(dir) = dir else {
         return Err(ParamError::new(
-            field,
-            format!("{quoted} is not an absolute path on the node"),
+            ENV_FILE_FIELD,
+            "custom cloud files are not enabled on this node; its operator names their directory with the daemon's --cloud-env-dir (chart value cloudEnvDir)",
         ));
+    };
+    load_env_file(path, dir).map_err(|reason| {
+        tracing::warn!(reason, "{ENV_FILE_FIELD}: a class names a file that cannot be used");
+        ParamError::new(
+            ENV_FILE_FIELD,
+            format!(
+                "cannot be used; accepted: the absolute path of a regular file under {} holding an Azure environment JSON (activeDirectoryEndpoint, keyVaultDNSSuffix) of at most {MAX_ENV_FILE_BYTES} bytes",
+                dir.display()
+            ),
+        )
+    })
+}
+
+/// [`read_env_file`]'s work: opened beneath `dir` with no symlink, no other mount and without
+/// blocking (a FIFO or a terminal device opens at once, then is refused as not a regular
+/// file); at most [`MAX_ENV_FILE_BYTES`] read.
+fn load_env_file(path: &str, dir: &Path) -> Result<Cloud, &'static str> {
+    let relative = Path::new(path)
+        .strip_prefix(dir)
+        .map_err(|_| "not under --cloud-env-dir")?;
+    if relative.as_os_str().is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err("not a plain path under --cloud-env-dir");
     }
-    let file = std::fs::File::open(path)
-        .map_err(|e| ParamError::new(field, format!("cannot open {quoted}: {}", e.kind())))?;
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|_| "--cloud-env-dir cannot be opened")?;
+    let fd = rustix::fs::openat2(
+        &dir_fd,
+        relative,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH
+            | ResolveFlags::NO_SYMLINKS
+            | ResolveFlags::NO_MAGICLINKS
+            | ResolveFlags::NO_XDEV,
+    )
+    .map_err(|_| "cannot be opened beneath --cloud-env-dir without a symlink")?;
+    let stat = rustix::fs::fstat(&fd).map_err(|_| "cannot be inspected")?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err("not a regular file");
+    }
+    if u64::try_from(stat.st_size).unwrap_or(u64::MAX) > MAX_ENV_FILE_BYTES {
+        return Err("larger than the limit");
+    }
     let mut bytes = Vec::new();
-    file.take(MAX_ENV_FILE_BYTES + 1)
+    std::fs::File::from(fd)
+        .take(MAX_ENV_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| ParamError::new(field, format!("cannot read {quoted}: {}", e.kind())))?;
+        .map_err(|_| "cannot be read")?;
     if bytes.len() as u64 > MAX_ENV_FILE_BYTES {
-        return Err(ParamError::new(
-            field,
-            format!("{quoted} is larger than {MAX_ENV_FILE_BYTES} bytes"),
-        ));
+        return Err("larger than the limit");
     }
-    parse_env_file(&bytes).map_err(|m| ParamError::new(field, format!("{quoted} {m}")))
+    parse_env_file(&bytes).map_err(|_| "not a valid environment file")
 }
 
 /// The cloud a class selects. `None`: no `cloudName` (or AzurePublicCloud without a file),
-/// i.e. the daemon's own authority and Key Vault suffix.
-pub fn from_attributes(attributes: &HashMap<String, String>) -> Result<Option<Cloud>, ParamError> {
+/// i.e. the daemon's own authority and Key Vault suffix. A `cloudEnvFileName` is read only
+/// under `env_dir` (the daemon's `--cloud-env-dir`; `None` refuses every file). Reading it
+/// may block on the file system: async callers run this on a blocking thread when
+/// [`names_node_file`] says so.
+pub fn from_attributes(
+    attributes: &HashMap<String, String>,
+    env_dir: Option<&Path>,
+) -> Result<Option<Cloud>, ParamError> {
     let get = |k: &str| {
         attributes
             .get(k)
@@ -172,7 +239,7 @@ pub fn from_attributes(attributes: &HashMap<String, String>) -> Result<Option<Cl
                     ),
                 ));
             }
-            read_env_file(path).map(Some)
+            read_env_file(path, env_dir).map(Some)
         }
     }
 }
@@ -190,21 +257,22 @@ mod tests {
 
     #[test]
     fn well_known_clouds() {
-        let gov = from_attributes(&attrs(&[("cloudName", "azureusgovernmentcloud")]))
+        let gov = from_attributes(&attrs(&[("cloudName", "azureusgovernmentcloud")]), None)
             .expect("gov")
             .expect("some");
         assert_eq!(gov.authority_host, "https://login.microsoftonline.us");
         assert_eq!(gov.keyvault_dns_suffix, "vault.usgovcloudapi.net");
-        let cn = from_attributes(&attrs(&[("cloudName", "AzureChinaCloud")]))
+        let cn = from_attributes(&attrs(&[("cloudName", "AzureChinaCloud")]), None)
             .expect("cn")
             .expect("some");
         assert_eq!(cn.keyvault_dns_suffix, "vault.azure.cn");
         assert_eq!(cn.authority_host, "https://login.chinacloudapi.cn");
         assert_eq!(
-            from_attributes(&attrs(&[("cloudName", "AzurePublicCloud")])).expect("public"),
+            from_attributes(&attrs(&[("cloudName", "AzurePublicCloud")]), None).expect("public"),
             None
         );
-        let err = from_attributes(&attrs(&[("cloudName", "AzureGermanCloud")])).expect_err("x");
+        let err =
+            from_attributes(&attrs(&[("cloudName", "AzureGermanCloud")]), None).expect_err("x");
         assert_eq!(err.field, "cloudName");
         assert!(err.problem.contains("AzureChinaCloud"));
     }
@@ -230,31 +298,70 @@ mod tests {
     }
 
     #[test]
-    fn env_file_paths() {
-        let dir = std::env::temp_dir().join(format!("kvmount-cloud-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("cloud.json");
+    fn env_files_are_read_only_beneath_the_configured_dir() {
+        let root = tempfile::tempdir().expect("dir");
+        let dir = root.path().join("clouds");
+        std::fs::create_dir_all(dir.join("sub")).expect("dir");
+        let good = r#"{"name":"AzureStackCloud","activeDirectoryEndpoint":"https://login.stack.local/","keyVaultDNSSuffix":"vault.stack.local"}"#;
+        std::fs::write(dir.join("cloud.json"), good).expect("write");
+        std::fs::write(dir.join("sub/cloud.json"), good).expect("write");
+        std::fs::write(root.path().join("outside.json"), good).expect("write");
+        std::fs::write(dir.join("canary.json"), "canary-not-json").expect("write");
         std::fs::write(
-            &path,
-            r#"{"name":"AzureStackCloud","activeDirectoryEndpoint":"https://login.stack.local/","keyVaultDNSSuffix":"vault.stack.local"}"#,
+            dir.join("big.json"),
+            vec![b' '; MAX_ENV_FILE_BYTES as usize + 1],
         )
         .expect("write");
-        let p = path.display().to_string();
-        let c = from_attributes(&attrs(&[
-            ("cloudName", "AzureStackCloud"),
-            ("cloudEnvFileName", &p),
-        ]))
-        .expect("ok")
-        .expect("some");
-        assert_eq!(c.keyvault_dns_suffix, "vault.stack.local");
-        let e = from_attributes(&attrs(&[("cloudEnvFileName", "relative.json")])).expect_err("rel");
-        assert_eq!(e.field, "cloudEnvFileName");
-        let e = from_attributes(&attrs(&[("cloudEnvFileName", "/nonexistent/x.json")]))
-            .expect_err("missing");
-        assert!(e.problem.contains("cannot open"));
-        std::fs::write(&path, "canary-not-json").expect("write");
-        let e = from_attributes(&attrs(&[("cloudEnvFileName", &p)])).expect_err("bad");
-        assert!(!e.to_string().contains("canary"));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::os::unix::fs::symlink(root.path().join("outside.json"), dir.join("link.json"))
+            .expect("link");
+        std::os::unix::fs::symlink(root.path(), dir.join("up")).expect("link");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        let at = |name: &str| dir.join(name).display().to_string();
+        let read = |path: &str, env_dir: Option<&Path>| {
+            from_attributes(
+                &attrs(&[("cloudName", "AzureStackCloud"), ("cloudEnvFileName", path)]),
+                env_dir,
+            )
+        };
+        for name in ["cloud.json", "sub/cloud.json"] {
+            let cloud = read(&at(name), Some(&dir)).expect("ok").expect("some");
+            assert_eq!(cloud.keyvault_dns_suffix, "vault.stack.local");
+        }
+        // Not enabled on this node: said so, whatever the path.
+        let off = read(&at("cloud.json"), None).expect_err("no dir");
+        assert!(off.problem.contains("--cloud-env-dir"), "{off}");
+        // Every file that cannot be used gets one answer, which names no path but the dir.
+        let outside = root.path().join("outside.json").display().to_string();
+        let dotdot = format!("{}/../outside.json", dir.display());
+        let answers: Vec<String> = [
+            outside.as_str(),
+            &dotdot,
+            &at("link.json"),
+            &at("up/outside.json"),
+            &at("missing.json"),
+            &at("sub"),
+            &at("fifo"),
+            &at("big.json"),
+            &at("canary.json"),
+            "relative.json",
+            "/dev/ptmx",
+            "/proc/self/environ",
+        ]
+        .iter()
+        .map(|path| {
+            let err = read(path, Some(&dir)).expect_err(path);
+            assert_eq!(err.field, "cloudEnvFileName");
+            err.problem
+        })
+        .collect();
+        assert!(answers.iter().all(|a| a == &answers[0]), "{answers:#?}");
+        assert!(!answers[0].contains("canary") && !answers[0].contains("outside"));
     }
 }

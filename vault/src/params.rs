@@ -819,9 +819,10 @@ pub fn mount_params(
     attributes: &HashMap<String, String>,
     secrets: &HashMap<String, String>,
     default_mode: u32,
+    cloud_env_dir: Option<&std::path::Path>,
 ) -> Result<MountParams, ParamError> {
     let auth = select_auth(attributes, secrets)?;
-    let cloud = crate::cloud::from_attributes(attributes)?;
+    let cloud = crate::cloud::from_attributes(attributes, cloud_env_dir)?;
     let keyvault_name = get(attributes, "keyvaultName")
         .ok_or_else(|| ParamError::new("keyvaultName", "is required: the name of the Key Vault"))?
         .to_owned();
@@ -991,7 +992,7 @@ mod tests {
             ("tenantID", "tenant"),
             ("objects", OBJECTS),
         ]);
-        let p = mount_params(&a, &sp(), 0o644).expect("valid");
+        let p = mount_params(&a, &sp(), 0o644, None).expect("valid");
         assert_eq!(p.keyvault_name, "demo");
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.objects[0].file_name(), "db-password");
@@ -1009,16 +1010,16 @@ mod tests {
             ("objects", OBJECTS),
             (TOKENS_ATTRIBUTE, tokens),
         ]);
-        let p = mount_params(&a, &HashMap::new(), 0o644).expect("valid");
+        let p = mount_params(&a, &HashMap::new(), 0o644, None).expect("valid");
         assert!(
             matches!(p.auth, Auth::WorkloadIdentity { ref token, .. } if token.expose() == "canary-jwt")
         );
         let mut a2 = a.clone();
         a2.remove(TOKENS_ATTRIBUTE);
         let s = attrs(&[(TOKENS_ATTRIBUTE, tokens)]);
-        let p = mount_params(&a2, &s, 0o644).expect("valid");
+        let p = mount_params(&a2, &s, 0o644, None).expect("valid");
         assert_eq!(p.auth.mode(), "workload-identity");
-        let err = mount_params(&a2, &HashMap::new(), 0o644).expect_err("no token");
+        let err = mount_params(&a2, &HashMap::new(), 0o644, None).expect_err("no token");
         assert_eq!(err.field, TOKENS_ATTRIBUTE);
     }
 
@@ -1058,13 +1059,13 @@ mod tests {
             (vec![("usePodIdentity", "true")], "usePodIdentity"),
         ];
         for (pairs, field) in cases {
-            let err = mount_params(&attrs(&pairs), &sp(), 0o644).expect_err(field);
+            let err = mount_params(&attrs(&pairs), &sp(), 0o644, None).expect_err(field);
             assert_eq!(err.field, field, "{err}");
             assert!(!err.to_string().contains("canary"));
         }
         let mut both = attrs(&base);
         both.insert("clientID".into(), "cid".into());
-        let err = mount_params(&both, &sp(), 0o644).expect_err("two modes");
+        let err = mount_params(&both, &sp(), 0o644, None).expect_err("two modes");
         assert!(err.problem.contains("both"), "{err}");
     }
 
@@ -1077,7 +1078,7 @@ mod tests {
         ];
         let mut a = attrs(&base);
         a.insert("useVMManagedIdentity".into(), "true".into());
-        let p = mount_params(&a, &HashMap::new(), 0o644).expect("system-assigned");
+        let p = mount_params(&a, &HashMap::new(), 0o644, None).expect("system-assigned");
         assert_eq!(
             p.auth,
             Auth::ManagedIdentity {
@@ -1086,16 +1087,16 @@ mod tests {
         );
         assert_eq!(p.auth.client_id(), SYSTEM_ASSIGNED_IDENTITY);
         a.insert("userAssignedIdentityID".into(), "0000-abc".into());
-        let p = mount_params(&a, &HashMap::new(), 0o644).expect("user-assigned");
+        let p = mount_params(&a, &HashMap::new(), 0o644, None).expect("user-assigned");
         assert_eq!(p.auth.client_id(), "0000-abc");
         assert_eq!(p.auth.mode(), "managed-identity");
 
-        let err = mount_params(&a, &sp(), 0o644).expect_err("mi + sp");
+        let err = mount_params(&a, &sp(), 0o644, None).expect_err("mi + sp");
         assert_eq!(err.field, "useVMManagedIdentity");
         assert!(err.problem.contains("nodePublishSecretRef"), "{err}");
         let mut wi = a.clone();
         wi.insert("clientID".into(), "cid".into());
-        let err = mount_params(&wi, &HashMap::new(), 0o644).expect_err("mi + wi");
+        let err = mount_params(&wi, &HashMap::new(), 0o644, None).expect_err("mi + wi");
         assert!(
             err.to_string()
                 .contains("useVMManagedIdentity and clientID"),
@@ -1104,7 +1105,7 @@ mod tests {
         let mut pod = attrs(&base);
         pod.insert("usePodIdentity".into(), "true".into());
         pod.insert("useVMManagedIdentity".into(), "true".into());
-        let err = mount_params(&pod, &HashMap::new(), 0o644).expect_err("pod + mi");
+        let err = mount_params(&pod, &HashMap::new(), 0o644, None).expect_err("pod + mi");
         assert!(
             err.to_string()
                 .contains("usePodIdentity and useVMManagedIdentity"),
@@ -1112,17 +1113,17 @@ mod tests {
         );
         let mut pod = attrs(&base);
         pod.insert("usePodIdentity".into(), "true".into());
-        let err = mount_params(&pod, &HashMap::new(), 0o644).expect_err("retired");
+        let err = mount_params(&pod, &HashMap::new(), 0o644, None).expect_err("retired");
         assert!(err.problem.contains("retired") && err.problem.contains("workload identity"));
         let mut ua = attrs(&base);
         ua.insert("userAssignedIdentityID".into(), "x".into());
-        let err = mount_params(&ua, &sp(), 0o644).expect_err("ua without mi");
+        let err = mount_params(&ua, &sp(), 0o644, None).expect_err("ua without mi");
         assert_eq!(err.field, "userAssignedIdentityID");
         let mut bad = attrs(&base);
         bad.insert("useVMManagedIdentity".into(), "true".into());
         bad.insert("userAssignedIdentityID".into(), "a b".into());
         assert_eq!(
-            mount_params(&bad, &HashMap::new(), 0o644)
+            mount_params(&bad, &HashMap::new(), 0o644, None)
                 .expect_err("bad id")
                 .field,
             "userAssignedIdentityID"
@@ -1327,10 +1328,10 @@ mod tests {
             ("tenantID", "t"),
             ("objects", OBJECTS),
         ]);
-        let err = mount_params(&a, &sp(), 0o644).expect_err("long vault name");
+        let err = mount_params(&a, &sp(), 0o644, None).expect_err("long vault name");
         assert!(err.problem.len() < 300, "{} bytes", err.problem.len());
         a.insert("keyvaultName".into(), "ab".into());
-        let err = mount_params(&a, &sp(), 0o644).expect_err("short vault name");
+        let err = mount_params(&a, &sp(), 0o644, None).expect_err("short vault name");
         assert!(err.problem.starts_with("\"ab\" is not"), "{}", err.problem);
     }
 }

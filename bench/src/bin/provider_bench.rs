@@ -633,7 +633,13 @@ async fn main() {
     };
 
     let kvmount_flags = |interval: Option<Duration>| {
-        let mut flags = vec!["--ca-file".to_string(), ca.display().to_string()];
+        let mut flags = vec![
+            "--ca-file".to_string(),
+            ca.display().to_string(),
+            // The classes name the environment file both providers read.
+            "--cloud-env-dir".to_string(),
+            dir.path().display().to_string(),
+        ];
         if let Some(i) = interval {
             flags.extend(["--rotation-interval".into(), format!("{}s", i.as_secs())]);
         }

@@ -1,0 +1,249 @@
+//! The second red-team round against the node daemon (issue 17): each hole the outside attack
+//! run found, reproduced as the attack was made and shown closed, against the real daemon on
+//! its real sockets and the mock vault over TLS. Counted in the run summary (`red_team`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kvmount_mock_vault::Seed;
+use kvmount_proto::provider::VersionRequest;
+use kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient;
+use kvmount_tests::{DriverRequest, NodeDaemon, Vault, object, objects, record_summary};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const APP_A: &str = "00000000-0000-0000-0000-00000000000a";
+const APP_A_SECRET: &str = "app-a-password";
+
+/// The attacker's own Entra ID: the victim's tenant and client ID, with a client secret the
+/// attacker chose. It signs tokens with its own key, as any Entra endpoint the node trusts
+/// would.
+const ATTACKER_SEED: &str = "tenantId: 00000000-0000-0000-0000-000000000001\nidentities:\n  - name: fake-a\n    clientId: 00000000-0000-0000-0000-00000000000a\n    clientSecret: attacker-chosen\nvaults:\n  - name: decoy\n";
+
+/// A directory for cloud environment files, and the daemon flags that allow it.
+struct Clouds {
+    dir: tempfile::TempDir,
+}
+
+impl Clouds {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("kvmount-clouds.")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes an environment file for `authority` and `suffix`; returns its path.
+    fn file(&self, name: &str, authority: &str, suffix: &str) -> PathBuf {
+        let path = self.path().join(name);
+        let json = serde_json::json!({
+            "name": "AzureStackCloud",
+            "activeDirectoryEndpoint": format!("{authority}/"),
+            "keyVaultDNSSuffix": suffix,
+        });
+        std::fs::write(&path, json.to_string()).expect("env file");
+        path
+    }
+
+    fn flag(&self) -> [String; 2] {
+        ["--cloud-env-dir".into(), self.path().display().to_string()]
+    }
+}
+
+async fn provider_client(daemon: &NodeDaemon) -> CsiDriverProviderClient<Channel> {
+    CsiDriverProviderClient::new(
+        kvmount_provider::server::unix_channel(&daemon.provider_socket)
+            .await
+            .expect("provider socket"),
+    )
+}
+
+fn in_cloud(request: DriverRequest, env_file: &Path) -> DriverRequest {
+    request
+        .attr("cloudName", "AzureStackCloud")
+        .attr("cloudEnvFileName", &env_file.display().to_string())
+}
+
+/// High 1: a class whose cloud file pairs the victim's Key Vault suffix with the attacker's own
+/// Entra endpoint, plus the victim's client ID and a secret the attacker chose, got the
+/// victim's cached secrets: the cache key held the suffix only. Now every key holds the
+/// authority too, so the attacker's request reads Key Vault itself, with a token Key Vault
+/// does not take.
+#[tokio::test]
+async fn another_authority_for_the_same_vault_gets_nothing_cached() {
+    let victim = Vault::start(None).await;
+    let attacker = Vault::start(Some(Seed::from_yaml(ATTACKER_SEED).expect("seed"))).await;
+    let clouds = Clouds::new();
+    let suffix = victim.mock.dns_suffix().to_owned();
+    let own = clouds.file("victim.json", &victim.mock.base_url(), &suffix);
+    let forged = clouds.file("forged.json", &attacker.mock.base_url(), &suffix);
+    // The node trusts both TLS roots (any certificate the node trusts will do).
+    let bundle = clouds.path().join("roots.pem");
+    let mut roots = std::fs::read(victim.mock.ca_path()).expect("ca");
+    roots.extend(std::fs::read(attacker.mock.ca_path()).expect("ca"));
+    std::fs::write(&bundle, roots).expect("bundle");
+    let mut flags = victim.provider_flags();
+    let ca = flags
+        .iter()
+        .position(|f| f == "--ca-file")
+        .expect("ca flag");
+    flags[ca + 1] = bundle.display().to_string();
+    flags.extend(clouds.flag());
+    let daemon = NodeDaemon::start(&flags);
+    let mut client = provider_client(&daemon).await;
+
+    let class = objects(&[object("db-password", "")]);
+    let request =
+        |pod: &str| DriverRequest::new("demo", victim.mock.tenant_id(), &class, "team-a", pod);
+    let legit = in_cloud(
+        request("victim").service_principal(APP_A, APP_A_SECRET),
+        &own,
+    );
+    let response = client
+        .mount(legit.build())
+        .await
+        .expect("the victim mounts")
+        .into_inner();
+    assert_eq!(response.files[0].contents, b"current-value");
+
+    let forged_request = in_cloud(
+        request("attacker").service_principal(APP_A, "attacker-chosen"),
+        &forged,
+    );
+    let refused = client
+        .mount(forged_request.build())
+        .await
+        .expect_err("a proof at another authority opens no entry");
+    assert_ne!(refused.code(), Code::Ok);
+    assert!(!refused.message().contains("current-value"));
+    // The victim's entry and clients are untouched: the victim still mounts.
+    client.mount(legit.build()).await.expect("the victim again");
+    assert!(!daemon.output().contains("current-value"));
+    record_summary("red_team_1", &[("closed", 1)]);
+}
+
+/// High 2: `cloudEnvFileName` naming a FIFO or a terminal device blocked the one runtime
+/// thread: Probe, Version and every other pod's Mount hung. Now such files are refused at once
+/// (opened without blocking, only regular files beneath `--cloud-env-dir`), the read runs off
+/// the runtime thread with a deadline, and others are served meanwhile.
+#[tokio::test]
+async fn a_cloud_file_that_would_block_holds_up_no_one() {
+    let vault = Vault::start(None).await;
+    let clouds = Clouds::new();
+    let fifo = clouds.path().join("cloud.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("fifo");
+    let mut flags = vault.provider_flags();
+    flags.extend(clouds.flag());
+    let daemon = NodeDaemon::start(&flags);
+    let class = objects(&[object("db-password", "")]);
+    let request = |pod: &str| {
+        DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod)
+            .service_principal(APP_A, APP_A_SECRET)
+    };
+    let mut blockers = Vec::new();
+    for (i, path) in [fifo.as_path(), Path::new("/dev/ptmx")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = provider_client(&daemon).await;
+        let mount = in_cloud(request(&format!("blocker-{i}")), path).build();
+        blockers.push(tokio::spawn(async move {
+            let started = Instant::now();
+            (client.mount(mount).await, started.elapsed())
+        }));
+    }
+    let mut client = provider_client(&daemon).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        client
+            .version(VersionRequest {
+                version: "v1alpha1".into(),
+            })
+            .await
+            .expect("Version");
+        client
+            .mount(request("bystander").build())
+            .await
+            .expect("another pod's Mount");
+    })
+    .await
+    .expect("served while the blockers wait");
+    println!("bystander served in {:?}", started.elapsed());
+    for blocker in blockers {
+        let (result, took) = blocker.await.expect("task");
+        let err = result.expect_err("a FIFO or device is no environment file");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("cloudEnvFileName:"),
+            "{}",
+            err.message()
+        );
+        assert!(took < Duration::from_secs(5), "answered in {took:?}");
+    }
+    record_summary("red_team_2", &[("closed", 1)]);
+}
+
+/// Low 10: the answer told whether a node path exists, is a directory, is too large or is not
+/// JSON. Now one answer for every file that cannot be used, naming the field and the allowed
+/// directory only; paths outside `--cloud-env-dir` are never opened.
+#[tokio::test]
+async fn unusable_cloud_files_all_get_one_answer() {
+    let vault = Vault::start(None).await;
+    let clouds = Clouds::new();
+    std::fs::create_dir(clouds.path().join("a-dir")).expect("dir");
+    std::fs::write(clouds.path().join("big.json"), vec![b' '; 70_000]).expect("big");
+    std::fs::write(
+        clouds.path().join("canary.json"),
+        "kvmount-canary-61f0 not json",
+    )
+    .expect("canary");
+    std::os::unix::fs::symlink("/etc/hostname", clouds.path().join("link.json")).expect("link");
+    let mut flags = vault.provider_flags();
+    flags.extend(clouds.flag());
+    let daemon = NodeDaemon::start(&flags);
+    let mut client = provider_client(&daemon).await;
+    let class = objects(&[object("db-password", "")]);
+    let mut answers = Vec::new();
+    for path in [
+        clouds.path().join("missing.json"),
+        clouds.path().join("a-dir"),
+        clouds.path().join("big.json"),
+        clouds.path().join("canary.json"),
+        clouds.path().join("link.json"),
+        PathBuf::from("/etc/hostname"),
+        PathBuf::from("/etc"),
+        PathBuf::from("/nonexistent/x.json"),
+    ] {
+        let mount = in_cloud(
+            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "probe")
+                .service_principal(APP_A, APP_A_SECRET),
+            &path,
+        );
+        let err = client.mount(mount.build()).await.expect_err("unusable");
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", path.display());
+        answers.push(err.message().to_owned());
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:#?}");
+    assert!(answers[0].starts_with("cloudEnvFileName:"));
+    for leak in ["canary", "hostname", "nonexistent", "a-dir", "big"] {
+        assert!(!answers[0].contains(leak), "{}", answers[0]);
+    }
+    assert!(!daemon.output().contains("kvmount-canary-61f0"));
+    record_summary(
+        "red_team_cloud_files",
+        &[("answers_compared", answers.len() as u64)],
+    );
+}
