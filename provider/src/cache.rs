@@ -382,7 +382,16 @@ impl NodeCache {
     ) -> Result<Instant, VaultError> {
         let scope = self.connector.token_scope_for(params);
         let left = check_credential(credential, &scope, scrub).await?;
-        let valid_until = Instant::now() + left.saturating_sub(PROOF_MARGIN);
+        let now = Instant::now();
+        let mut valid_until = now + left.saturating_sub(PROOF_MARGIN);
+        // A proof lasts no longer than the credential it proved: a service-account token
+        // that has expired is proved again (and refused) even while its Entra token is valid.
+        if let Some(expiry) = params.auth.credential_expiry() {
+            let left = expiry
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            valid_until = valid_until.min(now + left);
+        }
         lock(&self.proofs).insert(
             fingerprint(params),
             Proof {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kvmount_mock_vault::Seed;
+use kvmount_mock_vault::{Seed, ServiceAccountTokenRequest, mint_service_account_token_at};
 use kvmount_proto::provider::VersionRequest;
 use kvmount_proto::provider::csi_driver_provider_client::CsiDriverProviderClient;
 use kvmount_tests::{DriverRequest, NodeDaemon, Vault, object, objects, record_summary};
@@ -246,4 +246,80 @@ async fn unusable_cloud_files_all_get_one_answer() {
         "red_team_cloud_files",
         &[("answers_compared", answers.len() as u64)],
     );
+}
+
+/// Low 8: an 875 KB `certKeyFiles` value came back whole in the gRPC status and a 1 MB log
+/// line. Every error now quotes at most a short prefix of any input (and is cut at 1 KiB).
+#[tokio::test]
+async fn an_oversized_value_is_not_echoed() {
+    let vault = Vault::start(None).await;
+    let mut flags = vault.provider_flags();
+    flags.extend(["--log-level".into(), "debug".into()]);
+    let daemon = NodeDaemon::start(&flags);
+    let mut client = provider_client(&daemon).await;
+    let huge = "k".repeat(875_000);
+    let class = objects(&[object(
+        "db-password",
+        &format!("certKeyFiles: \"{huge}\"\n"),
+    )]);
+    let mount = DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "echo")
+        .service_principal(APP_A, APP_A_SECRET);
+    let err = client
+        .mount(mount.build())
+        .await
+        .expect_err("not a boolean");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("certKeyFiles"),
+        "{}",
+        &err.message()[..200.min(err.message().len())]
+    );
+    assert!(
+        err.message().len() < 1024,
+        "a status of {} bytes",
+        err.message().len()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let longest = daemon.output().lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 4096, "a log line of {longest} bytes");
+    record_summary("red_team_8", &[("closed", 1)]);
+}
+
+/// Low 9: a service-account token kept working on a daemon that had proved it while fresh,
+/// until the Entra token from it expired (an hour). A proof now lasts no longer than the
+/// token's own `exp`: after it, the token is proved again, and Entra refuses it.
+#[tokio::test]
+async fn an_expired_service_account_token_is_refused_although_once_proved() {
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut client = provider_client(&daemon).await;
+    // Expired 290 s ago: Entra (the mock, like the real one) allows 5 minutes of clock skew,
+    // so it still takes the token for 10 s.
+    let issued = std::time::SystemTime::now() - Duration::from_secs(3600 + 290);
+    let token = mint_service_account_token_at(
+        &vault.tls_dir(),
+        &ServiceAccountTokenRequest::new("team-a", "app"),
+        issued,
+    )
+    .expect("token");
+    let class = objects(&[object("db-password", "")]);
+    let mount = DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "late")
+        .workload_identity(APP_A, &token);
+    client
+        .mount(mount.build())
+        .await
+        .expect("taken while Entra still takes it");
+    let skew_ends = issued + Duration::from_secs(3600 + 300 + 1);
+    tokio::time::sleep(
+        skew_ends
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    let err = client
+        .mount(mount.build())
+        .await
+        .expect_err("an expired token");
+    assert_ne!(err.code(), Code::Ok);
+    record_summary("red_team_9", &[("closed", 1)]);
 }

@@ -39,13 +39,36 @@ pub struct ParamError {
     pub problem: String,
 }
 
+/// The longest `problem` an error carries: a backstop behind [`shown`], so that no message
+/// built from input (a parser's own error text among them) can become a megabyte-long status.
+const MAX_PROBLEM_BYTES: usize = 1024;
+
 impl ParamError {
-    /// A new error for `field`.
+    /// A new error for `field`; a problem longer than 1 KiB is cut there.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        let mut problem = problem.into();
+        if problem.len() > MAX_PROBLEM_BYTES {
+            let cut = (0..=MAX_PROBLEM_BYTES - 3)
+                .rev()
+                .find(|&i| problem.is_char_boundary(i))
+                .unwrap_or(0);
+            problem.truncate(cut);
+            problem.push_str("...");
+        }
         Self {
             field: field.into(),
-            problem: problem.into(),
+            problem,
         }
+    }
+}
+
+/// A YAML parser's error for a message: its text can quote the input (`invalid type: string
+/// "..."`), so it is cut like any input.
+fn yaml_problem(err: &serde_yaml::Error) -> String {
+    let text = err.to_string();
+    match text.char_indices().nth(2 * SHOWN_CHARS) {
+        None => text,
+        Some((cut, _)) => format!("{}...", &text[..cut]),
     }
 }
 
@@ -200,6 +223,22 @@ pub enum Auth {
     },
 }
 
+/// The `exp` claim of a compact JWT, unverified; `None` when there is none or the token is not
+/// a JWT.
+fn jwt_expiry(token: &str) -> Option<std::time::SystemTime> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Claims {
+        exp: Option<u64>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let exp = serde_json::from_slice::<Claims>(&json).ok()?.exp?;
+    std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(exp))
+}
+
 /// What [`Auth::client_id`] reports for the node's system-assigned managed identity.
 pub const SYSTEM_ASSIGNED_IDENTITY: &str = "system-assigned-managed-identity";
 
@@ -217,6 +256,16 @@ impl Auth {
                 user_assigned_id: None,
             } => SYSTEM_ASSIGNED_IDENTITY,
         }
+    }
+
+    /// When the credential itself stops being valid, if it says: a service-account token's
+    /// `exp` claim (read, not verified: it only ever shortens how long a proof is trusted).
+    /// Client secrets and managed identities carry no expiry.
+    pub fn credential_expiry(&self) -> Option<std::time::SystemTime> {
+        let Self::WorkloadIdentity { token, .. } = self else {
+            return None;
+        };
+        jwt_expiry(token.expose())
     }
 
     /// Short name for logs.
@@ -518,7 +567,10 @@ pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
     let document: ObjectsDocument = serde_yaml::from_str(objects).map_err(|err| {
         ParamError::new(
             "objects",
-            format!("is not YAML of the form `array: [<object YAML>, ...]` ({err})"),
+            format!(
+                "is not YAML of the form `array: [<object YAML>, ...]` ({})",
+                yaml_problem(&err)
+            ),
         )
     })?;
     if document.array.is_empty() {
@@ -558,7 +610,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         serde_yaml::from_str(text).map_err(|err| {
             ParamError::new(
                 format!("objects[{index}]"),
-                format!("is not a YAML mapping of object fields ({err}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission, certKeyFiles"),
+                format!("is not a YAML mapping of object fields ({}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission, certKeyFiles", yaml_problem(&err)),
             )
         })?
     };
@@ -688,7 +740,10 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
             _ => {
                 return Err(ParamError::new(
                     field("certKeyFiles"),
-                    format!("{s:?} is not a boolean; accepted: \"true\" or \"false\""),
+                    format!(
+                        "{} is not a boolean; accepted: \"true\" or \"false\"",
+                        shown(&s)
+                    ),
                 ));
             }
         },
@@ -1267,6 +1322,37 @@ mod tests {
     }
 
     #[test]
+    fn a_service_account_token_says_when_it_expires() {
+        use base64::Engine as _;
+        let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        let token = format!(
+            "{}.{}.sig",
+            encode("{}"),
+            encode(r#"{"exp":2000000000,"sub":"x"}"#)
+        );
+        let auth = Auth::WorkloadIdentity {
+            client_id: "c".into(),
+            token: SecretString::new(token),
+        };
+        assert_eq!(
+            auth.credential_expiry(),
+            std::time::SystemTime::UNIX_EPOCH
+                .checked_add(std::time::Duration::from_secs(2_000_000_000))
+        );
+        for opaque in [
+            "not-a-jwt",
+            "a.b.c",
+            &format!("x.{}.y", encode(r#"{"sub":"x"}"#)),
+        ] {
+            let auth = Auth::WorkloadIdentity {
+                client_id: "c".into(),
+                token: SecretString::new(opaque.to_owned()),
+            };
+            assert_eq!(auth.credential_expiry(), None, "{opaque}");
+        }
+    }
+
+    #[test]
     fn permissions() {
         assert_eq!(parse_default_mode("420"), Ok(0o644));
         assert_eq!(parse_default_mode("\"420\""), Ok(0o644));
@@ -1333,5 +1419,26 @@ mod tests {
         a.insert("keyvaultName".into(), "ab".into());
         let err = mount_params(&a, &sp(), 0o644, None).expect_err("short vault name");
         assert!(err.problem.starts_with("\"ab\" is not"), "{}", err.problem);
+        // The red team's 875 KB certKeyFiles value, and an object that is one long string,
+        // which the YAML parser's own message quotes.
+        let huge = "t".repeat(875_000);
+        for body in [
+            format!("objectName: a\nobjectType: secret\ncertKeyFiles: \"{huge}\"\n"),
+            huge.clone(),
+        ] {
+            let err = object_err(&format!("array:\n  - |\n{}", indent(&body)));
+            assert!(
+                err.to_string().len() < 600,
+                "{} bytes",
+                err.to_string().len()
+            );
+        }
+        let err = object_err(&format!("array: \"{huge}\""));
+        assert!(
+            err.to_string().len() < 600,
+            "{} bytes",
+            err.to_string().len()
+        );
+        assert!(ParamError::new("f", huge).problem.len() <= 1024);
     }
 }
