@@ -20,7 +20,7 @@ use crate::hardening;
 use crate::metrics::Metrics;
 use crate::mount::Mounter;
 use crate::ratelimit::{RateLimiter, VaultPolicies};
-use crate::server::{BoundSocket, serve_provider, shutdown_signal};
+use crate::server::{BoundSocket, MAX_REQUEST_BYTES, serve_provider, shutdown_signal};
 
 use crate::state::StateStore;
 use crate::volumes::{ClassLookup, VolumeConfig, Volumes};
@@ -123,8 +123,10 @@ pub async fn run_until(
         tasks.spawn(async move {
             tracing::info!(socket = %csi_socket.path().display(), "serving CSI Identity and Node");
             Server::builder()
-                .add_service(IdentityServer::new(identity))
-                .add_service(NodeServer::new(node))
+                .add_service(
+                    IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST_BYTES),
+                )
+                .add_service(NodeServer::new(node).max_decoding_message_size(MAX_REQUEST_BYTES))
                 .serve_with_incoming_shutdown(kvmount_unix_h2::incoming(listener), shutdown)
                 .await?;
             tracing::info!(socket = %csi_socket.path().display(), "CSI services stopped");

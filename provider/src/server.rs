@@ -13,6 +13,11 @@ use kvmount_proto::provider::csi_driver_provider_server::CsiDriverProviderServer
 
 use crate::grpc::provider::ProviderService;
 
+/// Largest gRPC request either socket takes (tonic's default is 4 MiB). A MountRequest or
+/// NodePublishVolume carries a class's parameters, pod info and a few tokens: a few KiB, and a
+/// class at every cap (100 objects, 256 KiB of `objects`) fits well below this.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
 /// Errors starting the socket server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -102,7 +107,9 @@ pub async fn serve_provider(
         .ok_or_else(|| ServeError::NotASocket(socket.path().to_owned()))?;
     tracing::info!(socket = %socket.path().display(), "serving provider API");
     Server::builder()
-        .add_service(CsiDriverProviderServer::new(service))
+        .add_service(
+            CsiDriverProviderServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(kvmount_unix_h2::incoming(listener), shutdown)
         .await?;
     tracing::info!(socket = %socket.path().display(), "provider API stopped");

@@ -257,28 +257,26 @@ async fn an_oversized_value_is_not_echoed() {
     flags.extend(["--log-level".into(), "debug".into()]);
     let daemon = NodeDaemon::start(&flags);
     let mut client = provider_client(&daemon).await;
-    let huge = "k".repeat(875_000);
-    let class = objects(&[object(
-        "db-password",
-        &format!("certKeyFiles: \"{huge}\"\n"),
-    )]);
-    let mount = DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "echo")
-        .service_principal(APP_A, APP_A_SECRET);
-    let err = client
-        .mount(mount.build())
-        .await
-        .expect_err("not a boolean");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().contains("certKeyFiles"),
-        "{}",
-        &err.message()[..200.min(err.message().len())]
-    );
-    assert!(
-        err.message().len() < 1024,
-        "a status of {} bytes",
-        err.message().len()
-    );
+    // The red team's 875 KB value is now over the size of an `objects` parameter; one that
+    // fits (200 KB) is refused as not a boolean, quoting a short prefix.
+    for (size, field) in [(875_000, "objects:"), (200_000, "objects[0].certKeyFiles:")] {
+        let huge = "k".repeat(size);
+        let class = objects(&[object(
+            "db-password",
+            &format!("certKeyFiles: \"{huge}\"\n"),
+        )]);
+        let mount = DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "echo")
+            .service_principal(APP_A, APP_A_SECRET);
+        let err = client.mount(mount.build()).await.expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let message = err.message();
+        assert!(
+            message.starts_with(field),
+            "{}",
+            &message[..200.min(message.len())]
+        );
+        assert!(message.len() < 1024, "a status of {} bytes", message.len());
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let longest = daemon.output().lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 4096, "a log line of {longest} bytes");
@@ -322,4 +320,119 @@ async fn an_expired_service_account_token_is_refused_although_once_proved() {
         .expect_err("an expired token");
     assert_ne!(err.code(), Code::Ok);
     record_summary("red_team_9", &[("closed", 1)]);
+}
+
+/// `/proc/<pid>/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A class at every cap: 100 objects, each with objectVersionHistory 2 (200 files), padded to
+/// just under 1 MiB of attributes.
+fn class_at_the_caps() -> String {
+    let docs: Vec<String> = (0..100)
+        .map(|i| object(&format!("s-{i:03}"), "objectVersionHistory: 2\n"))
+        .collect();
+    objects(&docs)
+}
+
+/// Medium 4: a 1.2 MB MountRequest with a garbage credential for a new identity drove the
+/// daemon to 1.77 GB and blocked it for 6 s. Now objects, files per class, the `objects` size
+/// and both sockets' requests are capped, checked before anything is allocated per file and
+/// before any call to Entra ID or Key Vault; a request at every cap costs under 16 MiB of peak
+/// RSS, and one over a cap makes no call at all.
+#[tokio::test]
+async fn one_request_costs_bounded_memory_and_over_the_caps_nothing() {
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut client = provider_client(&daemon).await;
+    let pid = daemon.pid();
+    // Warm the daemon's own paths once (a refused mount), so its first-use allocations do not
+    // count against the request.
+    let small = objects(&[object("db-password", "")]);
+    let _ = client
+        .mount(
+            DriverRequest::new("demo", vault.mock.tenant_id(), &small, "team-a", "warm")
+                .service_principal(APP_A, "garbage")
+                .build(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = status_kib(pid, "VmHWM");
+    let padding = "p".repeat(950 * 1024);
+    let class = class_at_the_caps();
+    for round in 0..3 {
+        let at_caps = DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "caps")
+            .service_principal(
+                &format!("00000000-0000-0000-0000-0000000001{round:02}"),
+                "garbage",
+            )
+            .attr("padding", &padding);
+        let request = at_caps.build();
+        assert!(request.attributes.len() > 900 * 1024, "near 1 MiB");
+        let err = client.mount(request).await.expect_err("garbage credential");
+        assert_ne!(err.code(), Code::InvalidArgument, "{}", err.message());
+    }
+    let grown = status_kib(pid, "VmHWM").saturating_sub(before);
+    println!("peak RSS grew {grown} KiB for three requests at every cap");
+    assert!(grown < 16 * 1024, "peak RSS grew {grown} KiB");
+
+    // Over a cap: refused naming the field and the limit, and Key Vault and Entra never asked.
+    vault.mock.reset_stats();
+    let over: Vec<(String, &str)> = vec![
+        (
+            objects(
+                &(0..101)
+                    .map(|i| object(&format!("s-{i}"), ""))
+                    .collect::<Vec<_>>(),
+            ),
+            "at most 100 per class",
+        ),
+        (
+            objects(
+                &(0..67)
+                    .map(|i| object(&format!("s-{i}"), "objectVersionHistory: 3\n"))
+                    .collect::<Vec<_>>(),
+            ),
+            "at most 200 per class",
+        ),
+        (
+            objects(&[object("a", &format!("# {}\n", "x".repeat(300 * 1024)))]),
+            "at most 262144",
+        ),
+    ];
+    for (class, limit) in over {
+        let mount = DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", "over")
+            .service_principal("00000000-0000-0000-0000-0000000002ff", "garbage");
+        let err = client.mount(mount.build()).await.expect_err("over a cap");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("objects:") && err.message().contains(limit),
+            "{}",
+            err.message()
+        );
+    }
+    let mut huge = DriverRequest::new("demo", vault.mock.tenant_id(), &small, "team-a", "huge")
+        .service_principal("00000000-0000-0000-0000-0000000002fe", "garbage")
+        .build();
+    huge.attributes = format!("{{\"padding\":\"{}\"}}", "p".repeat(1100 * 1024));
+    let err = client
+        .mount(huge)
+        .await
+        .expect_err("over the request limit");
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert_eq!(
+        vault.mock.stats().total,
+        0,
+        "no call to Entra ID or Key Vault"
+    );
+    record_summary("red_team_4", &[("closed", 1), ("peak_kib", grown)]);
 }

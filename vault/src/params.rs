@@ -158,6 +158,16 @@ pub struct HistorySlot {
     pub count: usize,
 }
 
+/// Most objects one class may list.
+pub const MAX_OBJECTS: usize = 100;
+
+/// Most files one class's objects may expand to (each object, times its
+/// `objectVersionHistory`): what one mount may read from Key Vault at once.
+pub const MAX_SLOTS: usize = 200;
+
+/// Largest `objects` parameter, in bytes.
+pub const MAX_OBJECTS_BYTES: usize = 256 * 1024;
+
 /// Most versions `objectVersionHistory` may ask for.
 pub const MAX_VERSION_HISTORY: usize = 50;
 
@@ -562,8 +572,20 @@ fn trimmed(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
-/// Parses the `objects` parameter: YAML with an `array` of YAML strings, one per object.
+/// Parses the `objects` parameter: YAML with an `array` of YAML strings, one per object. A
+/// class author controls it, so its size, its count of objects and the files they expand to
+/// are bounded ([`MAX_OBJECTS_BYTES`], [`MAX_OBJECTS`], [`MAX_SLOTS`]) before any slot is
+/// built and before any call to Entra ID or Key Vault.
 pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
+    if objects.len() > MAX_OBJECTS_BYTES {
+        return Err(ParamError::new(
+            "objects",
+            format!(
+                "is {} bytes; accepted: at most {MAX_OBJECTS_BYTES}",
+                objects.len()
+            ),
+        ));
+    }
     let document: ObjectsDocument = serde_yaml::from_str(objects).map_err(|err| {
         ParamError::new(
             "objects",
@@ -579,9 +601,35 @@ pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
             "the array is empty; accepted: at least one object",
         ));
     }
-    let mut specs = Vec::with_capacity(document.array.len());
-    for (index, text) in document.array.iter().enumerate() {
-        let spec = parse_object(index, text)?;
+    if document.array.len() > MAX_OBJECTS {
+        return Err(ParamError::new(
+            "objects",
+            format!(
+                "lists {} objects; accepted: at most {MAX_OBJECTS} per class",
+                document.array.len()
+            ),
+        ));
+    }
+    let parsed = document
+        .array
+        .iter()
+        .enumerate()
+        .map(|(index, text)| parse_object(index, text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let files: usize = parsed
+        .iter()
+        .map(|spec| spec.history.map_or(1, |h| h.count.max(1)))
+        .sum();
+    if files > MAX_SLOTS {
+        return Err(ParamError::new(
+            "objects",
+            format!(
+                "expands to {files} files (each object times its objectVersionHistory); accepted: at most {MAX_SLOTS} per class"
+            ),
+        ));
+    }
+    let mut specs = Vec::with_capacity(files);
+    for spec in parsed {
         match spec.history {
             None => specs.push(spec),
             Some(h) => {
@@ -1322,6 +1370,41 @@ mod tests {
     }
 
     #[test]
+    fn a_class_is_bounded_before_any_slot_is_built() {
+        let list = |n: usize, extra: &str| {
+            let docs: String = (0..n)
+                .map(|i| format!("  - |\n    objectName: s{i}\n    objectType: secret\n{extra}"))
+                .collect();
+            format!("array:\n{docs}")
+        };
+        assert_eq!(
+            parse_objects(&list(MAX_OBJECTS, ""))
+                .expect("at the cap")
+                .len(),
+            MAX_OBJECTS
+        );
+        let err = parse_objects(&list(MAX_OBJECTS + 1, "")).expect_err("over");
+        assert_eq!(err.field, "objects");
+        assert!(err.problem.contains("at most 100 per class"), "{err}");
+        let history = "    objectVersionHistory: 2\n";
+        assert_eq!(
+            parse_objects(&list(MAX_SLOTS / 2, history))
+                .expect("at the cap")
+                .len(),
+            MAX_SLOTS
+        );
+        let err = parse_objects(&list(67, "    objectVersionHistory: 3\n")).expect_err("over");
+        assert!(err.problem.contains("expands to 201 files"), "{err}");
+        assert!(err.problem.contains("at most 200"), "{err}");
+        let big = format!(
+            "array:\n  - |\n    objectName: a\n    objectType: secret\n#{}",
+            "x".repeat(MAX_OBJECTS_BYTES)
+        );
+        let err = parse_objects(&big).expect_err("too big");
+        assert!(err.problem.contains("at most 262144"), "{err}");
+    }
+
+    #[test]
     fn a_service_account_token_says_when_it_expires() {
         use base64::Engine as _;
         let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
@@ -1403,12 +1486,12 @@ mod tests {
 
     #[test]
     fn errors_repeat_at_most_a_short_piece_of_the_input() {
-        let long = "n".repeat(300_000);
+        let long = "n".repeat(200_000);
         let body = format!("objectName: {long}\nobjectType: secret\n");
         let err = object_err(&format!("array:\n  - |\n{}", indent(&body)));
         assert_eq!(err.field, "objects[0].objectName");
         assert!(err.problem.len() < 300, "{} bytes", err.problem.len());
-        assert!(err.problem.contains("(300000 bytes)"), "{}", err.problem);
+        assert!(err.problem.contains("(200000 bytes)"), "{}", err.problem);
         let mut a = attrs(&[
             ("keyvaultName", &long),
             ("tenantID", "t"),
@@ -1421,7 +1504,7 @@ mod tests {
         assert!(err.problem.starts_with("\"ab\" is not"), "{}", err.problem);
         // The red team's 875 KB certKeyFiles value, and an object that is one long string,
         // which the YAML parser's own message quotes.
-        let huge = "t".repeat(875_000);
+        let huge = "t".repeat(200_000);
         for body in [
             format!("objectName: a\nobjectType: secret\ncertKeyFiles: \"{huge}\"\n"),
             huge.clone(),
