@@ -491,10 +491,17 @@ impl Volumes {
         let _busy = self.claim(target_path)?;
         // A missing parent: nothing was ever there, or kubelet removed it. A symlink at the
         // parent is refused (FAILED_PRECONDITION) rather than followed into someone's files.
-        if let Some(pinned) = PinnedTarget::open(&target)? {
-            kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e))?;
-        }
+        let torn_down = match PinnedTarget::open(&target)? {
+            Some(pinned) => kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e)),
+            None => Ok(()),
+        };
+        // The daemon's own copies go whatever happened on the node: a teardown that failed part
+        // way keeps the record (and the state file), so kubelet's retry finishes it.
         let erased = self.cache.release(target_path);
+        if let Err(err) = torn_down {
+            tracing::warn!(target = %target_path, erased, error = %err, "unpublish: the volume is not fully removed yet; kubelet retries");
+            return Err(err.into());
+        }
         let known = self.records().remove(target_path);
         if let Some(record) = &known {
             tracing::info!(target = %target_path, pod = %record.pod_name, namespace = %record.pod_namespace, erased, "unpublished");

@@ -2,6 +2,7 @@
 //! run found, reproduced as the attack was made and shown closed, against the real daemon on
 //! its real sockets and the mock vault over TLS. Counted in the run summary (`red_team`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -435,4 +436,90 @@ async fn one_request_costs_bounded_memory_and_over_the_caps_nothing() {
         "no call to Entra ID or Key Vault"
     );
     record_summary("red_team_4", &[("closed", 1), ("peak_kib", grown)]);
+}
+
+/// Medium 5: an objectAlias nested 2,047 directories deep published, and with the open-file
+/// soft limit at 1,024 (common in containers) republish and unpublish then failed with EMFILE
+/// forever: the tmpfs stayed mounted and the entry was never released. Now an alias has at
+/// most 16 levels, and teardown removes a tree of any depth with two directories open at a
+/// time (a volume published before the limit, here made by hand, with the daemon's limit at
+/// 256 files).
+#[tokio::test]
+async fn a_deep_tree_is_refused_and_one_left_from_before_is_torn_down() {
+    use kvmount_proto::csi::NodeUnpublishVolumeRequest;
+    use kvmount_proto::csi::node_client::NodeClient;
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let publish = |alias: &str, pod: &str| {
+        let class = objects(&[object("db-password", &format!("objectAlias: {alias}\n"))]);
+        let mut context =
+            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod).attributes;
+        // Inline parameters: no class to look up.
+        context.remove("secretProviderClass");
+        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
+        publish.secrets = HashMap::from([
+            ("clientid".into(), APP_A.into()),
+            ("clientsecret".into(), APP_A_SECRET.into()),
+        ]);
+        publish
+    };
+    let deep = vec!["d"; 2047].join("/");
+    let err = node
+        .node_publish_volume(publish(&deep, "deep"))
+        .await
+        .expect_err("too deep");
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message()
+            .contains("objectAlias: has 2047 path elements; accepted: at most 16"),
+        "{}",
+        err.message()
+    );
+
+    let target = daemon.target("old");
+    node.node_publish_volume(publish("db-password", "old"))
+        .await
+        .expect("publish");
+    // What a daemon without the limit wrote: 2,047 levels below the volume.
+    // (Built a level at a time: the whole path is longer than PATH_MAX.)
+    {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut dir = rustix::fs::open(&target, flags, Mode::empty()).expect("target");
+        for _ in 0..2047 {
+            rustix::fs::mkdirat(&dir, "d", Mode::from_raw_mode(0o755)).expect("mkdir");
+            dir = rustix::fs::openat(&dir, "d", flags, Mode::empty()).expect("open");
+        }
+        let file = rustix::fs::openat(
+            &dir,
+            "db-password",
+            OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .expect("deep file");
+        rustix::io::write(&file, b"current-value").expect("write");
+    }
+    let limit = rustix::process::Rlimit {
+        current: Some(256),
+        maximum: Some(4096),
+    };
+    rustix::process::prlimit(
+        rustix::process::Pid::from_raw(daemon.pid() as i32),
+        rustix::process::Resource::Nofile,
+        limit,
+    )
+    .expect("lower the daemon's open-file limit");
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "old".into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .expect("unpublish at any depth");
+    assert!(!target.exists(), "the target is gone");
+    assert!(
+        kvmount_tests::mounts_under(daemon.dir()).is_empty(),
+        "no mount left"
+    );
+    record_summary("red_team_5", &[("closed", 1)]);
 }

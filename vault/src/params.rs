@@ -29,6 +29,10 @@ pub const POD_SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
 /// Longest objectAlias / objectName file element kubelet accepts.
 const MAX_NAME_BYTES: usize = 255;
 
+/// Most path elements of an objectAlias / objectName: every level is a directory the writer and
+/// teardown walk, and a class author controls it.
+pub const MAX_PATH_ELEMENTS: usize = 16;
+
 /// A parameter that could not be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -521,6 +525,13 @@ fn validate_version(field: &str, version: &str) -> Result<(), ParamError> {
 
 /// Checks a file path from objectAlias/objectName the way kubelet's atomic writer will.
 pub fn validate_file_path(field: &str, path: &str) -> Result<(), ParamError> {
+    let elements = path.split('/').count();
+    if elements > MAX_PATH_ELEMENTS {
+        return Err(ParamError::new(
+            field,
+            format!("has {elements} path elements; accepted: at most {MAX_PATH_ELEMENTS}"),
+        ));
+    }
     if let Err(err) = kvmount_volume::validate_relative_path(path) {
         return Err(ParamError::new(field, err.to_string()));
     }
@@ -1367,6 +1378,25 @@ mod tests {
             objects[1].version.as_deref(),
             Some("0123456789abcdef0123456789abcdef")
         );
+    }
+
+    #[test]
+    fn an_alias_is_at_most_16_levels_deep() {
+        let alias = |depth: usize| vec!["d"; depth].join("/");
+        let yaml = |a: &str| {
+            format!(
+                "array:\n  - |\n    objectName: a\n    objectType: secret\n    objectAlias: {a}\n"
+            )
+        };
+        assert!(parse_objects(&yaml(&alias(16))).is_ok());
+        for depth in [17, 2047] {
+            let err = parse_objects(&yaml(&alias(depth))).expect_err("too deep");
+            assert_eq!(err.field, "objects[0].objectAlias");
+            assert_eq!(
+                err.problem,
+                format!("has {depth} path elements; accepted: at most 16")
+            );
+        }
     }
 
     #[test]

@@ -11,10 +11,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self, AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::{Errno, Result};
 
-/// Deepest directory nesting that removal descends into.
-pub(crate) const MAX_DEPTH: usize = 2100;
+/// Deepest directory nesting the writer's walk over its own payload descends into (one open
+/// directory per level; aliases are at most 16 levels, see kvmount-vault's params).
+pub(crate) const MAX_DEPTH: usize = 64;
 /// How often removal retries one entry that keeps changing under it.
 const MAX_RETRIES: usize = 16;
+/// Most steps (a directory listed, entered or left) one removal takes: far beyond any tree a
+/// volume's tmpfs holds, a bound for one that keeps changing.
+const MAX_STEPS: usize = 4_000_000;
 
 /// The statfs magic of tmpfs.
 pub(crate) const TMPFS_MAGIC: u64 = 0x0102_1994;
@@ -107,64 +111,111 @@ fn list_raw_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
 
 /// Removes the entry `name` in `dir`, whatever it is, without following a symlink.
 ///
-/// A symlink or file is unlinked; a directory is emptied recursively (each level opened with
-/// `O_NOFOLLOW | O_DIRECTORY`) and then removed. A directory on another mount than
-/// `mount` (a nested mount, a bind mount too) is not entered: the error is `EXDEV`. A missing
-/// entry is fine. If the entry is swapped while we work on it (file to directory or back), the removal is retried.
-pub(crate) fn remove_entry_at(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    mount: FsId,
-    depth: usize,
-) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(Errno::LOOP);
-    }
+/// A symlink or file is unlinked; a directory is emptied ([`clear_dir`]) and then removed. A
+/// directory on another mount than `mount` (a nested mount, a bind mount too) is not entered:
+/// the error is `EXDEV`. A missing entry is fine. If the entry is swapped while we work on it
+/// (file to directory or back), the removal is retried.
+pub(crate) fn remove_entry_at(dir: BorrowedFd<'_>, name: &CStr, mount: FsId) -> Result<()> {
     for _ in 0..MAX_RETRIES {
         match fs::unlinkat(dir, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => return Ok(()),
             Err(Errno::ISDIR) | Err(Errno::PERM) => {}
             Err(e) => return Err(e),
         }
-        let child = match fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        let child = match open_subdir(dir, name, mount) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
             // Swapped for a symlink or a file since the unlink attempt: unlink it next round.
             Err(Errno::LOOP) | Err(Errno::NOTDIR) => continue,
             Err(e) => return Err(e),
         };
-        if fs_id(child.as_fd())? != mount {
-            return Err(Errno::XDEV);
-        }
-        clear_dir(child.as_fd(), mount, depth + 1)?;
-        match fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-            Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        clear_dir(child.as_fd(), mount)?;
+        match remove_empty_dir(dir, name)? {
+            true => return Ok(()),
             // Something was added meanwhile, or the entry was swapped: go again.
-            Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => continue,
-            Err(Errno::BUSY) => return Err(Errno::XDEV),
-            Err(e) => return Err(e),
+            false => continue,
         }
     }
     Err(Errno::AGAIN)
 }
 
-/// Removes everything inside the open directory `dir` (see [`remove_entry_at`]).
-pub(crate) fn clear_dir(dir: BorrowedFd<'_>, mount: FsId, depth: usize) -> Result<()> {
-    for _ in 0..MAX_RETRIES {
-        let names = list_raw_names(dir)?;
-        if names.is_empty() {
+/// Opens the subdirectory `name` of `dir` without following a link, refusing one on another
+/// mount than `mount` (`EXDEV`).
+fn open_subdir(dir: BorrowedFd<'_>, name: &CStr, mount: FsId) -> Result<OwnedFd> {
+    let child = fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if fs_id(child.as_fd())? != mount {
+        return Err(Errno::XDEV);
+    }
+    Ok(child)
+}
+
+/// `rmdir` of `name` in `dir`: `true` when it is gone, `false` when it was not empty (or was
+/// swapped) and must be looked at again.
+fn remove_empty_dir(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
+    match fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(true),
+        Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => Ok(false),
+        Err(Errno::BUSY) => Err(Errno::XDEV),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes everything inside the open directory `root`, at any depth, with at most two more
+/// directories open at once: a tree nested deeper than the open-file limit (an objectAlias of
+/// 2,047 levels, as published before aliases had a depth limit, with a soft limit of 1,024
+/// files) goes as well as a flat one. It goes down into one subdirectory at a time and back
+/// up through `..`, keeping only the names on the way down; it never leaves `mount` (a
+/// directory on another mount is `EXDEV`). A tree that keeps changing under it ends it with
+/// `EAGAIN` after a bounded number of steps.
+pub(crate) fn clear_dir(root: BorrowedFd<'_>, mount: FsId) -> Result<()> {
+    // Names from `root` down to the directory being emptied; `here` is its fd (None: root).
+    let mut names: Vec<CString> = Vec::new();
+    let mut here: Option<OwnedFd> = None;
+    for _ in 0..MAX_STEPS {
+        let dir = here.as_ref().map_or(root, |fd| fd.as_fd());
+        if let Some(sub) = unlink_all_but_a_dir(dir)? {
+            match open_subdir(dir, &sub, mount) {
+                Ok(child) => {
+                    names.push(sub);
+                    here = Some(child);
+                }
+                // Swapped or gone since the listing: list again.
+                Err(Errno::NOENT) | Err(Errno::LOOP) | Err(Errno::NOTDIR) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        // `dir` is empty: remove it from its parent and carry on there.
+        let Some(name) = names.pop() else {
             return Ok(());
-        }
-        for name in &names {
-            remove_entry_at(dir, name, mount, depth)?;
-        }
+        };
+        let parent = if names.is_empty() {
+            None
+        } else {
+            Some(open_subdir(dir, c"..", mount)?)
+        };
+        remove_empty_dir(parent.as_ref().map_or(root, |fd| fd.as_fd()), &name)?;
+        here = parent;
     }
     Err(Errno::AGAIN)
+}
+
+/// Unlinks every entry of `dir` that is not a directory; returns the first directory found
+/// (the rest are left for later rounds).
+fn unlink_all_but_a_dir(dir: BorrowedFd<'_>) -> Result<Option<CString>> {
+    for name in list_raw_names(dir)? {
+        match fs::unlinkat(dir, &name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(Errno::ISDIR) | Err(Errno::PERM) => return Ok(Some(name)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Holds an exclusive `flock` on a directory fd for as long as it lives.

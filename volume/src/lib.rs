@@ -109,7 +109,7 @@ pub fn remove_contents(target: &Path) -> Result<(), VolumeError> {
     let _lock =
         fsops::DirLock::exclusive(dir.as_fd()).map_err(|e| VolumeError::io("flock", target, e))?;
     let mount = fsops::fs_id(dir.as_fd()).map_err(|e| VolumeError::io("fstat", target, e))?;
-    fsops::clear_dir(dir.as_fd(), mount, 0).map_err(|e| match e {
+    fsops::clear_dir(dir.as_fd(), mount).map_err(|e| match e {
         Errno::XDEV => VolumeError::CrossesMount {
             operation: OP,
             path: target.to_path_buf(),

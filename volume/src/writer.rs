@@ -233,7 +233,7 @@ impl Drop for PayloadGuard<'_> {
         let Ok(name) = CString::new(self.name) else {
             return;
         };
-        if let Err(e) = fsops::remove_entry_at(self.parent, &name, self.mount, 0) {
+        if let Err(e) = fsops::remove_entry_at(self.parent, &name, self.mount) {
             tracing::warn!(dir = self.name, error = %e, "could not remove a half-built payload directory");
         }
     }
@@ -625,7 +625,7 @@ impl AtomicWriter {
         // If something is put back in between, or ..data does not name our payload after the
         // rename (someone swapped ..data_tmp under us), go again.
         for _ in 0..8 {
-            fsops::remove_entry_at(self.dir.as_fd(), tmp, mount, 0)
+            fsops::remove_entry_at(self.dir.as_fd(), tmp, mount)
                 .map_err(|e| VolumeError::io("remove", self.at(DATA_DIR_TMP_NAME), e))?;
             match fs::symlinkat(name, &self.dir, DATA_DIR_TMP_NAME) {
                 Ok(()) => {}
@@ -727,7 +727,7 @@ impl AtomicWriter {
             }
             let c =
                 not_utf8_or_nul(&name).map_err(|e| VolumeError::io("remove", self.at(&name), e))?;
-            fsops::remove_entry_at(self.dir.as_fd(), &c, mount, 0).map_err(|e| match e {
+            fsops::remove_entry_at(self.dir.as_fd(), &c, mount).map_err(|e| match e {
                 Errno::XDEV => VolumeError::CrossesMount {
                     operation: "remove old payload",
                     path: self.at(&name),
