@@ -17,7 +17,7 @@
 # hosts file maps the vault host, the custom cloud's Entra authority and login.microsoftonline.com
 # (MSAL's instance discovery) to 127.0.0.1, where the mock vault listens on :443. The Azure
 # provider is built from the Go module proxy by bench/azure-provider/install.sh (cached in
-# .tools/). Every process in the namespace is ended when it exits, also on failure.
+# /var/cache/kvmount/tools). Every process in the namespace is ended when it exits, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

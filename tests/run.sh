@@ -56,7 +56,7 @@ if [ "${KVMOUNT_FUZZ:-0}" = 1 ]; then
 fi
 
 echo "== csi-sanity (CSI conformance) against the node plugin"
-tests/csi-sanity/install.sh >/dev/null   # cached under .tools/; the first build takes ~3 min
+tests/csi-sanity/install.sh >/dev/null   # cached per machine under /var/cache/kvmount/tools; the first build takes ~3 min
 csi_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-csi.XXXXXX")
 state_dir=$(mktemp -d "$run_shm/csi-state.XXXXXX")
 "$root/target/debug/kvmount-provider" serve \
@@ -75,21 +75,24 @@ rm -rf "$csi_dir" "$state_dir"
 [ "$rc" = 0 ] || exit "$rc"
 
 echo "== Python: Key Vault SDK against the mock vault; sidecar webhook patches against the Kubernetes schemas"
-venv=$root/.venv
-if [ ! -x "$venv/bin/python" ]; then
+# One venv per machine and requirements file, outside the clone, like the built tools.
+venv=${KVMOUNT_TOOLS:-/var/cache/kvmount/tools}/venv/$(sha256sum tests/python/requirements.txt | cut -c1-16)
+if [ ! -x "$venv/bin/python" ] || [ ! -e "$venv/.complete" ]; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+    touch "$venv/.complete"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
     KVMOUNT_SIDECAR_BIN="$root/target/debug/kvmount-sidecar" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
 echo "== deploy: helm lint + template of every values combination, Kubernetes schemas, manifest drift"
-helm=$(tests/deploy/install-helm.sh)   # cached under .tools/; the first build took ~12 min here
+helm=$(tests/deploy/install-helm.sh)   # cached per machine under /var/cache/kvmount/tools; the first build took ~12 min here
 KVMOUNT_HELM="$helm" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/deploy
 
 echo "== benchmark harness: bench/run.sh --quick (kvmount and the Azure provider side by side; numbers are printed, never checked)"
-# The Azure provider is built first (cached under .tools/; the first build takes ~1.5 min), so the
+# The Azure provider is built first (cached per machine under /var/cache/kvmount/tools; the first build takes ~1.5 min), so the
 # quick run itself stays under 3 minutes; if it cannot be built, the quick run says so and runs
 # kvmount's side only. A crash of the harness fails the suite; slow numbers never do.
 bench/azure-provider/install.sh >/dev/null || echo "(the Azure provider did not build; see above)"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Azure Key Vault provider for the Secrets Store CSI Driver
 # (github.com/Azure/secrets-store-csi-driver-provider-azure) at a pinned release from the Go
-# module proxy into the repo's tool cache, and prints the binary's path on stdout. Idempotent:
+# module proxy into the machine's tool cache (outside the clone), and prints the binary's path on stdout. Idempotent:
 # a binary there that reports the pinned version (`--version`) is reused without building.
 # Everything Go writes (GOPATH, GOMODCACHE, GOCACHE) stays under the cache dir.
 #
-#   bench/azure-provider/install.sh          # prints e.g. /repo/.tools/azure-provider/v1.7.2/bin/secrets-store-csi-driver-provider-azure
+#   bench/azure-provider/install.sh          # prints e.g. /var/cache/kvmount/tools/azure-provider/v1.7.2/bin/secrets-store-csi-driver-provider-azure
 #   AZURE_PROVIDER_VERSION=v1.7.1 bench/azure-provider/install.sh
 #   KVMOUNT_TOOLS=/elsewhere bench/azure-provider/install.sh
 #   bench/azure-provider/install.sh --if-built   # print the path only if already built (exit 3 if not)
@@ -19,7 +19,8 @@ set -euo pipefail
 version=${AZURE_PROVIDER_VERSION:-v1.7.2}
 module=github.com/Azure/secrets-store-csi-driver-provider-azure
 root=$(cd "$(dirname "$0")/../.." && pwd)
-tools=${KVMOUNT_TOOLS:-$root/.tools}
+# Per machine, outside any clone, so every clone (and CI's fresh one) reuses the build.
+tools=${KVMOUNT_TOOLS:-/var/cache/kvmount/tools}
 dir=$tools/azure-provider/$version
 bin=$dir/bin/secrets-store-csi-driver-provider-azure
 

@@ -9,7 +9,6 @@ use anyhow::Context;
 use kvmount_proto::csi::identity_server::IdentityServer;
 use kvmount_proto::csi::node_server::NodeServer;
 use kvmount_vault::Connector;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::cache::{CacheConfig, NodeCache};
@@ -124,7 +123,7 @@ pub async fn run_until(
             Server::builder()
                 .add_service(IdentityServer::new(identity))
                 .add_service(NodeServer::new(node))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(kvmount_unix_h2::incoming(listener), shutdown)
                 .await?;
             tracing::info!(socket = %csi_socket.path().display(), "CSI services stopped");
             drop(csi_socket);

@@ -1,4 +1,5 @@
-//! Serving gRPC on a Unix socket: stale-socket removal, mode 0600, graceful drain, removal.
+//! Serving gRPC on a Unix socket: stale-socket removal, mode 0600, any `:authority` the client
+//! sends (`kvmount_unix_h2`), graceful drain, removal.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -6,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use kvmount_proto::provider::csi_driver_provider_server::CsiDriverProviderServer;
@@ -103,7 +103,7 @@ pub async fn serve_provider(
     tracing::info!(socket = %socket.path().display(), "serving provider API");
     Server::builder()
         .add_service(CsiDriverProviderServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(kvmount_unix_h2::incoming(listener), shutdown)
         .await?;
     tracing::info!(socket = %socket.path().display(), "provider API stopped");
     drop(socket);

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds csi-sanity (kubernetes-csi/csi-test) at a pinned version from the Go module proxy into
-# the repo's tool cache and prints the binary's path on stdout. Idempotent: when the binary there
+# the machine's tool cache (outside the clone) and prints the binary's path on stdout. Idempotent: when the binary there
 # already is the pinned version (checked with `go version -m`), it is reused without building.
 # Everything Go writes (GOPATH, GOMODCACHE, GOCACHE, GOBIN) stays under the cache dir.
 #
-#   tests/csi-sanity/install.sh            # prints e.g. /repo/.tools/csi-sanity/v5.6.0/bin/csi-sanity
+#   tests/csi-sanity/install.sh            # prints e.g. /var/cache/kvmount/tools/csi-sanity/v5.6.0/bin/csi-sanity
 #   CSI_SANITY_VERSION=v5.4.0 tests/csi-sanity/install.sh
 #   KVMOUNT_TOOLS=/elsewhere tests/csi-sanity/install.sh
 set -euo pipefail
@@ -12,7 +12,8 @@ set -euo pipefail
 version=${CSI_SANITY_VERSION:-v5.6.0}
 module=github.com/kubernetes-csi/csi-test/v5
 root=$(cd "$(dirname "$0")/../.." && pwd)
-tools=${KVMOUNT_TOOLS:-$root/.tools}
+# Per machine, outside any clone, so every clone (and CI's fresh one) reuses the build.
+tools=${KVMOUNT_TOOLS:-/var/cache/kvmount/tools}
 dir=$tools/csi-sanity/$version
 bin=$dir/bin/csi-sanity
 

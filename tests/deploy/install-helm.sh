@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds helm at a pinned version from the Go module proxy into the repo's tool cache and prints
+# Builds helm at a pinned version from the Go module proxy into the machine's tool cache (outside the clone) and prints
 # the binary's path on stdout. Idempotent: when the binary there already is the pinned version
 # (checked with `go version -m`), it is reused without building. Everything Go writes (GOPATH,
 # GOMODCACHE, GOCACHE, GOBIN) stays under the cache dir, like tests/csi-sanity/install.sh.
 #
-#   tests/deploy/install-helm.sh            # prints e.g. /repo/.tools/helm/v3.22.0/bin/helm
+#   tests/deploy/install-helm.sh            # prints e.g. /var/cache/kvmount/tools/helm/v3.22.0/bin/helm
 #   HELM_VERSION=v3.21.4 tests/deploy/install-helm.sh
 #   KVMOUNT_TOOLS=/elsewhere tests/deploy/install-helm.sh
 #
@@ -14,7 +14,8 @@ set -euo pipefail
 version=${HELM_VERSION:-v3.22.0}
 module=helm.sh/helm/v3
 root=$(cd "$(dirname "$0")/../.." && pwd)
-tools=${KVMOUNT_TOOLS:-$root/.tools}
+# Per machine, outside any clone, so every clone (and CI's fresh one) reuses the build.
+tools=${KVMOUNT_TOOLS:-/var/cache/kvmount/tools}
 dir=$tools/helm/$version
 bin=$dir/bin/helm
 

@@ -1,6 +1,6 @@
 """The Helm chart, the rendered manifests and the examples (issue 7).
 
-helm comes from tests/deploy/install-helm.sh (built from the Go module proxy into .tools/, or
+helm comes from tests/deploy/install-helm.sh (built from the Go module proxy into /var/cache/kvmount/tools, or
 $KVMOUNT_HELM). Every rendered object is validated with kubernetes-validate (strict: unknown
 fields are errors) against the newest Kubernetes it ships and the chart's minimum (1.29).
 Custom resources without a schema there (SecretProviderClass) are validated against the CRD the
@@ -46,8 +46,8 @@ def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([helm(), *args], capture_output=True, text=True, check=check)
 
 
-def render(values: pathlib.Path | None, *extra: str, namespace: str = NAMESPACE) -> list[dict]:
-    args = ["template", "kvmount", str(CHART), "--namespace", namespace, "--kube-version", "1.37.0"]
+def render(values: pathlib.Path | None, *extra: str, namespace: str = NAMESPACE, kube: str = "1.34.0") -> list[dict]:
+    args = ["template", "kvmount", str(CHART), "--namespace", namespace, "--kube-version", kube]
     if values:
         args += ["-f", str(values)]
     out = run_helm(*args, *extra)
@@ -173,6 +173,17 @@ def test_standalone_mode():
     assert state["hostPath"]["path"] == "/run/kvmount"
     registrar = pod["containers"][1]
     assert "--kubelet-registration-path=/var/lib/kubelet/plugins/secrets.kvmount.io/csi.sock" in registrar["args"]
+
+
+@pytest.mark.parametrize("kube,in_secrets", [("1.29.0", False), ("1.34.4", False), ("1.35.0", True), ("1.37.0", True)])
+def test_tokens_go_in_csi_secrets_from_kubernetes_1_35(kube, in_secrets):
+    """KEP-5538: from 1.35 the CSIDriver asks kubelet to put service-account tokens in the CSI
+    secrets field; older API servers refuse the field, so it is never rendered for them."""
+    docs = render(COMBOS[[p.stem for p in COMBOS].index("standalone")], kube=kube)
+    (drv,) = by_kind(docs, "CSIDriver")
+    assert drv["spec"].get("serviceAccountTokenInSecrets", False) is in_secrets
+    if in_secrets:
+        kubernetes_validate.validate(drv, kubernetes_validate.latest_version(), strict=True)
 
 
 def test_standalone_next_to_driver_has_no_crd():

@@ -159,8 +159,8 @@ class Node:
         import grpc
 
         self.pb, pb_grpc = _stubs(os.path.join(tmp, "stubs"))
-        # The default :authority for unix: targets is the socket path, which HTTP/2 servers refuse.
-        self.channel = grpc.insecure_channel("unix:" + self.socket, options=[("grpc.default_authority", "localhost")])
+        # grpcio's defaults, as a user's client would have them (its :authority is the socket path).
+        self.channel = grpc.insecure_channel("unix:" + self.socket)
         self.stub = pb_grpc.CSIDriverProviderStub(self.channel)
         credential = ClientSecretCredential(TENANT, APP_A, APP_A_SECRET, authority=self.url, connection_verify=self.ca, disable_instance_discovery=True)
         vault_url = f"https://kvname.{self.suffix}:{self.port}/"

@@ -411,6 +411,7 @@ pub struct NodeDaemon {
     pub state_dir: PathBuf,
     /// Where test pods' volumes live (a stand-in for /var/lib/kubelet/pods).
     pub pods_dir: PathBuf,
+    binary: PathBuf,
     flags: Vec<String>,
     dir: tempfile::TempDir,
     state: tempfile::TempDir,
@@ -420,6 +421,11 @@ pub struct NodeDaemon {
 impl NodeDaemon {
     /// Starts the daemon with `flags` (e.g. [`Vault::provider_flags`]).
     pub fn start(flags: &[String]) -> Self {
+        Self::start_binary(workspace_bin("kvmount-provider"), flags)
+    }
+
+    /// Starts `binary` (another build of the daemon, for side-by-side benchmarks) with `flags`.
+    pub fn start_binary(binary: PathBuf, flags: &[String]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kvmount-test-node.")
             .tempdir()
@@ -438,6 +444,7 @@ impl NodeDaemon {
             provider_socket: dir.path().join("providers/kvmount.sock"),
             state_dir: state.path().to_owned(),
             pods_dir: dir.path().join("pods"),
+            binary,
             flags: flags.to_vec(),
             dir,
             state,
@@ -449,7 +456,7 @@ impl NodeDaemon {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(workspace_bin("kvmount-provider"))
+        let mut child = Command::new(&self.binary)
             .arg("serve")
             .arg("--provider-socket")
             .arg(&self.provider_socket)

@@ -68,6 +68,9 @@ mod sidecar_annotations;
 #[path = "../../fuzz/fuzz_targets/sidecar_template.rs"]
 mod sidecar_template;
 #[allow(unused_attributes, unused_imports, clippy::all)]
+#[path = "../../fuzz/fuzz_targets/unix_h2_rewrite.rs"]
+mod unix_h2_rewrite;
+#[allow(unused_attributes, unused_imports, clippy::all)]
 #[path = "../../fuzz/fuzz_targets/vault_cloud_env.rs"]
 mod vault_cloud_env;
 #[allow(unused_attributes, unused_imports, clippy::all)]
@@ -433,6 +436,30 @@ fn sidecar_template() {
     smoke("sidecar_template", sidecar_template::run, &[
         b"host=db;password={{ secret/db-password }};v={{ secret/x/0123456789abcdef }};lit={{ \"{{\" }}",
     ]);
+}
+
+/// Seeds after the preface the harness adds: a chunk size, then SETTINGS and a request whose
+/// `:authority` is a socket path (indexed, so later blocks can refer to it), its DATA, and a
+/// second request split over HEADERS (padded, with priority) and CONTINUATION.
+#[test]
+fn unix_h2_rewrite() {
+    let mut request = vec![0x83, 0x86, 0x44, 5];
+    request.extend_from_slice(b"/v1/x");
+    request.extend_from_slice(&[0x41, 9]);
+    request.extend_from_slice(b"/run/x.s\xff");
+    let mut seed = vec![7, 0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+    seed.extend_from_slice(&[0, 0, request.len() as u8, 1, 4, 0, 0, 0, 1]);
+    seed.extend_from_slice(&request);
+    seed.extend_from_slice(&[0, 0, 5, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+    seed.extend_from_slice(&[
+        0, 0, 10, 1, 0x28, 0, 0, 0, 3, 2, 0, 0, 0, 0, 16, 0x83, 0xbf, 0, 0,
+    ]);
+    seed.extend_from_slice(&[0, 0, 2, 9, 4, 0, 0, 0, 3, 0xbe, 0x86]);
+    smoke(
+        "unix_h2_rewrite",
+        unix_h2_rewrite::run,
+        &[&seed, &[0], &[1, 0, 0, 0, 1, 4, 0, 0, 0, 1]],
+    );
 }
 
 #[test]

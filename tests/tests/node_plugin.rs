@@ -811,6 +811,60 @@ async fn nothing_secret_in_node_plugin_logs() {
     }
 }
 
+/// Kubernetes 1.35+ with `serviceAccountTokenInSecrets: true` (KEP-5538, set by the chart from
+/// 1.35): kubelet puts the service-account tokens in the CSI `secrets` field and not in the
+/// volume context. A publish takes them from there, a wrong identity is still refused, and at
+/// trace level no token reaches the output.
+#[tokio::test]
+async fn tokens_only_in_csi_secrets_publish_and_never_reach_the_log() {
+    let vault = Vault::start(None).await;
+    let mut flags = vault.provider_flags();
+    flags.extend(["--log-level".into(), "trace".into()]);
+    let daemon = NodeDaemon::start(&flags);
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let token = vault.sa_token("team-a", "app");
+    let token_b = vault.sa_token("team-b", "app");
+    let objs = objects(&[object("db-password", "")]);
+    let in_secrets = |token: &str, pod: &str, client_id: &str, volume: &str| {
+        let mut context = context(&vault, "team-a", pod, client_id, token, &objs);
+        let tokens = context
+            .remove("csi.storage.k8s.io/serviceAccount.tokens")
+            .expect("tokens");
+        let mut request = publish_request(&daemon.target(pod), volume, &context);
+        request.secrets =
+            HashMap::from([("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens)]);
+        request
+    };
+    node.node_publish_volume(in_secrets(&token, "kep", APP_A, "vol"))
+        .await
+        .expect("publish with the tokens in secrets");
+    assert_eq!(
+        std::fs::read_to_string(daemon.target("kep").join("db-password")).expect("file"),
+        "current-value"
+    );
+    // team-b's token is not federated with app A: refused, with no fallback to the cache.
+    let refused = node
+        .node_publish_volume(in_secrets(&token_b, "kep-b", APP_A, "vol-b"))
+        .await
+        .expect_err("a token of another identity");
+    assert_ne!(refused.code(), Code::Ok);
+    node.node_unpublish_volume(unpublish("vol", &daemon.target("kep")))
+        .await
+        .expect("unpublish");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let output = daemon.output();
+    assert!(output.contains("TRACE"), "trace level was on");
+    for needle in [
+        token.as_str(),
+        token_b.as_str(),
+        &token[token.len() - 24..],
+        &token_b[token_b.len() - 24..],
+    ] {
+        assert!(!output.contains(needle), "log contains a token");
+    }
+    assert!(!output.contains("current-value"), "log contains a value");
+}
+
 #[test]
 fn a_state_dir_not_on_tmpfs_is_refused() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("disk dir");

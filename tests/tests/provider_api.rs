@@ -115,6 +115,63 @@ async fn version_and_a_driver_shaped_mount_over_the_socket() {
     );
 }
 
+/// The shapes the upstream driver really sends for fields it has nothing for: `secrets` is a nil
+/// Go map marshalled as `null` for every class without a nodePublishSecretRef (workload
+/// identity), `{}` or empty elsewhere; `permission` may be empty. Each mounts; tokens in
+/// `secrets` (Kubernetes 1.35, KEP-5538) work as in the attributes.
+#[tokio::test]
+async fn every_shape_of_an_empty_field_the_driver_sends_mounts() {
+    let vault = Vault::start(None).await;
+    let provider = Provider::start(&vault.provider_flags());
+    let mut client = provider.client().await;
+    let token = vault.sa_token("team-a", "app");
+    let request = DriverRequest::new(
+        "demo",
+        vault.mock.tenant_id(),
+        &two_secrets(),
+        "team-a",
+        "pod-1",
+    )
+    .workload_identity(APP_A, &token);
+    for (secrets, permission) in [("null", "420"), ("", "420"), ("{}", ""), (" null ", "null")] {
+        let mut mount = request.build();
+        mount.secrets = secrets.into();
+        mount.permission = permission.into();
+        let response = client
+            .mount(mount)
+            .await
+            .unwrap_or_else(|e| panic!("secrets {secrets:?}, permission {permission:?}: {e}"))
+            .into_inner();
+        assert_eq!(response.files.len(), 2, "secrets {secrets:?}");
+        assert!(
+            response.files.iter().any(|f| f.mode == 0o644),
+            "default mode 0644"
+        );
+    }
+    // Tokens only in secrets.
+    let mut mount = request.build();
+    let attributes: std::collections::HashMap<String, String> =
+        serde_json::from_str(&mount.attributes).expect("json");
+    let tokens = attributes["csi.storage.k8s.io/serviceAccount.tokens"].clone();
+    let mut without = attributes.clone();
+    without.remove("csi.storage.k8s.io/serviceAccount.tokens");
+    mount.attributes = serde_json::to_string(&without).expect("json");
+    mount.secrets =
+        serde_json::json!({"csi.storage.k8s.io/serviceAccount.tokens": tokens}).to_string();
+    let response = client
+        .mount(mount)
+        .await
+        .expect("tokens in secrets")
+        .into_inner();
+    assert_eq!(response.files.len(), 2);
+    // A `null` that is not the whole field is still refused, naming it.
+    let mut mount = request.build();
+    mount.secrets = r#"{"clientid": null}"#.into();
+    let err = client.mount(mount).await.expect_err("a null value");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("secrets:"), "{}", err.message());
+}
+
 #[tokio::test]
 async fn encodings_are_decoded_before_writing() {
     let seed = kvmount_mock_vault::Seed::from_yaml(

@@ -273,35 +273,41 @@ pub struct MountParams {
     pub cloud: Option<crate::cloud::Cloud>,
 }
 
-/// Parses a JSON object of strings (`MountRequest.attributes` or `.secrets`).
+/// Parses a JSON object of strings (`MountRequest.attributes` or `.secrets`). An empty field
+/// and JSON `null` are the empty map: the driver marshals a nil Go map as `null`, which is what
+/// `secrets` is for every class without a `nodePublishSecretRef` (workload identity, managed
+/// identity).
 ///
 /// The error never repeats any part of the input: it may hold tokens.
 pub fn parse_string_map(field: &str, json: &str) -> Result<HashMap<String, String>, ParamError> {
     if json.trim().is_empty() {
         return Ok(HashMap::new());
     }
-    serde_json::from_str::<HashMap<String, String>>(json).map_err(|err| {
-        ParamError::new(
-            field,
-            format!(
-                "must be a JSON object whose values are all strings ({} at line {} column {})",
-                match err.classify() {
-                    serde_json::error::Category::Syntax => "syntax error",
-                    serde_json::error::Category::Eof => "unexpected end of input",
-                    serde_json::error::Category::Data => "wrong type",
-                    serde_json::error::Category::Io => "read error",
-                },
-                err.line(),
-                err.column()
-            ),
-        )
-    })
+    serde_json::from_str::<Option<HashMap<String, String>>>(json)
+        .map(Option::unwrap_or_default)
+        .map_err(|err| {
+            ParamError::new(
+                field,
+                format!(
+                    "must be a JSON object whose values are all strings ({} at line {} column {})",
+                    match err.classify() {
+                        serde_json::error::Category::Syntax => "syntax error",
+                        serde_json::error::Category::Eof => "unexpected end of input",
+                        serde_json::error::Category::Data => "wrong type",
+                        serde_json::error::Category::Io => "read error",
+                    },
+                    err.line(),
+                    err.column()
+                ),
+            )
+        })
 }
 
-/// Parses `MountRequest.permission`: a JSON-encoded decimal mode such as `"420"` (0644).
+/// Parses `MountRequest.permission`: a JSON-encoded decimal mode such as `"420"` (0644); empty
+/// or JSON `null` mean the driver's default, 0644.
 pub fn parse_default_mode(permission: &str) -> Result<u32, ParamError> {
     let text = permission.trim();
-    if text.is_empty() {
+    if text.is_empty() || text == "null" {
         return Ok(0o644);
     }
     let mode: u32 = serde_json::from_str::<u32>(text)
@@ -1264,6 +1270,7 @@ mod tests {
         assert_eq!(parse_default_mode("420"), Ok(0o644));
         assert_eq!(parse_default_mode("\"420\""), Ok(0o644));
         assert_eq!(parse_default_mode(""), Ok(0o644));
+        assert_eq!(parse_default_mode("null"), Ok(0o644));
         assert!(parse_default_mode("512").is_err());
         assert!(parse_default_mode("-1").is_err());
         assert!(parse_default_mode("0644x").is_err());
@@ -1271,6 +1278,26 @@ mod tests {
         assert_eq!(parse_file_permission("f", "0o400"), Ok(0o400));
         assert!(parse_file_permission("f", "").is_err());
         assert!(parse_file_permission("f", "07777").is_err());
+    }
+
+    /// Every shape the upstream driver sends for a map it has nothing for: a nil Go map is
+    /// `null` (secrets without a nodePublishSecretRef), an empty one `{}`; `""` and an absent
+    /// protobuf field are the same on the wire.
+    #[test]
+    fn string_maps_in_every_shape_the_driver_sends() {
+        for empty in ["", "  ", "null", " null\n", "{}", "{ }"] {
+            for field in ["attributes", "secrets"] {
+                let map = parse_string_map(field, empty).expect("accepted");
+                assert!(map.is_empty(), "{field} = {empty:?}");
+            }
+        }
+        let map =
+            parse_string_map("secrets", r#"{"clientid":"a","clientsecret":"b"}"#).expect("object");
+        assert_eq!(map.get("clientid").map(String::as_str), Some("a"));
+        for bad in ["[]", "\"null\"", "nul", "{\"a\":null}", "1"] {
+            let err = parse_string_map("secrets", bad).expect_err(bad);
+            assert_eq!(err.field, "secrets");
+        }
     }
 
     #[test]
