@@ -10,7 +10,8 @@
   sends `tmp%2Fx.sock` (the path without its first slash, percent-encoded).
 
 Run (tests/run.sh does):
-    while IFS== read -r k v; do export "$k=$v"; done < <(tests/interop/install.sh)
+    interop_env=$(tests/interop/install.sh)
+    while IFS== read -r k v; do export "$k=$v"; done <<<"$interop_env"
     KVMOUNT_MOCK_VAULT_CMD="target/debug/kvmount-provider mock-vault" pytest tests/python
 
 The daemon is the first word of KVMOUNT_MOCK_VAULT_CMD. A client whose variable is not set
