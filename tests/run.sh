@@ -74,7 +74,13 @@ fi
 rm -rf "$csi_dir" "$state_dir"
 [ "$rc" = 0 ] || exit "$rc"
 
-echo "== Python: Key Vault SDK against the mock vault; sidecar webhook patches against the Kubernetes schemas"
+echo "== interop clients: the Secrets Store CSI Driver's own client (v1.5.4, v1.6.0) and a kubelet 1.34 CSI client, built once per machine"
+# Cached per machine under /var/cache/kvmount/tools/interop; the first build takes 6-9 min here.
+# Read through a variable: a failed build then fails the run.
+interop_env=$(tests/interop/install.sh)
+while IFS='=' read -r name path; do export "$name=$path"; done <<<"$interop_env"
+
+echo "== Python: Key Vault SDK against the mock vault; the driver's clients, grpcio and CSI clients against both sockets; sidecar webhook patches against the Kubernetes schemas"
 # One venv per machine and requirements file, outside the clone, like the built tools.
 venv=${KVMOUNT_TOOLS:-/var/cache/kvmount/tools}/venv/$(sha256sum tests/python/requirements.txt | cut -c1-16)
 if [ ! -x "$venv/bin/python" ] || [ ! -e "$venv/.complete" ]; then
