@@ -523,3 +523,74 @@ async fn a_deep_tree_is_refused_and_one_left_from_before_is_torn_down() {
     );
     record_summary("red_team_5", &[("closed", 1)]);
 }
+
+/// High 3: a process in the pod holding `flock(LOCK_EX)` on its read-only volume (no write
+/// access needed) made the next rewrite block in the writer's directory lock, and then every
+/// RPC. The writer takes no lock a pod can reach any more: republish, Probe and other pods'
+/// publishes go on while the pod holds its locks, and unpublish too.
+#[tokio::test]
+async fn a_pod_holding_locks_on_its_volume_blocks_nothing() {
+    use kvmount_proto::csi::identity_client::IdentityClient;
+    use kvmount_proto::csi::node_client::NodeClient;
+    use kvmount_proto::csi::{NodeUnpublishVolumeRequest, ProbeRequest};
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let mut identity = IdentityClient::new(daemon.csi_channel().await);
+    let publish = |pod: &str| {
+        let class = objects(&[object("db-password", ""), object("api-key", "")]);
+        let mut context =
+            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod).attributes;
+        context.remove("secretProviderClass");
+        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
+        publish.secrets = HashMap::from([
+            ("clientid".into(), APP_A.into()),
+            ("clientsecret".into(), APP_A_SECRET.into()),
+        ]);
+        publish
+    };
+    node.node_publish_volume(publish("locker"))
+        .await
+        .expect("publish");
+    let target = daemon.target("locker");
+    // The pod's locks: the volume directory, its ..data, and a file.
+    let mut held = Vec::new();
+    for path in [
+        target.clone(),
+        target.join("..data"),
+        target.join("db-password"),
+    ] {
+        let fd =
+            rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).expect("open");
+        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).expect("the pod's lock");
+        held.push(fd);
+    }
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        // kubelet's periodic republish of the locked volume, a Probe, another pod's publish,
+        // then the locked volume's unpublish.
+        node.node_publish_volume(publish("locker"))
+            .await
+            .expect("republish");
+        identity.probe(ProbeRequest {}).await.expect("Probe");
+        node.node_publish_volume(publish("bystander"))
+            .await
+            .expect("another pod");
+        node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: "locker".into(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish while the pod still holds its locks");
+    })
+    .await
+    .expect("nothing waits for the pod's locks");
+    println!(
+        "served in {:?} with the pod's locks held",
+        started.elapsed()
+    );
+    drop(held);
+    assert!(!target.exists());
+    record_summary("red_team_3", &[("closed", 1)]);
+}

@@ -8,7 +8,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{self, AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
+use rustix::fs::{self, AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::{Errno, Result};
 
 /// Deepest directory nesting the writer's walk over its own payload descends into (one open
@@ -218,22 +218,39 @@ fn unlink_all_but_a_dir(dir: BorrowedFd<'_>) -> Result<Option<CString>> {
     Ok(None)
 }
 
-/// Holds an exclusive `flock` on a directory fd for as long as it lives.
-pub(crate) struct DirLock<'a> {
-    fd: BorrowedFd<'a>,
+/// Directories (device, inode) a writer of this process is writing now.
+static WRITING: std::sync::Mutex<std::collections::BTreeSet<(u64, u64)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Marks a directory as being written by this process for as long as it lives: a lock that no
+/// pod can reach. (The writer used to take an exclusive `flock` on the target directory, and a
+/// pod holding a `flock` of its own on its read-only volume, which needs no write access, froze
+/// every rewrite behind it, and the daemon's one runtime thread with it.) A second writer of
+/// the same directory is refused with `EAGAIN` instead of waiting.
+pub(crate) struct WriteClaim {
+    id: (u64, u64),
 }
 
-impl<'a> DirLock<'a> {
-    /// Blocks until the exclusive lock on `fd` is held.
-    pub(crate) fn exclusive(fd: BorrowedFd<'a>) -> Result<Self> {
-        fs::flock(fd, FlockOperation::LockExclusive)?;
-        Ok(Self { fd })
+impl WriteClaim {
+    /// Claims `fd`'s directory, or `EAGAIN` when it is being written.
+    pub(crate) fn take(fd: BorrowedFd<'_>) -> Result<Self> {
+        let st = fs::fstat(fd)?;
+        let id = (st.st_dev, st.st_ino);
+        let mut writing = WRITING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !writing.insert(id) {
+            return Err(Errno::AGAIN);
+        }
+        Ok(Self { id })
     }
 }
 
-impl Drop for DirLock<'_> {
+impl Drop for WriteClaim {
     fn drop(&mut self) {
-        // Closing the fd would release it too; an unlock failure leaves nothing to do.
-        let _ = fs::flock(self.fd, FlockOperation::Unlock);
+        WRITING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
     }
 }

@@ -106,8 +106,8 @@ pub fn remove_contents(target: &Path) -> Result<(), VolumeError> {
             fs_magic: magic,
         });
     }
-    let _lock =
-        fsops::DirLock::exclusive(dir.as_fd()).map_err(|e| VolumeError::io("flock", target, e))?;
+    let _claim = fsops::WriteClaim::take(dir.as_fd())
+        .map_err(|e| VolumeError::io("claim for writing", target, e))?;
     let mount = fsops::fs_id(dir.as_fd()).map_err(|e| VolumeError::io("fstat", target, e))?;
     fsops::clear_dir(dir.as_fd(), mount).map_err(|e| match e {
         Errno::XDEV => VolumeError::CrossesMount {

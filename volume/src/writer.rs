@@ -31,7 +31,7 @@ use rustix::io::Errno;
 use zeroize::Zeroizing;
 
 use crate::error::VolumeError;
-use crate::fsops::{self, DirLock};
+use crate::fsops::{self, WriteClaim};
 use crate::path::validate_relative_path;
 use crate::{FsKind, fs_kind_from_magic};
 
@@ -102,8 +102,8 @@ pub struct WriteOutcome {
 /// Writes file sets into one memory-backed target directory, atomically.
 ///
 /// The writer holds an `O_DIRECTORY | O_NOFOLLOW` fd of the target, which keeps the filesystem
-/// busy: drop the writer before unmounting. Concurrent writes to the same target (from this or
-/// other writers) are serialised with an exclusive `flock` on the target directory.
+/// busy: drop the writer before unmounting. A second write to the same target while one runs
+/// in this process is refused (`EAGAIN`); no lock is taken on anything a pod can reach.
 #[derive(Debug)]
 pub struct AtomicWriter {
     dir: OwnedFd,
@@ -302,8 +302,8 @@ impl AtomicWriter {
         owner: &Ownership,
     ) -> Result<WriteOutcome, VolumeError> {
         let plan = Plan::new(files)?;
-        let _lock = DirLock::exclusive(self.dir.as_fd())
-            .map_err(|e| VolumeError::io("flock", &self.target, e))?;
+        let _claim = WriteClaim::take(self.dir.as_fd())
+            .map_err(|e| VolumeError::io("claim for writing", &self.target, e))?;
         self.check_visible_names(&plan)?;
         let mount = fsops::fs_id(self.dir.as_fd())
             .map_err(|e| VolumeError::io("fstat", &self.target, e))?;
