@@ -575,9 +575,10 @@ impl NodeCache {
                 let (key, slot) = self.interned(ObjectKey::new(params, spec));
                 let mut value = slot.value.lock().await;
                 let fresh = value.as_ref().is_some_and(|c| {
-                    // The rotation loop keeps entries in use fresh; a publish reads again only
-                    // when that fell behind (a failing vault, a recovered entry).
-                    spec.version.is_some() || c.fetched_at.elapsed() < self.config.refresh_after * 2
+                    // The rotation loop keeps entries in use fresh (pinned versions too: they
+                    // can be revoked); a publish reads again only when that fell behind (a
+                    // failing vault, a recovered entry).
+                    c.fetched_at.elapsed() < self.config.refresh_after * 2
                 });
                 if fresh {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -734,7 +735,7 @@ impl NodeCache {
         let now = Instant::now();
         let due: Vec<(ObjectKey, Arc<Slot>)> = lock(&self.slots)
             .iter()
-            .filter(|(key, slot)| {
+            .filter(|(_, slot)| {
                 // A read in flight (a publish holds the value) is not doubled.
                 let Ok(value) = slot.value.try_lock() else {
                     return false;
@@ -746,10 +747,9 @@ impl NodeCache {
                     // Re-adopted after a restart: filled once the identity has a credential.
                     !users.volumes.is_empty()
                 } else {
-                    // Pinned versions never change.
-                    key.version.is_none()
-                        && (!users.volumes.is_empty()
-                            || users.last_used.elapsed() < self.config.idle_ttl)
+                    // Pinned versions too: their value never changes, but a version can be
+                    // disabled, expire or be deleted, and access can be taken away.
+                    !users.volumes.is_empty() || users.last_used.elapsed() < self.config.idle_ttl
                 };
                 wanted && users.next_check <= now
             })
@@ -802,13 +802,29 @@ impl NodeCache {
         let spec = key
             .spec()
             .ok_or_else(|| format!("unknown object type {}", key.object_type))?;
-        let fetched = fetch_object(&client, &spec, &[]).await.map_err(|e| {
-            if e.kind == kvmount_vault::ErrorKind::Unauthenticated {
-                format!("{e} (the service-account token may have expired; kubelet's next republish brings a new one)")
-            } else {
-                e.to_string()
+        let fetched = match fetch_object(&client, &spec, &[]).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                if matches!(
+                    e.kind,
+                    kvmount_vault::ErrorKind::PermissionDenied | kvmount_vault::ErrorKind::NotFound
+                ) && slot.value.lock().await.take().is_some()
+                {
+                    // Revoked (disabled, expired, deleted, or no longer readable by this
+                    // identity): the value is erased, so no new mount is served from it (each
+                    // reads Key Vault and is refused); published volumes keep their last
+                    // content and report the error, as for any failed refresh.
+                    tracing::warn!(object = %key.id(), vault = %key.vault, error = %e, "revoked in Key Vault: erased from the cache");
+                }
+                return Err(if e.kind == kvmount_vault::ErrorKind::Unauthenticated {
+                    format!(
+                        "{e} (the service-account token may have expired; kubelet's next republish brings a new one)"
+                    )
+                } else {
+                    e.to_string()
+                });
             }
-        })?;
+        };
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let mut value = slot.value.lock().await;
         let changed = value

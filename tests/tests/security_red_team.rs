@@ -594,3 +594,151 @@ async fn a_pod_holding_locks_on_its_volume_blocks_nothing() {
     assert!(!target.exists());
     record_summary("red_team_3", &[("closed", 1)]);
 }
+
+/// Medium 6: after a pinned version was disabled in Key Vault, mounts kept getting it for as
+/// long as the run lasted: pinned entries never refreshed. Rotation now re-reads pinned
+/// versions too; a version that is disabled (or an object the identity may no longer read) is
+/// erased from the cache, new mounts are refused, and published volumes keep their last
+/// content and report the error.
+#[tokio::test]
+async fn a_revoked_pinned_version_stops_being_served() {
+    use azure_security_keyvault_secrets::models::{
+        SecretAttributes, UpdateSecretPropertiesParameters,
+    };
+    use kvmount_mock_vault::FaultRule;
+    use kvmount_proto::csi::node_client::NodeClient;
+    let vault = Vault::start(None).await;
+    let mut flags = vault.provider_flags();
+    flags.extend(["--rotation-interval".into(), "1s".into()]);
+    let daemon = NodeDaemon::start(&flags);
+    let mut client = provider_client(&daemon).await;
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let unpinned = objects(&[object("db-password", "")]);
+    let learned = client
+        .mount(
+            DriverRequest::new("demo", vault.mock.tenant_id(), &unpinned, "team-a", "learn")
+                .service_principal(APP_A, APP_A_SECRET)
+                .build(),
+        )
+        .await
+        .expect("mount")
+        .into_inner();
+    let version = learned.object_version[0].version.clone();
+    let pinned = objects(&[
+        object("db-password", &format!("objectVersion: {version}\n")),
+        object("api-key", ""),
+    ]);
+    let publish = |pod: &str| {
+        let mut context =
+            DriverRequest::new("demo", vault.mock.tenant_id(), &pinned, "team-a", pod).attributes;
+        context.remove("secretProviderClass");
+        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
+        publish.secrets = HashMap::from([
+            ("clientid".into(), APP_A.into()),
+            ("clientsecret".into(), APP_A_SECRET.into()),
+        ]);
+        publish
+    };
+    node.node_publish_volume(publish("pinned"))
+        .await
+        .expect("publish pinned");
+
+    // The version is disabled in Key Vault, through the official SDK.
+    let connector = vault.connector();
+    let credential = connector
+        .credential(
+            vault.mock.tenant_id(),
+            &kvmount_vault::Auth::ServicePrincipal {
+                client_id: APP_A.into(),
+                client_secret: kvmount_vault::SecretString::new(APP_A_SECRET.into()),
+            },
+        )
+        .expect("credential");
+    let sdk = connector.secret_client("demo", credential).expect("client");
+    let disable: azure_core::http::RequestContent<UpdateSecretPropertiesParameters> =
+        UpdateSecretPropertiesParameters {
+            secret_attributes: Some(SecretAttributes {
+                enabled: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .try_into()
+        .expect("body");
+    sdk.update_secret_properties(
+        "db-password",
+        disable,
+        Some(
+            azure_security_keyvault_secrets::models::SecretClientUpdateSecretPropertiesOptions {
+                secret_version: Some(version.clone()),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("disable the version");
+
+    // Within a few intervals a new pod of the same class is refused.
+    let refused = async {
+        for attempt in 0.. {
+            match node
+                .node_publish_volume(publish(&format!("late-{attempt}")))
+                .await
+            {
+                Err(status) => return status,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        unreachable!()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(15), refused)
+        .await
+        .expect("the disabled version is refused within 15 s");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    // The published volume keeps its last content.
+    assert_eq!(
+        std::fs::read_to_string(daemon.target("pinned").join("db-password")).expect("file"),
+        "current-value"
+    );
+
+    // Access taken away (Key Vault answers 403 for the other object): the same.
+    vault
+        .mock
+        .set_faults(vec![FaultRule {
+            object: Some("secret/api-key".into()),
+            status: Some(403),
+            ..Default::default()
+        }])
+        .expect("fault");
+    let only_key = objects(&[object("api-key", "")]);
+    let refused = async {
+        loop {
+            let mount =
+                DriverRequest::new("demo", vault.mock.tenant_id(), &only_key, "team-a", "after")
+                    .service_principal(APP_A, APP_A_SECRET);
+            match client.mount(mount.build()).await {
+                Err(status) => return status,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    };
+    let status = tokio::time::timeout(Duration::from_secs(15), refused)
+        .await
+        .expect("a removed role assignment is refused within 15 s");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        std::fs::read_to_string(daemon.target("pinned").join("api-key")).expect("file"),
+        "demo-api-key-0001"
+    );
+    record_summary("red_team_6", &[("closed", 1)]);
+}
