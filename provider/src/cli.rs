@@ -148,6 +148,12 @@ pub struct ServeArgs {
     /// Size limit of each volume's tmpfs, bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub tmpfs_bytes: u64,
+    /// Most memory all published volumes' files may take together: the kernel charges tmpfs
+    /// pages to the daemon's memory cgroup. `auto`: the cgroup's memory limit less 48 MiB for
+    /// the daemon itself (no budget without a limit); `none`; or a number of bytes. A publish
+    /// over it is RESOURCE_EXHAUSTED.
+    #[arg(long, default_value = "auto", value_parser = parse_budget)]
+    pub tmpfs_budget: Budget,
     /// Deadline for fetching all objects of one Mount, in seconds.
     #[arg(long, default_value_t = 60)]
     pub mount_timeout_seconds: u64,
@@ -157,6 +163,44 @@ pub struct ServeArgs {
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// `--tmpfs-budget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// From the daemon's memory cgroup.
+    Auto,
+    /// No budget.
+    None,
+    /// This many bytes.
+    Bytes(u64),
+}
+
+/// The part of the daemon's memory limit `--tmpfs-budget auto` leaves to the daemon itself.
+const DAEMON_HEADROOM: u64 = 48 << 20;
+
+impl Budget {
+    /// The budget in bytes, reading the daemon's cgroup for `auto`.
+    pub fn resolve(self) -> Option<u64> {
+        match self {
+            Self::Auto => {
+                crate::hardening::memory_limit().map(|l| l.saturating_sub(DAEMON_HEADROOM))
+            }
+            Self::None => None,
+            Self::Bytes(n) => Some(n),
+        }
+    }
+}
+
+fn parse_budget(text: &str) -> Result<Budget, String> {
+    match text.trim() {
+        "auto" => Ok(Budget::Auto),
+        "none" => Ok(Budget::None),
+        n => n
+            .parse()
+            .map(Budget::Bytes)
+            .map_err(|_| format!("{n:?}: accepted: auto, none, or a number of bytes")),
+    }
 }
 
 /// Parses `90s`, `2m`, `1h`, `500ms` or a number of seconds.

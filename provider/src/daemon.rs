@@ -106,9 +106,17 @@ pub async fn run_until(
             VolumeConfig {
                 tmpfs_bytes: args.tmpfs_bytes,
                 cloud_env_dir: args.cloud_env_dir.clone(),
+                tmpfs_budget: args.tmpfs_budget.resolve(),
             },
         ));
         handle.volumes = Some(Arc::clone(&volumes));
+        match args.tmpfs_budget.resolve() {
+            Some(budget) => tracing::info!(
+                budget,
+                "volumes' files may take this many bytes of memory (--tmpfs-budget)"
+            ),
+            None => tracing::info!("no --tmpfs-budget: no memory limit found for the daemon"),
+        }
         let (adopted, cleaned) = volumes.recover()?;
         tracing::info!(
             adopted,

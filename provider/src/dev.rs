@@ -186,6 +186,7 @@ async fn play(root: &Path) -> anyhow::Result<()> {
         vault_burst: 40,
         metrics_addr: None,
         tmpfs_bytes: 1 << 20,
+        tmpfs_budget: crate::cli::Budget::Auto,
         mount_timeout_seconds: 30,
         vault: VaultArgs {
             keyvault_dns_suffix: mock.dns_suffix().to_owned(),

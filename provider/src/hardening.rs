@@ -47,3 +47,66 @@ pub fn lock_memory() -> Result<(), String> {
 /// The stack scrub the daemon runs after each publish, unpublish and rotation (shared with
 /// the agent).
 pub use kvmount_alloc::scrub_stack;
+
+/// The memory limit of the daemon's own cgroup (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), if it has one.
+pub fn memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (file, path) = memory_cgroup(&cgroups)?;
+    let text = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/{file}")).ok()?;
+    parse_limit(&text)
+}
+
+/// Which file holds the limit and under which path, from `/proc/self/cgroup`: the v1 memory
+/// controller's line when there is one, else the v2 line.
+fn memory_cgroup(cgroups: &str) -> Option<(&'static str, String)> {
+    let mut v2 = None;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some((
+                "memory.limit_in_bytes",
+                format!("/memory{}", path.trim_end_matches('/')),
+            ));
+        }
+        if controllers.is_empty() {
+            v2 = Some(("memory.max", path.trim_end_matches('/').to_owned()));
+        }
+    }
+    v2
+}
+
+/// A limit file's value: `max` and v1's "unlimited" (a page-rounded 2^63) are no limit.
+fn parse_limit(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text == "max" {
+        return None;
+    }
+    text.parse::<u64>().ok().filter(|&n| n < 1 << 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_is_found_in_v1_and_v2() {
+        let v1 = "12:memory:/kubepods/pod1/abc\n11:cpu,cpuacct:/kubepods/pod1/abc\n0::/\n";
+        assert_eq!(
+            memory_cgroup(v1),
+            Some((
+                "memory.limit_in_bytes",
+                "/memory/kubepods/pod1/abc".to_owned()
+            ))
+        );
+        assert_eq!(
+            memory_cgroup("0::/kubepods.slice/x\n"),
+            Some(("memory.max", "/kubepods.slice/x".to_owned()))
+        );
+        assert_eq!(memory_cgroup("0::/\n"), Some(("memory.max", String::new())));
+        assert_eq!(parse_limit("134217728\n"), Some(128 << 20));
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("9223372036854771712\n"), None);
+    }
+}

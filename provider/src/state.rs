@@ -47,6 +47,10 @@ pub struct VolumeRecord {
     /// The last refresh failure, cleared by the next success.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Memory the volume's files take on its tmpfs (each file rounded up to whole pages): the
+    /// kernel charges it to the daemon's memory cgroup, which wrote them.
+    #[serde(default)]
+    pub tmpfs_bytes: u64,
 }
 
 impl VolumeRecord {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvmount_vault::params::{POD_NAME, POD_NAMESPACE, POD_UID, TOKENS_ATTRIBUTE};
-use kvmount_vault::{ObjectError, ParamError};
+use kvmount_vault::{ObjectError, ParamError, RenderedObject};
 use kvmount_volume::{AtomicWriter, FileSpec, Ownership, PinnedTarget, TmpfsOptions};
 use zeroize::Zeroize;
 
@@ -102,6 +102,9 @@ pub enum VolumeError {
     /// The state file could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The node's volumes would take more memory than the daemon's tmpfs budget.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 /// Tuning of published volumes.
@@ -111,6 +114,27 @@ pub struct VolumeConfig {
     pub tmpfs_bytes: u64,
     /// The directory whose files classes may name as `cloudEnvFileName`.
     pub cloud_env_dir: Option<std::path::PathBuf>,
+    /// Most memory all published volumes' files may take together (`--tmpfs-budget`): the
+    /// kernel charges tmpfs pages to the daemon's memory cgroup, which writes them, so past
+    /// its limit the daemon itself would be killed. `None`: no budget.
+    pub tmpfs_budget: Option<u64>,
+}
+
+/// Page size the tmpfs charges in.
+const PAGE: u64 = 4096;
+
+/// Memory a file of `len` bytes takes on a tmpfs: whole pages.
+fn pages(len: usize) -> u64 {
+    (len as u64).div_ceil(PAGE).max(1) * PAGE
+}
+
+/// Memory `objects`' files take on a tmpfs.
+fn tmpfs_charge(objects: &[RenderedObject]) -> u64 {
+    objects
+        .iter()
+        .flat_map(|o| o.files.iter())
+        .map(|f| pages(f.contents.expose().len()))
+        .sum()
 }
 
 /// The published volumes of this node.
@@ -319,6 +343,8 @@ impl Volumes {
         )
         .await?;
         let (objects, keys) = self.cache.fetch(&params).await?;
+        let charge = tmpfs_charge(&objects);
+        self.check_budget(&request.target_path, charge)?;
 
         // From here on the target is reached through its parent, held open: a symlink swapped
         // in at the parent (or refused there) cannot send the mkdir, the mount, the files or a
@@ -413,6 +439,7 @@ impl Volumes {
             files,
             refreshed_at: now_secs(),
             last_error: None,
+            tmpfs_bytes: charge,
         };
         tracing::info!(
             target = %request.target_path,
@@ -511,6 +538,26 @@ impl Volumes {
         Ok(())
     }
 
+    /// Refuses a volume whose files (`charge` bytes of tmpfs) would take the node's volumes
+    /// past the daemon's budget; a republish counts its new size instead of its old one.
+    fn check_budget(&self, target_path: &str, charge: u64) -> Result<(), VolumeError> {
+        let Some(budget) = self.config.tmpfs_budget else {
+            return Ok(());
+        };
+        let others: u64 = self
+            .records()
+            .values()
+            .filter(|r| r.target_path != target_path)
+            .map(|r| r.tmpfs_bytes)
+            .sum();
+        if others.saturating_add(charge) > budget {
+            return Err(VolumeError::ResourceExhausted(format!(
+                "the volume's files take {charge} bytes of memory and the node's published volumes {others}; together over the daemon's --tmpfs-budget of {budget} bytes (tmpfs pages count against the daemon's memory limit)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The published volumes.
     pub fn list(&self) -> Vec<VolumeRecord> {
         self.records().values().cloned().collect()
@@ -547,10 +594,11 @@ impl Volumes {
                 continue;
             };
             match self.rewrite(&record).await {
-                Ok(versions) => {
+                Ok((versions, charge)) => {
                     rewritten += 1;
                     tracing::info!(target = %record.target_path, pod = %record.pod_name, namespace = %record.pod_namespace, "rotated volume rewritten");
                     self.update_record(&record.target_path, |r| {
+                        r.tmpfs_bytes = charge;
                         r.versions = versions.clone();
                         r.refreshed_at = now_secs();
                         r.last_error = error.clone();
@@ -584,7 +632,7 @@ impl Volumes {
     async fn rewrite(
         &self,
         record: &VolumeRecord,
-    ) -> Result<BTreeMap<String, String>, VolumeError> {
+    ) -> Result<(BTreeMap<String, String>, u64), VolumeError> {
         let mut values = Vec::with_capacity(record.files.len());
         let mut versions = BTreeMap::new();
         for file in &record.files {
@@ -597,6 +645,12 @@ impl Volumes {
             versions.insert(file.id.clone(), value.version.clone());
             values.push(value);
         }
+        // A rotated value can be larger: the budget holds for rewrites too.
+        let charge: u64 = values
+            .iter()
+            .map(|v| pages(v.contents.expose().len()))
+            .sum();
+        self.check_budget(&record.target_path, charge)?;
         let no_longer =
             || VolumeError::InvalidArgument(format!("{}: no longer mounted", record.target_path));
         let Some(pinned) = PinnedTarget::open(Path::new(&record.target_path))? else {
@@ -626,7 +680,7 @@ impl Volumes {
                 },
             )
             .map_err(explain)?;
-        Ok(versions)
+        Ok((versions, charge))
     }
 }
 

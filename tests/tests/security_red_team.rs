@@ -742,3 +742,130 @@ async fn a_revoked_pinned_version_stops_being_served() {
     );
     record_summary("red_team_6", &[("closed", 1)]);
 }
+
+/// Medium 7: pages the daemon writes into pods' tmpfs are charged to the daemon's own memory
+/// cgroup (128 MiB limit in the chart, 8 MiB of tmpfs per volume): about 16 full volumes reach
+/// it and the daemon is killed. Measured here by putting the daemon in a memory cgroup of its
+/// own; the fix is a budget for all volumes' files together (`--tmpfs-budget`, by default the
+/// cgroup's limit less 48 MiB): a publish or rotation past it is RESOURCE_EXHAUSTED, naming
+/// the flag, and the daemon stays within its limit.
+#[tokio::test]
+async fn volumes_stay_within_the_daemons_memory_budget() {
+    use kvmount_proto::csi::NodeUnpublishVolumeRequest;
+    use kvmount_proto::csi::node_client::NodeClient;
+    // Ten secrets of 24 KB (Key Vault holds up to 25 KB): 6 pages each, 240 KiB a volume.
+    let mut seed = String::from(
+        "tenantId: 00000000-0000-0000-0000-000000000001\nidentities:\n  - name: app-a\n    clientId: 00000000-0000-0000-0000-00000000000a\n    clientSecret: app-a-password\nvaults:\n  - name: demo\n    access:\n      - { identity: app-a, objects: [\"secret/*\"], permissions: [get, list] }\n    secrets:\n",
+    );
+    for i in 0..10 {
+        seed.push_str(&format!(
+            "      - {{ name: big-{i}, versions: [\"{}\"] }}\n",
+            "b".repeat(24_000)
+        ));
+    }
+    let vault = Vault::start(Some(Seed::from_yaml(&seed).expect("seed"))).await;
+    let per_volume: u64 = 10 * 6 * 4096;
+    let mut flags = vault.provider_flags();
+    flags.extend(["--tmpfs-budget".into(), (3 * per_volume).to_string()]);
+    let daemon = NodeDaemon::start(&flags);
+    // The daemon in a memory cgroup of its own, to see what its volumes cost it.
+    let guard = MemoryCgroup::holding(daemon.pid());
+    let cgroup = guard.0.clone();
+    let usage = || -> u64 {
+        std::fs::read_to_string(cgroup.join("memory.usage_in_bytes"))
+            .expect("usage")
+            .trim()
+            .parse()
+            .expect("number")
+    };
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let class = objects(
+        &(0..10)
+            .map(|i| object(&format!("big-{i}"), ""))
+            .collect::<Vec<_>>(),
+    );
+    let publish = |pod: &str| {
+        let mut context =
+            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod).attributes;
+        context.remove("secretProviderClass");
+        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
+        publish.secrets = HashMap::from([
+            ("clientid".into(), APP_A.into()),
+            ("clientsecret".into(), APP_A_SECRET.into()),
+        ]);
+        publish
+    };
+    node.node_publish_volume(publish("v0"))
+        .await
+        .expect("publish");
+    let before = usage();
+    for pod in ["v1", "v2"] {
+        node.node_publish_volume(publish(pod))
+            .await
+            .expect("publish");
+    }
+    let charged = usage().saturating_sub(before) / 2;
+    println!(
+        "each volume of 240 KiB of files cost the daemon's cgroup {} KiB",
+        charged / 1024
+    );
+    assert!(
+        charged >= per_volume,
+        "the tmpfs pages are charged to the daemon: {charged} bytes a volume"
+    );
+    let refused = node
+        .node_publish_volume(publish("v3"))
+        .await
+        .expect_err("over the budget");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--tmpfs-budget"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        !daemon.target("v3").exists()
+            || std::fs::read_dir(daemon.target("v3"))
+                .expect("dir")
+                .next()
+                .is_none()
+    );
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "v0".into(),
+        target_path: daemon.target("v0").display().to_string(),
+    })
+    .await
+    .expect("unpublish");
+    node.node_publish_volume(publish("v3"))
+        .await
+        .expect("room again after an unpublish");
+    drop(guard);
+    record_summary(
+        "red_team_7",
+        &[("closed", 1), ("charged_kib_per_volume", charged / 1024)],
+    );
+}
+
+/// A cgroup v1 memory cgroup holding one process; on drop (also when a test fails) the process
+/// goes back to the root cgroup and the cgroup is removed (its charges move to the parent).
+struct MemoryCgroup(PathBuf, u32);
+
+impl MemoryCgroup {
+    fn holding(pid: u32) -> Self {
+        let path = PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/kvmount-red-team-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("memory cgroup (cgroup v1)");
+        let cgroup = Self(path, pid);
+        std::fs::write(cgroup.0.join("cgroup.procs"), pid.to_string()).expect("move the daemon");
+        cgroup
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/fs/cgroup/memory/cgroup.procs", self.1.to_string());
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

@@ -51,6 +51,7 @@ impl From<VolumeError> for Status {
             VolumeError::Fetch(object) => code(object.kind()),
             VolumeError::Volume(volume) => volume_code(volume.kind()),
             VolumeError::State(_) => Code::Internal,
+            VolumeError::ResourceExhausted(_) => Code::ResourceExhausted,
         };
         Status::new(code, err.to_string())
     }
