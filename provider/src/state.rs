@@ -278,6 +278,7 @@ mod tests {
             versions: BTreeMap::from([("secret/a".to_owned(), "v1".to_owned())]),
             refreshed_at: 1,
             last_error: None,
+            tmpfs_bytes: 4096,
         }
     }
 
