@@ -663,17 +663,30 @@ impl NodeCache {
         erased
     }
 
-    /// Closes the connections of vaults no entry refers to any more, and forgets the clients
-    /// and credentials of identities without entries.
+    /// After entries of `candidates` were erased: closes the connections of every such vault
+    /// and forgets the clients and credentials of identities without entries. A vault still in
+    /// use by other entries gets new connections for its identities (the old ones close once
+    /// their last request is done): the erased values may still sit in an open connection's TLS
+    /// and HTTP/2 buffers, and only closing it frees them.
     fn forget_unused_vaults(&self, candidates: HashSet<String>) {
         let slots = lock(&self.slots);
+        let mut identities = lock(&self.identities);
+        identities.retain(|identity, _| slots.keys().any(|k| IdentityKey::of(k) == *identity));
         for vault in candidates {
-            if !slots.keys().any(|k| k.vault == vault) {
-                self.connector.forget_vault(&vault);
+            self.connector.forget_vault(&vault);
+            for (identity, entry) in identities.iter_mut().filter(|(i, _)| i.vault == vault) {
+                let credential = Arc::clone(&entry.credential) as Arc<dyn TokenCredential>;
+                match self
+                    .connector
+                    .vault_client_in(entry.cloud.as_ref(), &identity.vault, credential)
+                {
+                    Ok(client) => entry.client = Arc::new(client),
+                    Err(error) => {
+                        tracing::warn!(vault = %vault, error = %error, "cannot reconnect a vault after an erase; its connection stays open")
+                    }
+                }
             }
         }
-        lock(&self.identities)
-            .retain(|identity, _| slots.keys().any(|k| IdentityKey::of(k) == *identity));
     }
 
     /// Erases entries that no volume uses and that were idle longer than the idle TTL, and

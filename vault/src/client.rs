@@ -551,7 +551,8 @@ impl Connector {
         self.vault_client_in(None, vault, credential)
     }
 
-    fn vault_client_in(
+    /// The clients of `vault` in `cloud` (`None`: the daemon's own), reading with `credential`.
+    pub fn vault_client_in(
         &self,
         cloud: Option<&Cloud>,
         vault: &str,
