@@ -676,10 +676,11 @@ impl NodeCache {
             self.connector.forget_vault(&vault);
             for (identity, entry) in identities.iter_mut().filter(|(i, _)| i.vault == vault) {
                 let credential = Arc::clone(&entry.credential) as Arc<dyn TokenCredential>;
-                match self
-                    .connector
-                    .vault_client_in(entry.cloud.as_ref(), &identity.vault, credential)
-                {
+                match self.connector.vault_client_in(
+                    entry.cloud.as_ref(),
+                    &identity.vault,
+                    credential,
+                ) {
                     Ok(client) => entry.client = Arc::new(client),
                     Err(error) => {
                         tracing::warn!(vault = %vault, error = %error, "cannot reconnect a vault after an erase; its connection stays open")
