@@ -389,3 +389,152 @@ fn a_bad_configuration_names_the_field() {
     assert!(!agent.wait(Duration::from_secs(10)).success());
     assert!(agent.output().contains("env.9X"), "{}", agent.output());
 }
+
+/// A seed whose objects each fail in its own way.
+const FAILING_SEED: &str = r#"
+tenantId: 00000000-0000-0000-0000-000000000001
+identities:
+  - name: app-a
+    clientId: 00000000-0000-0000-0000-00000000000a
+    clientSecret: app-a-password
+    federated:
+      - { issuer: https://oidc.kvmount.local, subject: "system:serviceaccount:team-a:app" }
+vaults:
+  - name: demo
+    access:
+      - { identity: app-a, objects: ["secret/*", "key/*", "certificate/*"] }
+    secrets:
+      - { name: notbase64, versions: ["not base64 !!"] }
+      - { name: nothex, versions: ["zz"] }
+      - { name: plain, versions: ["p"] }
+      - { name: expired, versions: ["gone"], exp: 1000000000 }
+      - { name: notyet, versions: ["later"], nbf: 4000000000 }
+      - { name: disabled, versions: ["off"], enabled: false }
+    keys:
+      - { name: signing, versions: [{ kty: EC, curve: P-256 }] }
+    certificates:
+      - { name: web-pem, dnsNames: [pem.example], contentType: application/x-pem-file }
+"#;
+
+/// Each failing object's message names it once: `secret/x: <what>`, never
+/// `secret/x: secret/x: ...`, and no field twice.
+fn assert_names_once(message: &str, id: &str) {
+    println!("{id}: {message}");
+    assert_eq!(
+        message.matches(id).count(),
+        1,
+        "{id} not named exactly once: {message}"
+    );
+    for field in [
+        "objectVersion",
+        "objectEncoding",
+        "objectFormat",
+        "certKeyFiles",
+    ] {
+        assert!(
+            message.matches(field).count() <= 1,
+            "{field} twice: {message}"
+        );
+    }
+    let parts: Vec<&str> = message.split(": ").collect();
+    assert!(
+        parts.windows(2).all(|w| w[0] != w[1]),
+        "a repeated prefix: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_names_its_object_once() {
+    let seed = kvmount_mock_vault::Seed::from_yaml(FAILING_SEED).unwrap();
+    let vault = Vault::start(Some(seed)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(&vault, dir.path());
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    let missing_version = "0123456789abcdef0123456789abcdef";
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "secret/notbase64",
+            "objectName: notbase64\nobjectType: secret\nobjectEncoding: base64\n".into(),
+        ),
+        (
+            "secret/nothex",
+            "objectName: nothex\nobjectType: secret\nobjectEncoding: hex\n".into(),
+        ),
+        (
+            "secret/plain",
+            "objectName: plain\nobjectType: secret\ncertKeyFiles: \"true\"\n".into(),
+        ),
+        (
+            "secret/web-pem",
+            "objectName: web-pem\nobjectType: secret\nobjectFormat: pfx\n".into(),
+        ),
+        (
+            "secret/expired",
+            "objectName: expired\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/notyet",
+            "objectName: notyet\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/disabled",
+            "objectName: disabled\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/absent",
+            "objectName: absent\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/plain/",
+            format!(
+                "objectName: plain\nobjectType: secret\nobjectVersion: {missing_version}\nobjectVersionHistory: 2\n"
+            ),
+        ),
+        (
+            "key/signing",
+            format!("objectName: signing\nobjectType: key\nobjectVersion: {missing_version}\n"),
+        ),
+    ];
+    let provider = kvmount_tests::Provider::start(&vault.provider_flags());
+    let mut client = provider.client().await;
+    for (id, object) in &cases {
+        let objects = kvmount_tests::objects(std::slice::from_ref(object));
+        // The provider API (the node plugin's code path).
+        let request = kvmount_tests::DriverRequest::new(
+            "demo",
+            vault.mock.tenant_id(),
+            &objects,
+            "team-a",
+            "pod",
+        )
+        .workload_identity(APP_A, &token_text)
+        .build();
+        let status = client.mount(request).await.expect_err(id);
+        assert_names_once(status.message(), id);
+        // The agent: its last error when it gives up.
+        let tmpfs = Tmpfs::new();
+        let env = AgentConfig {
+            keyvault_name: "demo".into(),
+            tenant_id: Some(vault.mock.tenant_id().into()),
+            client_id: Some(APP_A.into()),
+            token_file: Some(token.display().to_string()),
+            mount_path: Some(tmpfs.path.display().to_string()),
+            objects: Some(objects),
+            ..Default::default()
+        }
+        .to_json();
+        let mut agent = Sidecar::spawn_bin(
+            &kvmount_tests::workspace_bin("kvmount-agent"),
+            &agent_args(&vault, &["--init-only", "--init-timeout-seconds", "0"]),
+            &[(AGENT_CONFIG_ENV, env)],
+            None,
+        );
+        assert!(!agent.wait(Duration::from_secs(20)).success());
+        let output = agent.output();
+        let last = output
+            .lines()
+            .find_map(|l| l.split_once("last error: ").map(|(_, e)| e.to_owned()))
+            .unwrap_or_else(|| panic!("{id}: no last error:\n{output}"));
+        assert_names_once(&last, id);
+    }
+}

@@ -112,9 +112,10 @@ async fn failures_are_clear_and_start_nothing() {
     )];
     let mut child = Sidecar::spawn(&exec_args(&vault, &["/bin/sh", "-c", &touch]), &env, None);
     assert!(!child.wait(Duration::from_secs(20)).success());
-    assert!(
-        child.output().contains("disabled-secret"),
-        "{}",
+    assert_eq!(
+        child.output().matches("secret/disabled-secret").count(),
+        1,
+        "named once: {}",
         child.output()
     );
     assert!(!child.output().contains("you-cannot-read-me"));
