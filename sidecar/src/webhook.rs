@@ -654,11 +654,10 @@ fn build_patch(
                 container.env.is_some(),
                 vec![json!({ "name": EXEC_CONFIG_ENV, "value": exec.to_json() })],
             );
-            let mut command = vec![
-                format!("{BIN_DIR}/kvmount-agent"),
-                "exec".to_owned(),
-                "--".to_owned(),
-            ];
+            // The webhook's --agent-arg flags that exec takes (cloud, --resolve, --ca-file, ...).
+            let mut command = vec![format!("{BIN_DIR}/kvmount-agent"), "exec".to_owned()];
+            command.extend(crate::agent_cli::exec_flags(&config.agent_args));
+            command.push("--".to_owned());
             command.extend(container.command.clone().unwrap_or_default());
             patch.replace(&[base[0], base[1], base[2], "command"], json!(command));
         }
