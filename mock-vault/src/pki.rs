@@ -292,14 +292,28 @@ pub(crate) fn backing_secret(
         Storage::Pkcs12 => {
             use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
             let key = PrivateKey::from_der(&cert.key.pkcs8).map_err(|e| e.to_string())?;
-            let chain = certs
-                .iter()
-                .map(|d| Certificate::from_der(d).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
+            let x509 = |d: &[u8]| Certificate::from_der(d).map_err(|e| e.to_string());
             let local_key_id = ring::digest::digest(&ring::digest::SHA256, &cert.der)
                 .as_ref()
                 .to_vec();
             let mut store = KeyStore::new();
+            // The key and the leaf carry the localKeyID, as in Key Vault's files. p12-keystore
+            // gives it to the first certificate of a chain, and writes lone certificates
+            // (sorted by name) ahead of the chains: a root-first file is the issuers as lone
+            // certificates, root first, then a chain of the leaf alone. (p12-keystore marks
+            // lone certificates with Java's trusted-certificate attribute, which Key Vault's
+            // files do not have; readers that do not know it skip it.)
+            let chain = if root_first {
+                for (i, issuer) in certs[..certs.len() - 1].iter().enumerate() {
+                    store.add_entry(
+                        &format!("issuer-{i:02}"),
+                        KeyStoreEntry::Certificate(x509(issuer)?),
+                    );
+                }
+                vec![x509(&cert.der)?]
+            } else {
+                certs.iter().map(|d| x509(d)).collect::<Result<_, _>>()?
+            };
             store.add_entry(
                 "cert",
                 KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, chain)),
@@ -387,5 +401,45 @@ mod tests {
         let (_, chain) = store.private_key_chain().expect("chain");
         assert_eq!(chain.certs().len(), 3);
         assert_eq!(chain.key().as_der(), leaf.key.pkcs8.as_slice());
+    }
+
+    /// Key Vault's files pair the key with the leaf (the same `localKeyID` on both), whatever
+    /// the order of the certificate bags.
+    #[test]
+    fn pfx_pairs_the_key_with_the_leaf_in_either_order() {
+        let now = time::OffsetDateTime::now_utc();
+        let req = |subject, ca| CertRequest {
+            subject,
+            dns_names: &[],
+            ca,
+            key: KeySpec::Ec(Curve::P256),
+            not_before: now - time::Duration::days(1),
+            not_after: now + time::Duration::days(30),
+        };
+        let root = issue(&req("root", true), None).expect("root");
+        let inter = issue(&req("inter", true), Some(&root)).expect("inter");
+        let leaf = issue(&req("leaf", false), Some(&inter)).expect("leaf");
+        for (root_first, order) in [
+            (false, [&leaf.der, &inter.der, &root.der]),
+            (true, [&root.der, &inter.der, &leaf.der]),
+        ] {
+            let pfx = backing_secret(&leaf, Storage::Pkcs12, root_first).expect("pfx");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(pfx.as_bytes())
+                .expect("b64");
+            let archive = p12_keystore::Pkcs12Archive::from_pkcs12(&bytes, "").expect("parse");
+            let ders: Vec<&[u8]> = archive.certs.iter().map(|c| c.cert.as_der()).collect();
+            assert_eq!(ders, order.map(Vec::as_slice), "root_first {root_first}");
+            let key_id = archive.keys[0].local_key_id.clone().expect("key id");
+            for bag in &archive.certs {
+                let is_leaf = bag.cert.as_der() == leaf.der.as_slice();
+                assert_eq!(
+                    bag.local_key_id.as_deref() == Some(key_id.as_ref()),
+                    is_leaf,
+                    "root_first {root_first}: localKeyID on {}",
+                    bag.cert.subject()
+                );
+            }
+        }
     }
 }

@@ -205,15 +205,17 @@ fn read_token(path: &Path) -> Result<SecretString, VaultError> {
     Ok(SecretString::new(trimmed))
 }
 
-/// The key under which a spec's fetch is shared: everything that changes the bytes.
+/// The key under which a spec's fetch is shared: everything that changes the bytes, the
+/// history slot and `certKeyFiles` included (the node cache's key has the same parts).
 pub fn fetch_key(spec: &ObjectSpec) -> String {
     format!(
-        "{}/{}/{}/{:?}/{:?}",
+        "{}/{}/{}/{:?}/{:?}/{}",
         spec.object_type,
         spec.name,
         spec.version.as_deref().unwrap_or(""),
         spec.encoding,
-        spec.format
+        spec.format,
+        spec.cache_variant()
     )
 }
 

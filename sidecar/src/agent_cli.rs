@@ -118,6 +118,9 @@ pub struct ExecArgs {
     /// Log filter (exec logs only failures by default).
     #[arg(long, default_value = "warn", env = "KVMOUNT_LOG_LEVEL")]
     log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KVMOUNT_LOG_FORMAT")]
+    log_format: LogFormat,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
@@ -128,6 +131,63 @@ pub struct ProbeArgs {
     /// The secrets volume (default: mountPath of $KVMOUNT_AGENT_CONFIG).
     #[arg(long)]
     mount_path: Option<PathBuf>,
+}
+
+/// Checks the webhook's `--agent-arg` values: `agent` must take all of them, and `exec` the
+/// ones [`exec_flags`] passes on. The error names the value and what clap says of it.
+pub fn check_agent_args(agent_args: &[String]) -> Result<(), String> {
+    let parse = |command: clap::Command, args: &[String]| {
+        command
+            .no_binary_name(true)
+            .try_get_matches_from(args)
+            .map(drop)
+            .map_err(|e| {
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or_default().to_owned();
+                format!("--agent-arg {}: {first}", args.join(" "))
+            })
+    };
+    parse(
+        AgentArgs::augment_args(clap::Command::new("agent")),
+        agent_args,
+    )?;
+    let mut exec = exec_flags(agent_args);
+    exec.extend(["--".to_owned(), "true".to_owned()]);
+    parse(ExecArgs::augment_args(clap::Command::new("exec")), &exec)
+}
+
+/// The flags of `agent_args` (the webhook's `--agent-arg` values, for `agent`) that `exec`
+/// takes too, with their values: all but the agent-only ones (`--init-only`,
+/// `--init-timeout-seconds`, `--config-file`). Values given as the next word are kept with
+/// their flag.
+pub fn exec_flags(agent_args: &[String]) -> Vec<String> {
+    let agent = AgentArgs::augment_args(clap::Command::new("agent"));
+    let exec = ExecArgs::augment_args(clap::Command::new("exec"));
+    let mut out = Vec::new();
+    let mut words = agent_args.iter();
+    while let Some(word) = words.next() {
+        let Some(flag) = word.strip_prefix("--") else {
+            continue;
+        };
+        let (name, inline_value) = match flag.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (flag, false),
+        };
+        let takes_value = agent
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name))
+            .is_some_and(|a| a.get_action().takes_values());
+        let value = if takes_value && !inline_value {
+            words.next()
+        } else {
+            None
+        };
+        if exec.get_arguments().any(|a| a.get_long() == Some(name)) {
+            out.push(word.clone());
+            out.extend(value.cloned());
+        }
+    }
+    out
 }
 
 /// One thread: the agent does a few requests per interval.
@@ -168,7 +228,7 @@ fn run_agent(args: AgentArgs, started: Instant) -> Result<(), String> {
 }
 
 fn run_exec(args: ExecArgs) -> Result<(), String> {
-    logging::init(&args.log_level, LogFormat::Text);
+    logging::init(&args.log_level, args.log_format);
     let plan = load_plan(EXEC_CONFIG_ENV, None)?;
     let connector = args.vault.connector()?;
     let vars = current_thread()?
@@ -188,5 +248,45 @@ fn run_probe(args: ProbeArgs) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{}: no render yet", mount.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn exec_gets_the_vault_and_log_flags_with_their_values() {
+        let agent = words(&[
+            "--keyvault-dns-suffix=vault.azure.cn",
+            "--resolve",
+            "*.vault.azure.cn=10.0.0.4",
+            "--init-timeout-seconds",
+            "300",
+            "--ca-file=/etc/kvmount/ca.pem",
+            "--log-format=json",
+        ]);
+        assert!(check_agent_args(&agent).is_ok());
+        assert_eq!(
+            exec_flags(&agent),
+            words(&[
+                "--keyvault-dns-suffix=vault.azure.cn",
+                "--resolve",
+                "*.vault.azure.cn=10.0.0.4",
+                "--ca-file=/etc/kvmount/ca.pem",
+                "--log-format=json",
+            ])
+        );
+    }
+
+    #[test]
+    fn unknown_flags_stop_the_webhook() {
+        let err = check_agent_args(&words(&["--keyvault-suffix=x"])).expect_err("typo");
+        assert!(err.starts_with("--agent-arg --keyvault-suffix=x:"), "{err}");
+        assert!(check_agent_args(&words(&["--init-only", "stray"])).is_err());
     }
 }

@@ -11,6 +11,7 @@ use crate::config::{
     object_spec, object_yaml, objects_document, parse_duration,
 };
 use crate::template::Template;
+use kvmount_vault::params::shown;
 
 /// Prefix of every kvmount annotation.
 pub const PREFIX: &str = "kvmount.io/";
@@ -163,7 +164,10 @@ pub fn wants_injection(annotations: &BTreeMap<String, String>) -> Result<bool, A
         Some("true") => Ok(true),
         Some(other) => Err(AnnotationError::new(
             "inject",
-            format!("{other:?} is not accepted; accepted: \"true\" or \"false\""),
+            format!(
+                "{} is not accepted; accepted: \"true\" or \"false\"",
+                shown(other)
+            ),
         )),
     }
 }
@@ -175,19 +179,43 @@ pub fn already_injected(annotations: &BTreeMap<String, String>) -> bool {
 
 /// A Kubernetes quantity such as `5m`, `0.5`, `16Mi`, `1G`.
 pub fn is_quantity(text: &str) -> bool {
-    let suffixes = ["Ki", "Mi", "Gi", "Ti", "m", "k", "M", "G", "T", ""];
-    suffixes.iter().any(|s| {
-        text.strip_suffix(s).is_some_and(|number| {
-            let mut halves = number.splitn(2, '.');
-            let whole = halves.next().unwrap_or("");
-            let fraction = halves.next();
-            !whole.is_empty()
-                && whole.len() <= 12
-                && whole.bytes().all(|b| b.is_ascii_digit())
-                && fraction.is_none_or(|f| {
-                    !f.is_empty() && f.len() <= 6 && f.bytes().all(|b| b.is_ascii_digit())
-                })
-        })
+    quantity_value(text).is_some()
+}
+
+/// The exact value of a quantity in billionths (`1` is 1e9, `1m` is 1e6, `1Ki` is 1024e9),
+/// for comparing requests with limits; `None` when `text` is not a quantity this webhook
+/// accepts: digits (at most 12, then at most 6 after a `.`) and one of the suffixes `m`, `k`,
+/// `M`, `G`, `T`, `Ki`, `Mi`, `Gi`, `Ti`, or none.
+pub fn quantity_value(text: &str) -> Option<u128> {
+    // Each suffix as a multiple of a thousandth.
+    const SUFFIXES: [(&str, u128); 10] = [
+        ("Ki", 1024 * 1000),
+        ("Mi", (1 << 20) * 1000),
+        ("Gi", (1 << 30) * 1000),
+        ("Ti", (1 << 40) * 1000),
+        ("m", 1),
+        ("k", 1_000_000),
+        ("M", 1_000_000_000),
+        ("G", 1_000_000_000_000),
+        ("T", 1_000_000_000_000_000),
+        ("", 1000),
+    ];
+    SUFFIXES.iter().find_map(|(suffix, thousandths)| {
+        let number = text.strip_suffix(suffix)?;
+        let (whole, fraction) = match number.split_once('.') {
+            Some((w, f)) => (w, Some(f)),
+            None => (number, None),
+        };
+        let digits = |d: &str, max: usize| {
+            !d.is_empty() && d.len() <= max && d.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(whole, 12) || fraction.is_some_and(|f| !digits(f, 6)) {
+            return None;
+        }
+        // The number in millionths, then times the suffix in thousandths: billionths.
+        let fraction = format!("{:0<6}", fraction.unwrap_or(""));
+        let millionths = whole.parse::<u128>().ok()? * 1_000_000 + fraction.parse::<u128>().ok()?;
+        Some(millionths * thousandths)
     })
 }
 
@@ -292,7 +320,8 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
             return Err(AnnotationError::new(
                 key,
                 format!(
-                    "{v:?} is not accepted; accepted: a GUID{}",
+                    "{} is not accepted; accepted: a GUID{}",
+                    shown(&v),
                     if key == "tenant-id" {
                         " or a domain such as contoso.onmicrosoft.com"
                     } else {
@@ -309,7 +338,8 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
         return Err(AnnotationError::new(
             "secret-provider-class",
             format!(
-                "{c:?} is not a SecretProviderClass name; accepted: a DNS subdomain name (lowercase letters, digits, '-' and '.')"
+                "{} is not a SecretProviderClass name; accepted: a DNS subdomain name (lowercase letters, digits, '-' and '.')",
+                shown(c)
             ),
         ));
     }
@@ -435,31 +465,23 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
         return Err(AnnotationError::new(
             "mount-path",
             format!(
-                "{mount_path:?} is not accepted; accepted: an absolute path without '.', '..', ':' or a trailing '/', e.g. /mnt/secrets"
+                "{} is not accepted; accepted: an absolute path without '.', '..', ':' or a trailing '/', e.g. /mnt/secrets",
+                shown(&mount_path)
             ),
         ));
     }
-    let containers = match text("containers") {
-        None => None,
-        Some(list) => {
-            let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
-            if let Some(bad) = names.iter().find(|n| !is_dns_label(n)) {
-                return Err(AnnotationError::new(
-                    "containers",
-                    format!(
-                        "{bad:?} is not a container name; accepted: a comma-separated list of container names"
-                    ),
-                ));
-            }
-            Some(names)
-        }
-    };
+    let containers = text("containers")
+        .map(|list| parse_containers(&list))
+        .transpose()?;
     let mode = match text("mode") {
         None => None,
         Some(m) => Some(Mode::parse(&m).ok_or_else(|| {
             AnnotationError::new(
                 "mode",
-                format!("{m:?} is not a mode; accepted: native, sidecar, init-only"),
+                format!(
+                    "{} is not a mode; accepted: native, sidecar, init-only",
+                    shown(&m)
+                ),
             )
         })?),
     };
@@ -470,7 +492,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
             Some(d.ok_or_else(|| {
                 AnnotationError::new(
                     "refresh-interval",
-                    format!("{r:?} is not accepted; accepted: 1s to 24h, as seconds or with s, m or h, e.g. 30s, 5m"),
+                    format!("{} is not accepted; accepted: 1s to 24h, as seconds or with s, m or h, e.g. 30s, 5m", shown(&r)),
                 )
             })?)
         }
@@ -481,7 +503,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
             Some(q) if is_quantity(&q) => Ok(Some(q)),
             Some(q) => Err(AnnotationError::new(
                 key,
-                format!("{q:?} is not a Kubernetes quantity; accepted: e.g. 5m, 0.5, 16Mi, 1Gi"),
+                format!(
+                    "{} is not a Kubernetes quantity; accepted: e.g. 5m, 0.5, 16Mi, 1Gi",
+                    shown(&q)
+                ),
             )),
         }
     };
@@ -495,6 +520,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
         memory_limit: quantity("memory-limit", Some(&defaults.memory_limit))?
             .unwrap_or(defaults.memory_limit.clone()),
     };
+    check_requests_within_limits(&resources, |key| text(key).is_some())?;
     let size_limit = quantity("volume-size-limit", Some(DEFAULT_SIZE_LIMIT))?
         .unwrap_or_else(|| DEFAULT_SIZE_LIMIT.to_owned());
 
@@ -513,6 +539,78 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
         size_limit,
         resources,
     })
+}
+
+/// The `containers` list: container names, each once.
+fn parse_containers(list: &str) -> Result<Vec<String>, AnnotationError> {
+    let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+    if let Some(bad) = names.iter().find(|n| !is_dns_label(n)) {
+        return Err(AnnotationError::new(
+            "containers",
+            format!(
+                "{} is not a container name; accepted: a comma-separated list of container names",
+                shown(bad)
+            ),
+        ));
+    }
+    if let Some((_, twice)) = names
+        .iter()
+        .enumerate()
+        .find(|(i, n)| names[..*i].contains(n))
+    {
+        return Err(AnnotationError::new(
+            "containers",
+            format!(
+                "names {} twice (the secrets volume would be mounted twice in it); accepted: each container once",
+                shown(twice)
+            ),
+        ));
+    }
+    Ok(names)
+}
+
+/// Refuses a request above its limit (the apiserver would refuse the pod), naming the
+/// annotation the pod set: the request, or the limit when only the limit is the pod's.
+fn check_requests_within_limits(
+    resources: &Resources,
+    set_by_pod: impl Fn(&str) -> bool,
+) -> Result<(), AnnotationError> {
+    let pairs = [
+        ("cpu", &resources.cpu_request, resources.cpu_limit.as_ref()),
+        (
+            "memory",
+            &resources.memory_request,
+            Some(&resources.memory_limit),
+        ),
+    ];
+    for (kind, request, limit) in pairs {
+        let Some(limit) = limit else { continue };
+        if quantity_value(request) <= quantity_value(limit) {
+            continue;
+        }
+        let (request_key, limit_key) = (format!("{kind}-request"), format!("{kind}-limit"));
+        let default = |key: &str| {
+            if set_by_pod(key) {
+                ""
+            } else {
+                " (the default)"
+            }
+        };
+        let key = if set_by_pod(&request_key) {
+            &request_key
+        } else {
+            &limit_key
+        };
+        return Err(AnnotationError::new(
+            key,
+            format!(
+                "the {kind} request {request}{} is above the {kind} limit {limit}{}; accepted: a request at most the limit (set {PREFIX}{request_key} and {PREFIX}{limit_key} together)",
+                default(&request_key),
+                default(&limit_key),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

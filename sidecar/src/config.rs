@@ -300,7 +300,7 @@ impl Plan {
                 .into_iter()
                 .map(|r| object_spec(r, &ObjectFields::default()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ParamError::new(field("template"), e.to_string()))?;
+                .map_err(|e| ParamError::new(field("template"), e.problem))?;
             templates.push(PlannedTemplate {
                 path: file.path.clone(),
                 mode,
@@ -321,7 +321,7 @@ impl Plan {
             let reference =
                 ObjectRef::parse(reference).map_err(|p| ParamError::new(field.clone(), p))?;
             let spec = object_spec(&reference, &ObjectFields::default())
-                .map_err(|e| ParamError::new(field, e.to_string()))?;
+                .map_err(|e| ParamError::new(field, e.problem))?;
             env.push((name.clone(), spec));
         }
         let refresh = match config.refresh_seconds {

@@ -6,6 +6,7 @@
 //!   turned into typed object specs through `kvmount_vault::params` (the SecretProviderClass model);
 //! - [`template`]: the small template language of `template-<file>`;
 //! - [`patch`]: RFC 6902 JSON patch operations with RFC 6901 pointers;
+//! - [`paths`]: the container paths a kvmount mount must keep clear of (`mount-path`'s rule);
 //! - [`webhook`]: AdmissionReview v1 in, AdmissionReview v1 out (pure, no I/O);
 //! - [`server`] and [`tls`]: the HTTPS server (TLS only) with file or self-managed certificates;
 //! - [`agent`]: fetch, render and write into the shared memory volume, refresh, probe;
@@ -23,6 +24,7 @@ pub mod exec;
 pub mod kube_api;
 pub mod logging;
 pub mod patch;
+pub mod paths;
 pub mod server;
 pub mod template;
 pub mod tls;

@@ -129,6 +129,7 @@ fn run_webhook(args: WebhookArgs) -> Result<(), String> {
 }
 
 async fn webhook_main(args: WebhookArgs) -> Result<(), String> {
+    agent_cli::check_agent_args(&args.agent_args)?;
     let mut skip = vec!["kube-system".to_owned(), "kube-public".to_owned()];
     skip.extend(args.namespace.iter().cloned());
     skip.extend(args.skip_namespaces.iter().cloned());

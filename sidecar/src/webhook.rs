@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use crate::annotations::{self, Injection, Mode, STATUS, STATUS_INJECTED};
 use crate::config::{AGENT_CONFIG_ENV, AgentConfig, EXEC_CONFIG_ENV, Plan};
 use crate::patch::Patch;
+use crate::paths;
+use kvmount_vault::params::shown;
 
 /// Name of the memory volume with the rendered files.
 pub const SECRETS_VOLUME: &str = "kvmount-secrets";
@@ -435,34 +437,14 @@ fn build_patch(
     };
     if selected.is_empty() {
         return Err(format!(
-            "annotation {}: the pod has no containers to mount the secrets into",
+            "annotation {}: the pod has no containers to mount the secrets into; accepted: a pod with at least one container",
             annotation("containers")
         ));
     }
     let selected_containers: Vec<&Container> = selected.iter().map(|(_, c)| *c).collect();
     let volumes = spec.volumes.as_deref().unwrap_or(&[]);
-    for ours in [SECRETS_VOLUME, TOKEN_VOLUME, BIN_VOLUME] {
-        if volumes.iter().any(|v| v.name == ours) {
-            return Err(format!(
-                "the pod already has a volume named {ours:?}, which kvmount injects; rename it"
-            ));
-        }
-    }
-    for (_, c) in &selected {
-        if let Some(m) = c
-            .volume_mounts
-            .as_ref()
-            .and_then(|ms| ms.iter().find(|m| m.mount_path == injection.mount_path))
-        {
-            return Err(format!(
-                "annotation {}: container {:?} already mounts volume {:?} at {}; accepted: a free path",
-                annotation("mount-path"),
-                c.name,
-                m.name,
-                injection.mount_path
-            ));
-        }
-    }
+    check_injected_names(spec)?;
+    check_mount_path(config, &injection.mount_path)?;
 
     // Vault, tenant, client, objects: annotations, then the class, then Workload Identity.
     let class_param = |key: &str| {
@@ -584,6 +566,26 @@ fn build_patch(
         }
     }
 
+    let exec_paths = exec_config.as_ref().map(|exec| {
+        let var = exec
+            .env
+            .keys()
+            .next()
+            .map(String::as_str)
+            .unwrap_or_default();
+        let token_dir = if reuse_azure_token {
+            AZURE_TOKEN_DIR
+        } else {
+            TOKEN_DIR
+        };
+        (format!("env-{var}"), token_dir)
+    });
+    check_free_paths(
+        &selected,
+        has_files.then_some(injection.mount_path.as_str()),
+        exec_paths.as_ref().map(|(key, dir)| (key.as_str(), *dir)),
+    )?;
+
     let mode = if has_files {
         injection.mode.unwrap_or(config.default_mode)
     } else {
@@ -654,11 +656,10 @@ fn build_patch(
                 container.env.is_some(),
                 vec![json!({ "name": EXEC_CONFIG_ENV, "value": exec.to_json() })],
             );
-            let mut command = vec![
-                format!("{BIN_DIR}/kvmount-agent"),
-                "exec".to_owned(),
-                "--".to_owned(),
-            ];
+            // The webhook's --agent-arg flags that exec takes (cloud, --resolve, --ca-file, ...).
+            let mut command = vec![format!("{BIN_DIR}/kvmount-agent"), "exec".to_owned()];
+            command.extend(crate::agent_cli::exec_flags(&config.agent_args));
+            command.push("--".to_owned());
             command.extend(container.command.clone().unwrap_or_default());
             patch.replace(&[base[0], base[1], base[2], "command"], json!(command));
         }
@@ -768,6 +769,98 @@ fn build_patch(
     );
     patch.append(&["spec", "containers"], true, sidecars);
     Ok(patch)
+}
+
+/// Refuses a pod that already uses a volume or container name kvmount injects (the apiserver
+/// wants them unique).
+fn check_injected_names(spec: &PodSpec) -> Result<(), String> {
+    let volumes = spec.volumes.as_deref().unwrap_or(&[]);
+    let ours = [SECRETS_VOLUME, TOKEN_VOLUME, BIN_VOLUME];
+    if let Some(v) = volumes.iter().find(|v| ours.contains(&v.name.as_str())) {
+        return Err(format!(
+            "annotation {}: the pod already has a volume named {}, which kvmount injects; accepted: a pod without volumes named {}",
+            annotation("inject"),
+            v.name,
+            ours.join(", ")
+        ));
+    }
+    let ours = [AGENT_CONTAINER, AGENT_INIT_CONTAINER, INSTALL_CONTAINER];
+    let mut containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    if let Some(c) = containers.find(|c| ours.contains(&c.name.as_str())) {
+        return Err(format!(
+            "annotation {}: the pod already has a container named {}, which kvmount injects; accepted: a pod without containers named {}",
+            annotation("inject"),
+            c.name,
+            ours.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a `mount-path` that would hide, or sit inside, a path the app containers or the
+/// agent need ([`paths`]).
+fn check_mount_path(config: &WebhookConfig, mount_path: &str) -> Result<(), String> {
+    let mut injected = vec![
+        (TOKEN_DIR, "the token kvmount injects"),
+        (AZURE_TOKEN_DIR, "the Azure Workload Identity token"),
+        (BIN_DIR, "the binary exec runs from"),
+    ];
+    let agent_dir = paths::directory_of(&config.agent_command);
+    injected.extend(agent_dir.map(|dir| (dir, "the agent binary")));
+    let reserved = paths::reserved(&injected);
+    let Some(hit) = paths::conflict(mount_path, &reserved) else {
+        return Ok(());
+    };
+    Err(format!(
+        "annotation {}: {} would hide or sit inside {hit}, which the containers or the agent need; accepted: a directory of the app's own, e.g. /mnt/secrets or /etc/<app>/secrets, away from /bin, /sbin, /lib*, /usr, /proc, /sys, /dev, /etc itself, /etc/ssl, /etc/pki, kubelet's /etc files, /var/run/secrets, {BIN_DIR}{}",
+        annotation("mount-path"),
+        shown(mount_path),
+        agent_dir.map(|d| format!(" and {d}")).unwrap_or_default()
+    ))
+}
+
+/// Refuses a selected container that already mounts something at a path kvmount adds to it
+/// (two mounts at one path): the secrets volume's (`mount-path`), and for `exec` the token
+/// directory and [`BIN_DIR`] (`exec` is the annotation key of the first `env-<VAR>` and the
+/// token directory).
+fn check_free_paths(
+    selected: &[(usize, &Container)],
+    secrets_at: Option<&str>,
+    exec: Option<(&str, &str)>,
+) -> Result<(), String> {
+    for (_, c) in selected {
+        let mounts = c.volume_mounts.as_deref().unwrap_or(&[]);
+        let mut added: Vec<(&str, &str, &str)> = Vec::new();
+        if let Some(path) = secrets_at {
+            added.push((path, "mount-path", "the secrets volume"));
+        }
+        if let Some((key, token_dir)) = exec {
+            if !mounts.iter().any(|m| m.name == AZURE_TOKEN_VOLUME) {
+                added.push((token_dir, key, "the token exec reads"));
+            }
+            added.push((BIN_DIR, key, "the binary exec runs from"));
+        }
+        for (path, key, what) in added {
+            if let Some(m) = mounts.iter().find(|m| m.mount_path == path) {
+                return Err(format!(
+                    "annotation {}: container {} already mounts volume {} at {path}, where kvmount mounts {what}; accepted: containers with nothing mounted there ({} selects them){}",
+                    annotation(key),
+                    c.name,
+                    shown(&m.name),
+                    annotation("containers"),
+                    if key == "mount-path" {
+                        ", or another mount-path"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The AdmissionReview v1 response for `uid`.

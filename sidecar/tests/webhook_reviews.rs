@@ -148,10 +148,16 @@ fn every_case_gets_its_expected_decision() {
                 assert_eq!(response["response"]["allowed"], true);
                 assert!(response["response"].get("patch").is_none());
             }
-            "patch" => assert!(
-                matches!(decision, Decision::Patch(_)),
-                "{name}: {decision:?}"
-            ),
+            "patch" => {
+                assert!(
+                    matches!(decision, Decision::Patch(_)),
+                    "{name}: {decision:?}"
+                );
+                let (_, pod, _) = patched(name);
+                if let Err(problem) = pod_problems(&pod) {
+                    panic!("{name}: the patched pod {problem}");
+                }
+            }
             "deny" => {
                 let Decision::Deny(message) = &decision else {
                     panic!("{name}: expected a denial, got {decision:?}");
@@ -405,4 +411,327 @@ fn malformed_reviews_are_refused_without_echoing_them() {
     let err = webhook::review_offline(&WebhookConfig::default(), b"{\"canary-secret\": ")
         .expect_err("json");
     assert!(!err.to_string().contains("canary"));
+}
+
+/// A Kubernetes quantity as a number (enough precision for comparing requests and limits).
+fn quantity(text: &str) -> f64 {
+    let suffixes = [
+        ("Ki", 1024f64),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    for (suffix, factor) in suffixes {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return number.parse::<f64>().unwrap() * factor;
+        }
+    }
+    text.parse().unwrap()
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
+    v[key]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let under = |x: &str, y: &str| x == y || y == "/" || x.starts_with(&format!("{y}/"));
+    let canonical = |p: &str| match p.strip_prefix("/var/run") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/run{rest}"),
+        _ => p.to_owned(),
+    };
+    under(a, b) || under(b, a) || {
+        let (a, b) = (canonical(a), canonical(b));
+        under(&a, &b) || under(&b, &a)
+    }
+}
+
+/// Paths where a mount of kvmount's breaks the container: the directories of the image's
+/// programs, libraries and CA roots, kernel and runtime filesystems, the service-account
+/// tree, kubelet's files, and the agent's own binary.
+const RESERVED: &[&str] = &[
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/ssl",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/var/run/secrets/kubernetes.io/serviceaccount",
+];
+
+/// What the apiserver would refuse in `pod`, or what could not run: duplicate container
+/// names, two mounts at one path in a container, mounts of volumes that do not exist,
+/// duplicate volume names, requests above limits; and kvmount's own mounts at a reserved
+/// path, over `/etc`, or over one another.
+fn pod_problems(pod: &Value) -> Result<(), String> {
+    let spec = &pod["spec"];
+    let containers: Vec<&Value> = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| array(spec, k))
+        .collect();
+    let volumes: Vec<&str> = array(spec, "volumes")
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for v in &volumes {
+        if !seen.insert(*v) {
+            return Err(format!("has two volumes named {v}"));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for c in &containers {
+        let name = c["name"].as_str().unwrap();
+        if !names.insert(name) {
+            return Err(format!("has two containers named {name}"));
+        }
+        let mounts = array(c, "volumeMounts");
+        let mut paths = std::collections::HashSet::new();
+        for m in &mounts {
+            let path = m["mountPath"].as_str().unwrap();
+            if !paths.insert(path) {
+                return Err(format!("mounts two volumes at {path} in {name}"));
+            }
+            let volume = m["name"].as_str().unwrap();
+            if !volumes.contains(&volume) {
+                return Err(format!(
+                    "mounts volume {volume} in {name}, which does not exist"
+                ));
+            }
+        }
+        let ours: Vec<(&str, &str)> = mounts
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap(),
+                    m["mountPath"].as_str().unwrap(),
+                )
+            })
+            .filter(|(volume, _)| volume.starts_with("kvmount-"))
+            .collect();
+        // The directory of the container's program, unless kvmount's volume brings it.
+        let program_dir = c["command"][0]
+            .as_str()
+            .and_then(|p| p.rsplit_once('/'))
+            .map(|(dir, _)| dir.to_owned())
+            .filter(|dir| !dir.is_empty());
+        for (i, (volume, path)) in ours.iter().enumerate() {
+            if path.trim_end_matches('/').is_empty()
+                || overlaps("/etc", path) && !path.starts_with("/etc/")
+            {
+                return Err(format!(
+                    "mounts kvmount's volume at {path} in {name}, over a system directory"
+                ));
+            }
+            let mut reserved: Vec<String> = RESERVED.iter().map(|p| (*p).to_owned()).collect();
+            if *volume != "kvmount-bin" {
+                reserved.extend(program_dir.clone());
+            }
+            if let Some(r) = reserved.iter().find(|r| overlaps(path, r)) {
+                return Err(format!(
+                    "mounts kvmount's volume at {path} in {name}, over {r}"
+                ));
+            }
+            if let Some((_, other)) = ours[i + 1..].iter().find(|(_, o)| overlaps(path, o)) {
+                return Err(format!(
+                    "mounts kvmount's volumes at {path} and {other} in {name}"
+                ));
+            }
+        }
+        for (kind, limit) in c["resources"]["limits"].as_object().into_iter().flatten() {
+            if let Some(request) = c["resources"]["requests"][kind].as_str()
+                && quantity(request) > quantity(limit.as_str().unwrap())
+            {
+                return Err(format!(
+                    "requests {kind} {request} above its limit {limit} in {name}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn review_with(annotations: &[(&str, &str)], containers: Value, volumes: Option<Value>) -> Value {
+    let mut spec = json!({ "containers": containers });
+    if let Some(v) = volumes {
+        spec["volumes"] = v;
+    }
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (format!("kvmount.io/{k}"), json!(v)))
+        .collect();
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "uid-combination",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": { "generateName": "app-", "annotations": annotations },
+                "spec": spec,
+            },
+        },
+    })
+}
+
+/// Every combination of tricky annotation values and pod shapes either is denied with a
+/// message that names an annotation and what is accepted, or yields a pod the apiserver
+/// accepts and that can run.
+#[test]
+fn every_combination_yields_a_valid_pod_or_a_clear_denial() {
+    let mount_paths = [
+        None,
+        Some("/mnt/secrets"),
+        Some("/etc/app/secrets"),
+        Some("/data"),
+        Some("/data/secrets"),
+        Some("/"),
+        Some("/etc"),
+        Some("/etc/ssl/certs"),
+        Some("/etc/hosts"),
+        Some("/usr"),
+        Some("/usr/local/bin"),
+        Some("/usr/local"),
+        Some("/bin"),
+        Some("/lib64"),
+        Some("/proc/x"),
+        Some("/sys"),
+        Some("/dev/shm/secrets"),
+        Some("/var"),
+        Some("/var/run"),
+        Some("/run"),
+        Some("/var/run/secrets"),
+        Some("/var/run/secrets/kubernetes.io/serviceaccount"),
+        Some("/var/run/secrets/kvmount.io/serviceaccount"),
+        Some("/var/run/secrets/kvmount.io/serviceaccount/x"),
+        Some("/var/run/secrets/kvmount.io"),
+        Some("/run/secrets/kvmount.io/serviceaccount"),
+        Some("/var/run/secrets/azure/tokens"),
+        Some("/kvmount/bin"),
+        Some("/kvmount"),
+        Some("/kvmount/bin/x"),
+    ];
+    let containers_lists = [
+        None,
+        Some("app"),
+        Some("app,app"),
+        Some("app,worker"),
+        Some("worker,app,worker"),
+    ];
+    let resources: &[&[(&str, &str)]] = &[
+        &[],
+        &[("memory-request", "64Mi")],
+        &[("memory-limit", "8Mi")],
+        &[("memory-request", "32Mi"), ("memory-limit", "32Mi")],
+        &[("cpu-request", "100m"), ("cpu-limit", "0.05")],
+        &[("cpu-limit", "1m")],
+        &[("cpu-request", "1"), ("cpu-limit", "1000m")],
+        &[("memory-request", "1Gi"), ("memory-limit", "1G")],
+    ];
+    let pods = [
+        // Plain.
+        (
+            json!([{ "name": "app", "command": ["/app"] }, { "name": "worker", "command": ["/w"] }]),
+            None,
+        ),
+        // Existing mounts at /data and at the token directory.
+        (
+            json!([
+                { "name": "app", "command": ["/app"], "volumeMounts": [{ "name": "data", "mountPath": "/data" }] },
+                { "name": "worker", "command": ["/w"], "volumeMounts": [
+                    { "name": "data", "mountPath": "/var/run/secrets/kvmount.io/serviceaccount" },
+                    { "name": "data", "mountPath": "/kvmount/bin" }
+                ] }
+            ]),
+            Some(json!([{ "name": "data", "emptyDir": {} }])),
+        ),
+        // A container named like the agent.
+        (
+            json!([{ "name": "app", "command": ["/app"] }, { "name": "kvmount-agent", "command": ["/w"] }]),
+            None,
+        ),
+    ];
+    let mut patched_pods = 0;
+    let mut denied = 0;
+    for mount_path in mount_paths {
+        for containers in containers_lists {
+            for resource in resources {
+                for exec in [false, true] {
+                    for (pod_containers, pod_volumes) in &pods {
+                        let mut a = vec![
+                            ("inject", "true"),
+                            ("keyvault", "demo"),
+                            ("tenant-id", "00000000-0000-0000-0000-000000000001"),
+                            ("client-id", "00000000-0000-0000-0000-00000000000a"),
+                            ("secret-db", "secret/db"),
+                            ("mode", "sidecar"),
+                        ];
+                        if exec {
+                            a.push(("env-API_KEY", "secret/api-key"));
+                        }
+                        if let Some(p) = mount_path {
+                            a.push(("mount-path", p));
+                        }
+                        if let Some(c) = containers {
+                            a.push(("containers", c));
+                        }
+                        a.extend_from_slice(resource);
+                        let review = review_with(&a, pod_containers.clone(), pod_volumes.clone());
+                        let (decision, response) = decide(&review);
+                        let label = format!("{a:?} on {pod_containers}");
+                        match decision {
+                            Decision::Deny(message) => {
+                                denied += 1;
+                                assert!(
+                                    message.starts_with("kvmount: annotation kvmount.io/"),
+                                    "{label}: {message}"
+                                );
+                                assert!(
+                                    message.contains("accepted") || message.contains("required"),
+                                    "{label}: {message}"
+                                );
+                            }
+                            Decision::Patch(_) => {
+                                patched_pods += 1;
+                                let patch = base64::engine::general_purpose::STANDARD
+                                    .decode(response["response"]["patch"].as_str().unwrap())
+                                    .unwrap();
+                                let ops: Vec<Value> = serde_json::from_slice(&patch).unwrap();
+                                let mut pod = review["request"]["object"].clone();
+                                apply(&mut pod, &ops);
+                                if let Err(problem) = pod_problems(&pod) {
+                                    panic!("{label}: the patched pod {problem}");
+                                }
+                            }
+                            Decision::Skip(why) => panic!("{label}: skipped ({why})"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{patched_pods} valid patched pods, {denied} clear denials");
+    assert!(
+        patched_pods > 100 && denied > 100,
+        "{patched_pods} / {denied}"
+    );
 }

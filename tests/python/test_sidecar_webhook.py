@@ -4,8 +4,10 @@ Every case of sidecar/tests/fixtures/reviews.json is sent to the real webhook ov
 (self-managed TLS, its CA written with --ca-bundle-out). Patches are applied to the original
 pod with the `jsonpatch` package (RFC 6902, strict about paths), and the patched pod is
 validated with `kubernetes-validate` in strict mode (unknown fields are errors) for Kubernetes
-1.29 (the first release with native sidecars on by default) and the newest schema bundled.
-The init-only case is also validated as the pod template of a batch/v1 Job.
+1.29 (the first release with native sidecars on by default) and the newest schema bundled, then
+checked against the apiserver's rules that no schema states (unique container names, unique
+mount paths per container, volumes that exist, requests at most limits). The init-only case is
+also validated as the pod template of a batch/v1 Job.
 
 Run:
     KVMOUNT_SIDECAR_BIN=target/debug/kvmount-sidecar pytest tests/python
@@ -13,6 +15,7 @@ Run:
 
 import base64
 import copy
+from decimal import Decimal
 import json
 import os
 import pathlib
@@ -94,6 +97,41 @@ def webhook():
             proc.wait(timeout=10)
 
 
+SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+            "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,
+            "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+def quantity(text):
+    """A Kubernetes quantity as an exact Decimal (the apiserver's resource.Quantity)."""
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return Decimal(text[: -len(suffix)]) * SUFFIXES[suffix]
+    return Decimal(text)
+
+
+def apiserver_rules(pod, label):
+    """What the apiserver checks beyond the schema (pkg/apis/core/validation): container names
+    unique across containers and initContainers, mount paths unique per container, every
+    mount's volume declared, volume names unique, requests at most limits."""
+    spec = pod["spec"]
+    containers = spec.get("initContainers", []) + spec["containers"] + spec.get("ephemeralContainers", [])
+    names = [c["name"] for c in containers]
+    assert len(names) == len(set(names)), f"{label}: duplicate container names {names}"
+    volumes = [v["name"] for v in spec.get("volumes", [])]
+    assert len(volumes) == len(set(volumes)), f"{label}: duplicate volume names {volumes}"
+    for c in containers:
+        paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        assert len(paths) == len(set(paths)), f"{label}: container {c['name']} mounts two volumes at one path: {paths}"
+        for m in c.get("volumeMounts", []):
+            assert m["name"] in volumes, f"{label}: container {c['name']} mounts volume {m['name']}, which does not exist"
+        resources = c.get("resources", {})
+        for kind, limit in resources.get("limits", {}).items():
+            request = resources.get("requests", {}).get(kind)
+            if request is not None:
+                assert quantity(request) <= quantity(limit), f"{label}: container {c['name']} requests {kind} {request} above its limit {limit}"
+
+
 def validate(obj, label):
     for version in VERSIONS:
         try:
@@ -128,6 +166,8 @@ def test_review(webhook, case):
     assert {op["op"] for op in ops} <= {"add", "replace"}
     patched = jsonpatch.apply_patch(copy.deepcopy(original), ops)
     validate(patched, "the patched pod")
+    apiserver_rules(original, "the original pod")
+    apiserver_rules(patched, "the patched pod")
     assert patched["metadata"]["annotations"]["kvmount.io/status"] == "injected"
     # Nothing of the original is lost: every original container is still there, in order.
     names = [c["name"] for c in patched["spec"]["containers"]]
@@ -142,3 +182,31 @@ def test_review(webhook, case):
         }
         validate(job, "the Job with the patched pod template")
         assert all(c.get("restartPolicy") != "Always" for c in patched["spec"]["initContainers"])
+
+
+def test_the_apiserver_rules_catch_what_the_schemas_miss():
+    """Each rule above refuses a pod that kubernetes-validate accepts: the checks the patched
+    pods pass are not vacuous."""
+    def pod(**spec):
+        base = {"containers": [{"name": "app", "image": "app:1"}]}
+        base.update(spec)
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": base}
+
+    mount = lambda path, name="v": {"name": name, "mountPath": path}
+    bad = {
+        "duplicate container names": pod(initContainers=[{"name": "app", "image": "a:1"}]),
+        "two mounts at one path": pod(
+            containers=[{"name": "app", "image": "app:1", "volumeMounts": [mount("/s"), mount("/s")]}],
+            volumes=[{"name": "v", "emptyDir": {}}],
+        ),
+        "a mount of a missing volume": pod(containers=[{"name": "app", "image": "app:1", "volumeMounts": [mount("/s", "nope")]}]),
+        "duplicate volume names": pod(volumes=[{"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}}]),
+        "a request above its limit": pod(
+            containers=[{"name": "app", "image": "app:1", "resources": {"requests": {"memory": "64Mi"}, "limits": {"memory": "32Mi"}}}]
+        ),
+    }
+    for label, obj in bad.items():
+        validate(obj, label)
+        with pytest.raises(AssertionError):
+            apiserver_rules(obj, label)
+    assert quantity("0.05") == quantity("50m") and quantity("1Gi") > quantity("1G")

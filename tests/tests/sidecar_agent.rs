@@ -389,3 +389,401 @@ fn a_bad_configuration_names_the_field() {
     assert!(!agent.wait(Duration::from_secs(10)).success());
     assert!(agent.output().contains("env.9X"), "{}", agent.output());
 }
+
+/// A vault with every kind of object the node plugin renders: secrets with several versions
+/// and encodings, RSA and EC keys (one with two versions), certificates stored as PKCS#12
+/// (leaf first and root first, one with two versions) and as PEM (root first).
+const EVERY_KIND_SEED: &str = r#"
+tenantId: 00000000-0000-0000-0000-000000000001
+identities:
+  - name: app-a
+    clientId: 00000000-0000-0000-0000-00000000000a
+    clientSecret: app-a-password
+    federated:
+      - { issuer: https://oidc.kvmount.local, subject: "system:serviceaccount:team-a:app" }
+vaults:
+  - name: demo
+    access:
+      - { identity: app-a, objects: ["secret/*", "key/*", "certificate/*"] }
+    secrets:
+      - { name: text, versions: ["text-0", "text-1", "text-2"] }
+      - { name: b64, versions: ["AAEC/w=="] }
+      - { name: hexval, versions: ["00ff10ab"] }
+    keys:
+      - { name: rsa, versions: [{ kty: RSA, size: 2048 }] }
+      - { name: ec, versions: [{ kty: EC, curve: P-256 }, { kty: EC, curve: P-384 }] }
+    certificates:
+      - { name: root, ca: true }
+      - { name: inter, ca: true, issuer: root }
+      - { name: web, issuer: inter, dnsNames: [web.example], versions: 2 }
+      - { name: web-rootfirst, issuer: inter, dnsNames: [rf.example], chainOrder: root-first }
+      - { name: web-pem, issuer: inter, dnsNames: [pem.example], contentType: application/x-pem-file, chainOrder: root-first }
+"#;
+
+/// One `objects` entry per kind and option; an object used by several entries (plain, as
+/// history slots, with certKeyFiles, pinned) comes plain first.
+fn every_kind_objects() -> String {
+    let text_1 = kvmount_mock_vault::seeded_version("demo", "text", 1);
+    let entry = |kind: &str, name: &str, extra: &str| {
+        format!("objectName: {name}\nobjectType: {kind}\n{extra}")
+    };
+    kvmount_tests::objects(&[
+        entry("secret", "text", ""),
+        entry(
+            "secret",
+            "text",
+            "objectAlias: text-history\nobjectVersionHistory: 3\n",
+        ),
+        entry(
+            "secret",
+            "text",
+            "objectAlias: text-history-5\nobjectVersionHistory: 5\n",
+        ),
+        entry(
+            "secret",
+            "text",
+            &format!(
+                "objectAlias: text-pinned-history\nobjectVersion: {text_1}\nobjectVersionHistory: 2\n"
+            ),
+        ),
+        entry(
+            "secret",
+            "text",
+            &format!("objectAlias: text-pinned\nobjectVersion: {text_1}\n"),
+        ),
+        entry(
+            "secret",
+            "text",
+            "objectAlias: text-0600\nfilePermission: \"0600\"\n",
+        ),
+        entry("secret", "b64", "objectEncoding: base64\n"),
+        entry("secret", "hexval", "objectEncoding: hex\n"),
+        entry("key", "rsa", "objectAlias: rsa.pem\n"),
+        entry("key", "ec", "objectAlias: ec.pem\n"),
+        entry(
+            "key",
+            "ec",
+            "objectAlias: ec-history\nobjectVersionHistory: 2\n",
+        ),
+        entry("cert", "web", "objectAlias: web.crt\n"),
+        entry(
+            "cert",
+            "web",
+            "objectAlias: web-crt-history\nobjectVersionHistory: 2\n",
+        ),
+        entry("secret", "web", "objectAlias: web.pem\n"),
+        entry("secret", "web", "objectAlias: web.pfx\nobjectFormat: pfx\n"),
+        entry(
+            "secret",
+            "web",
+            "objectAlias: web.pfx.bin\nobjectFormat: pfx\nobjectEncoding: base64\n",
+        ),
+        entry(
+            "secret",
+            "web",
+            "objectAlias: web-pair\ncertKeyFiles: \"true\"\n",
+        ),
+        entry(
+            "secret",
+            "web",
+            "objectAlias: web-history\nobjectVersionHistory: 2\ncertKeyFiles: \"true\"\n",
+        ),
+        entry(
+            "secret",
+            "web-rootfirst",
+            "objectAlias: rootfirst.pem\ncertKeyFiles: \"true\"\n",
+        ),
+        entry("secret", "web-pem", "objectAlias: pem.pem\n"),
+        entry(
+            "secret",
+            "web-pem",
+            "objectAlias: pem-pair\ncertKeyFiles: \"true\"\n",
+        ),
+    ])
+}
+
+/// Every visible file under `root` (following the writer's links), with its bytes and mode.
+fn visible_tree(root: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<u8>, u32)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("..")
+            {
+                continue;
+            }
+            let meta = std::fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            let mode = meta.permissions().mode() & 0o777;
+            out.insert(relative, (std::fs::read(&path).unwrap(), mode));
+        }
+    }
+    out
+}
+
+/// The agent and the node plugin write the same files, byte for byte and mode for mode, for
+/// the same objects: every object kind, encoding and format, version history (with and
+/// without a pinned version, past the last version), certKeyFiles, filePermission.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_renders_every_kind_and_option_as_the_node_plugin_does() {
+    let seed = kvmount_mock_vault::Seed::from_yaml(EVERY_KIND_SEED).unwrap();
+    let vault = Vault::start(Some(seed)).await;
+    let objects = every_kind_objects();
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(&vault, dir.path());
+
+    let tmpfs = Tmpfs::new();
+    let env = AgentConfig {
+        keyvault_name: "demo".into(),
+        tenant_id: Some(vault.mock.tenant_id().into()),
+        client_id: Some(APP_A.into()),
+        token_file: Some(token.display().to_string()),
+        mount_path: Some(tmpfs.path.display().to_string()),
+        objects: Some(objects.clone()),
+        ..Default::default()
+    }
+    .to_json();
+    let mut agent = Sidecar::spawn_bin(
+        &kvmount_tests::workspace_bin("kvmount-agent"),
+        &agent_args(&vault, &["--init-only"]),
+        &[(AGENT_CONFIG_ENV, env)],
+        None,
+    );
+    let status = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", agent.output());
+
+    let daemon = kvmount_tests::NodeDaemon::start(&vault.provider_flags());
+    let mut node = kvmount_proto::csi::node_client::NodeClient::new(daemon.csi_channel().await);
+    let target = daemon.target("pod-every-kind");
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    let tokens = serde_json::json!({"api://AzureADTokenExchange": {"token": token_text, "expirationTimestamp": "2099-01-01T00:00:00Z"}});
+    let context = std::collections::HashMap::from([
+        ("keyvaultName".to_owned(), "demo".to_owned()),
+        ("tenantID".to_owned(), vault.mock.tenant_id().to_owned()),
+        ("clientID".to_owned(), APP_A.to_owned()),
+        ("objects".to_owned(), objects),
+        ("csi.storage.k8s.io/pod.name".to_owned(), "pod".to_owned()),
+        (
+            "csi.storage.k8s.io/pod.namespace".to_owned(),
+            "team-a".to_owned(),
+        ),
+        (
+            "csi.storage.k8s.io/pod.uid".to_owned(),
+            "uid-pod".to_owned(),
+        ),
+        (
+            "csi.storage.k8s.io/serviceAccount.name".to_owned(),
+            "app".to_owned(),
+        ),
+        ("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned()),
+        (
+            "csi.storage.k8s.io/serviceAccount.tokens".to_owned(),
+            tokens.to_string(),
+        ),
+    ]);
+    node.node_publish_volume(kvmount_tests::publish_request(
+        &target,
+        "vol-every-kind",
+        &context,
+    ))
+    .await
+    .expect("node plugin publish");
+
+    let theirs = visible_tree(&target);
+    let ours = visible_tree(&tmpfs.path);
+    // The slots and side files are there at all (not a vacuous comparison).
+    for file in [
+        "text-history/2",
+        "text-pinned-history/1",
+        "web-history/1.crt",
+        "web-pair.key",
+        "pem-pair.crt",
+    ] {
+        assert!(
+            theirs.contains_key(file),
+            "the node plugin wrote no {file}: {:?}",
+            theirs.keys()
+        );
+    }
+    assert!(
+        !theirs.contains_key("text-history-5/3"),
+        "no file past the last version"
+    );
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "the same files"
+    );
+    for (file, (bytes, mode)) in &theirs {
+        let (our_bytes, our_mode) = &ours[file];
+        assert!(
+            our_bytes == bytes,
+            "{file}: the agent's bytes differ from the node plugin's"
+        );
+        assert_eq!(our_mode, mode, "{file}: mode");
+    }
+    let _ = node
+        .node_unpublish_volume(kvmount_proto::csi::NodeUnpublishVolumeRequest {
+            volume_id: "vol-every-kind".into(),
+            target_path: target.display().to_string(),
+        })
+        .await;
+}
+
+/// A seed whose objects each fail in its own way.
+const FAILING_SEED: &str = r#"
+tenantId: 00000000-0000-0000-0000-000000000001
+identities:
+  - name: app-a
+    clientId: 00000000-0000-0000-0000-00000000000a
+    clientSecret: app-a-password
+    federated:
+      - { issuer: https://oidc.kvmount.local, subject: "system:serviceaccount:team-a:app" }
+vaults:
+  - name: demo
+    access:
+      - { identity: app-a, objects: ["secret/*", "key/*", "certificate/*"] }
+    secrets:
+      - { name: notbase64, versions: ["not base64 !!"] }
+      - { name: nothex, versions: ["zz"] }
+      - { name: plain, versions: ["p"] }
+      - { name: expired, versions: ["gone"], exp: 1000000000 }
+      - { name: notyet, versions: ["later"], nbf: 4000000000 }
+      - { name: disabled, versions: ["off"], enabled: false }
+    keys:
+      - { name: signing, versions: [{ kty: EC, curve: P-256 }] }
+    certificates:
+      - { name: web-pem, dnsNames: [pem.example], contentType: application/x-pem-file }
+"#;
+
+/// Each failing object's message names it once: `secret/x: <what>`, never
+/// `secret/x: secret/x: ...`, and no field twice.
+fn assert_names_once(message: &str, id: &str) {
+    println!("{id}: {message}");
+    assert_eq!(
+        message.matches(id).count(),
+        1,
+        "{id} not named exactly once: {message}"
+    );
+    for field in [
+        "objectVersion",
+        "objectEncoding",
+        "objectFormat",
+        "certKeyFiles",
+    ] {
+        assert!(
+            message.matches(field).count() <= 1,
+            "{field} twice: {message}"
+        );
+    }
+    let parts: Vec<&str> = message.split(": ").collect();
+    assert!(
+        parts.windows(2).all(|w| w[0] != w[1]),
+        "a repeated prefix: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_names_its_object_once() {
+    let seed = kvmount_mock_vault::Seed::from_yaml(FAILING_SEED).unwrap();
+    let vault = Vault::start(Some(seed)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(&vault, dir.path());
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    let missing_version = "0123456789abcdef0123456789abcdef";
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "secret/notbase64",
+            "objectName: notbase64\nobjectType: secret\nobjectEncoding: base64\n".into(),
+        ),
+        (
+            "secret/nothex",
+            "objectName: nothex\nobjectType: secret\nobjectEncoding: hex\n".into(),
+        ),
+        (
+            "secret/plain",
+            "objectName: plain\nobjectType: secret\ncertKeyFiles: \"true\"\n".into(),
+        ),
+        (
+            "secret/web-pem",
+            "objectName: web-pem\nobjectType: secret\nobjectFormat: pfx\n".into(),
+        ),
+        (
+            "secret/expired",
+            "objectName: expired\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/notyet",
+            "objectName: notyet\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/disabled",
+            "objectName: disabled\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/absent",
+            "objectName: absent\nobjectType: secret\n".into(),
+        ),
+        (
+            "secret/plain/",
+            format!(
+                "objectName: plain\nobjectType: secret\nobjectVersion: {missing_version}\nobjectVersionHistory: 2\n"
+            ),
+        ),
+        (
+            "key/signing",
+            format!("objectName: signing\nobjectType: key\nobjectVersion: {missing_version}\n"),
+        ),
+    ];
+    let provider = kvmount_tests::Provider::start(&vault.provider_flags());
+    let mut client = provider.client().await;
+    for (id, object) in &cases {
+        let objects = kvmount_tests::objects(std::slice::from_ref(object));
+        // The provider API (the node plugin's code path).
+        let request = kvmount_tests::DriverRequest::new(
+            "demo",
+            vault.mock.tenant_id(),
+            &objects,
+            "team-a",
+            "pod",
+        )
+        .workload_identity(APP_A, &token_text)
+        .build();
+        let status = client.mount(request).await.expect_err(id);
+        assert_names_once(status.message(), id);
+        // The agent: its last error when it gives up.
+        let tmpfs = Tmpfs::new();
+        let env = AgentConfig {
+            keyvault_name: "demo".into(),
+            tenant_id: Some(vault.mock.tenant_id().into()),
+            client_id: Some(APP_A.into()),
+            token_file: Some(token.display().to_string()),
+            mount_path: Some(tmpfs.path.display().to_string()),
+            objects: Some(objects),
+            ..Default::default()
+        }
+        .to_json();
+        let mut agent = Sidecar::spawn_bin(
+            &kvmount_tests::workspace_bin("kvmount-agent"),
+            &agent_args(&vault, &["--init-only", "--init-timeout-seconds", "0"]),
+            &[(AGENT_CONFIG_ENV, env)],
+            None,
+        );
+        assert!(!agent.wait(Duration::from_secs(20)).success());
+        let output = agent.output();
+        let last = output
+            .lines()
+            .find_map(|l| l.split_once("last error: ").map(|(_, e)| e.to_owned()))
+            .unwrap_or_else(|| panic!("{id}: no last error:\n{output}"));
+        assert_names_once(&last, id);
+    }
+}

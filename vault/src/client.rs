@@ -69,8 +69,8 @@ pub struct Validity {
 
 impl Validity {
     /// Refuses disabled, expired and not-yet-valid versions, as a PermissionDenied naming the
-    /// object, the version and the time.
-    pub fn check(&self, object: &str, version: &str) -> Result<(), VaultError> {
+    /// version and the time (the caller names the object).
+    pub fn check(&self, version: &str) -> Result<(), VaultError> {
         let now = time::OffsetDateTime::now_utc();
         let when = |t: time::OffsetDateTime| {
             t.format(&time::format_description::well_known::Rfc3339)
@@ -79,7 +79,7 @@ impl Validity {
         if self.enabled == Some(false) {
             return Err(VaultError::new(
                 ErrorKind::PermissionDenied,
-                format!("{object} version {version} is disabled in Key Vault"),
+                format!("version {version} is disabled in Key Vault"),
             ));
         }
         if let Some(exp) = self.expires
@@ -88,7 +88,7 @@ impl Validity {
             return Err(VaultError::new(
                 ErrorKind::PermissionDenied,
                 format!(
-                    "{object} version {version} expired at {} (attributes.exp); kvmount does not write expired objects",
+                    "version {version} expired at {} (attributes.exp); kvmount does not write expired objects",
                     when(exp)
                 ),
             ));
@@ -99,7 +99,7 @@ impl Validity {
             return Err(VaultError::new(
                 ErrorKind::PermissionDenied,
                 format!(
-                    "{object} version {version} is not valid before {} (attributes.nbf)",
+                    "version {version} is not valid before {} (attributes.nbf)",
                     when(nbf)
                 ),
             ));
@@ -774,23 +774,17 @@ pub async fn get_secret(
         VaultError::new(
             ErrorKind::Internal,
             format!(
-                "secret {name}: unreadable answer from Key Vault: {}",
+                "unreadable answer from Key Vault: {}",
                 VaultError::from_sdk(&e, scrub)
             ),
         )
     })?;
-    let value = secret.value.map(SecretString::new).ok_or_else(|| {
-        VaultError::new(
-            ErrorKind::Internal,
-            format!("secret {name}: Key Vault returned no value"),
-        )
-    })?;
-    let version = last_segment(secret.id.as_deref()).ok_or_else(|| {
-        VaultError::new(
-            ErrorKind::Internal,
-            format!("secret {name}: Key Vault returned no id"),
-        )
-    })?;
+    let value = secret
+        .value
+        .map(SecretString::new)
+        .ok_or_else(|| VaultError::new(ErrorKind::Internal, "Key Vault returned no value"))?;
+    let version = last_segment(secret.id.as_deref())
+        .ok_or_else(|| VaultError::new(ErrorKind::Internal, "Key Vault returned no id"))?;
     let validity = secret
         .attributes
         .as_ref()
@@ -809,11 +803,11 @@ pub async fn get_secret(
     })
 }
 
-fn unreadable(what: &str, name: &str, e: &azure_core::Error, scrub: &[&str]) -> VaultError {
+fn unreadable(e: &azure_core::Error, scrub: &[&str]) -> VaultError {
     VaultError::new(
         ErrorKind::Internal,
         format!(
-            "{what} {name}: unreadable answer from Key Vault: {}",
+            "unreadable answer from Key Vault: {}",
             VaultError::from_sdk(e, scrub)
         ),
     )
@@ -835,25 +829,14 @@ pub async fn get_key(
         .await
         .map_err(|e| VaultError::from_sdk(&e, scrub))?
         .into_model()
-        .map_err(|e| unreadable("key", name, &e, scrub))?;
-    let jwk = key.key.ok_or_else(|| {
-        VaultError::new(
-            ErrorKind::Internal,
-            format!("key {name}: Key Vault returned no key"),
-        )
-    })?;
-    let version = last_segment(jwk.kid.as_deref()).ok_or_else(|| {
-        VaultError::new(
-            ErrorKind::Internal,
-            format!("key {name}: Key Vault returned no kid"),
-        )
-    })?;
-    let missing = |what: &str| {
-        VaultError::new(
-            ErrorKind::Internal,
-            format!("key {name}: Key Vault returned no {what}"),
-        )
-    };
+        .map_err(|e| unreadable(&e, scrub))?;
+    let jwk = key
+        .key
+        .ok_or_else(|| VaultError::new(ErrorKind::Internal, "Key Vault returned no key"))?;
+    let version = last_segment(jwk.kid.as_deref())
+        .ok_or_else(|| VaultError::new(ErrorKind::Internal, "Key Vault returned no kid"))?;
+    let missing =
+        |what: &str| VaultError::new(ErrorKind::Internal, format!("Key Vault returned no {what}"));
     let public = match jwk.kty {
         Some(KeyType::Rsa | KeyType::RsaHsm) => crate::pem::PublicKey::Rsa {
             n: jwk.n.as_deref().ok_or_else(|| missing("n"))?,
@@ -875,14 +858,14 @@ pub async fn get_key(
             return Err(VaultError::new(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "key {name}: kty {other} has no public key to write; accepted: RSA, RSA-HSM, EC, EC-HSM"
+                    "kty {other} has no public key to write; accepted: RSA, RSA-HSM, EC, EC-HSM"
                 ),
             ));
         }
         None => return Err(missing("kty")),
     };
     let pem = crate::pem::public_key_pem(public)
-        .map_err(|e| VaultError::new(ErrorKind::InvalidArgument, format!("key {name}: {e}")))?;
+        .map_err(|e| VaultError::new(ErrorKind::InvalidArgument, e.to_string()))?;
     let validity = key
         .attributes
         .as_ref()
@@ -915,19 +898,12 @@ pub async fn get_certificate(
         .await
         .map_err(|e| VaultError::from_sdk(&e, scrub))?
         .into_model()
-        .map_err(|e| unreadable("certificate", name, &e, scrub))?;
-    let version = last_segment(cert.id.as_deref()).ok_or_else(|| {
-        VaultError::new(
-            ErrorKind::Internal,
-            format!("certificate {name}: Key Vault returned no id"),
-        )
-    })?;
-    let der = cert.cer.ok_or_else(|| {
-        VaultError::new(
-            ErrorKind::Internal,
-            format!("certificate {name}: Key Vault returned no cer"),
-        )
-    })?;
+        .map_err(|e| unreadable(&e, scrub))?;
+    let version = last_segment(cert.id.as_deref())
+        .ok_or_else(|| VaultError::new(ErrorKind::Internal, "Key Vault returned no id"))?;
+    let der = cert
+        .cer
+        .ok_or_else(|| VaultError::new(ErrorKind::Internal, "Key Vault returned no cer"))?;
     let validity = cert
         .attributes
         .as_ref()

@@ -124,14 +124,13 @@ pub fn history_version(
         Some(p) => versions
             .iter()
             .position(|v| v.version.eq_ignore_ascii_case(p))
-            .ok_or_else(|| {
-                format!("objectVersion {p} is not among the object's enabled versions")
-            })?,
+            .ok_or_else(|| format!("{p} is not among the object's enabled versions"))?,
     };
     Ok(versions.get(start + index).map(|v| v.version.clone()))
 }
 
-/// Reads one object and renders its bytes.
+/// Reads one object and renders its bytes. Errors do not name the object: the caller does,
+/// once (as [`ObjectError`] does).
 pub async fn fetch_object(
     client: &VaultClient,
     spec: &ObjectSpec,
@@ -166,13 +165,13 @@ pub async fn fetch_object(
     let (read_version, parts) = match spec.object_type {
         ObjectType::Secret => {
             let fetched = get_secret(client, &spec.name, version, scrub).await?;
-            fetched.validity.check(&spec.id(), &fetched.version)?;
+            fetched.validity.check(&fetched.version)?;
             let v = fetched.version.clone();
             (v, render_secret(spec, fetched)?)
         }
         ObjectType::Key => {
             let key = get_key(&client.keys, &spec.name, version, scrub).await?;
-            key.validity.check(&spec.id(), &key.version)?;
+            key.validity.check(&key.version)?;
             (
                 key.version,
                 RenderedParts {
@@ -183,7 +182,7 @@ pub async fn fetch_object(
         }
         ObjectType::Cert => {
             let cert = get_certificate(&client.certificates, &spec.name, version, scrub).await?;
-            cert.validity.check(&spec.id(), &cert.version)?;
+            cert.validity.check(&cert.version)?;
             let pem = crate::pem::pem_encode("CERTIFICATE", &cert.der);
             (
                 cert.version,

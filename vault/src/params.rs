@@ -430,7 +430,7 @@ const SHOWN_CHARS: usize = 64;
 
 /// `value` quoted for an error message, cut after [`SHOWN_CHARS`] characters: a hostile
 /// megabyte-long input must not become a megabyte-long gRPC status and log line.
-pub(crate) fn shown(value: &str) -> String {
+pub fn shown(value: &str) -> String {
     match value.char_indices().nth(SHOWN_CHARS) {
         None => format!("{value:?}"),
         Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),

@@ -28,6 +28,16 @@ pub enum FormatError {
     /// The PFX holds no private key.
     #[error("the PKCS#12 file holds no private key")]
     NoPrivateKey,
+    /// The PFX holds more than one private key.
+    #[error(
+        "the PKCS#12 file holds {0} private keys; accepted: one key with its certificate chain"
+    )]
+    ManyPrivateKeys(usize),
+    /// No certificate of the PFX has the private key's public key.
+    #[error(
+        "the PKCS#12 file's private key matches none of its {0} certificates; accepted: a key with its own certificate"
+    )]
+    NoMatchingCertificate(usize),
     /// The key has no public part we can express (symmetric, unknown curve, missing fields).
     #[error("{0}")]
     Key(String),
@@ -125,19 +135,30 @@ pub fn pem_encode(label: &str, der: &[u8]) -> Zeroizing<String> {
     out
 }
 
+/// A certificate's subject and issuer (raw DER names).
+type Names = (Vec<u8>, Vec<u8>);
+
+/// The subject and issuer of each certificate.
+fn names_of(certs: &[&[u8]]) -> Result<Vec<Names>, FormatError> {
+    certs
+        .iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der)
+                .map_err(|_| FormatError::Certificate(i))?;
+            Ok((
+                cert.subject().as_raw().to_vec(),
+                cert.issuer().as_raw().to_vec(),
+            ))
+        })
+        .collect()
+}
+
 /// The order of `certs` (DER) from leaf to root: the leaf is the certificate that issued no
 /// other one in the set; each next one is the issuer of the previous. Certificates outside
 /// that path keep their stored order at the end.
 pub fn chain_order(certs: &[&[u8]]) -> Result<Vec<usize>, FormatError> {
-    let mut names = Vec::with_capacity(certs.len());
-    for (i, der) in certs.iter().enumerate() {
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|_| FormatError::Certificate(i))?;
-        names.push((
-            cert.subject().as_raw().to_vec(),
-            cert.issuer().as_raw().to_vec(),
-        ));
-    }
+    let names = names_of(certs)?;
     let issued_another = |i: usize| {
         names
             .iter()
@@ -145,20 +166,28 @@ pub fn chain_order(certs: &[&[u8]]) -> Result<Vec<usize>, FormatError> {
             .any(|(j, (_, issuer))| j != i && *issuer == names[i].0 && names[j].0 != names[j].1)
     };
     let leaf = (0..certs.len()).find(|&i| !issued_another(i)).unwrap_or(0);
-    let mut order = Vec::with_capacity(certs.len());
-    let mut used = vec![false; certs.len()];
-    let mut current = Some(leaf);
+    Ok(issuer_path(&names, leaf))
+}
+
+/// The order of `certs` (DER) from the given leaf to its root by issuer links; certificates
+/// outside that path keep their stored order at the end.
+pub fn chain_order_from(certs: &[&[u8]], leaf: usize) -> Result<Vec<usize>, FormatError> {
+    let names = names_of(certs)?;
+    Ok(issuer_path(&names, leaf))
+}
+
+fn issuer_path(names: &[Names], leaf: usize) -> Vec<usize> {
+    let mut order = Vec::with_capacity(names.len());
+    let mut used = vec![false; names.len()];
+    let mut current = (leaf < names.len()).then_some(leaf);
     while let Some(i) = current {
-        if certs.is_empty() {
-            break;
-        }
         order.push(i);
         used[i] = true;
         let issuer = &names[i].1;
-        current = (0..certs.len()).find(|&j| !used[j] && names[j].0 == *issuer);
+        current = (0..names.len()).find(|&j| !used[j] && names[j].0 == *issuer);
     }
-    order.extend((0..certs.len()).filter(|&j| !used[j]));
-    Ok(order)
+    order.extend((0..names.len()).filter(|&j| !used[j]));
+    order
 }
 
 /// A PEM-stored certificate secret with its chain leaf first: the private key block(s) first,
@@ -209,41 +238,91 @@ impl std::fmt::Debug for Pkcs12Contents {
     }
 }
 
-/// Reads a PFX with an empty password (as Key Vault stores them).
+/// Reads a PFX with an empty password (as Key Vault stores them): every certificate and key
+/// bag, whatever their attributes (`localKeyID` and `friendlyName` are optional and are not
+/// used to pair them). The leaf is the certificate whose public key is the private key's; the
+/// others follow it by issuer links, as for PEM. A key that carries no public part (an EC key
+/// written without it) is paired by `localKeyID` instead.
 ///
 /// p12-keystore keeps the decrypted key in a plain `Vec`; it is freed (and, in the daemon,
 /// zeroed by the allocator) before this returns.
 pub fn read_pkcs12(pfx: &[u8]) -> Result<Pkcs12Contents, FormatError> {
-    use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
-    let store = KeyStore::from_pkcs12(pfx, "", Pkcs12ImportPolicy::Relaxed)
-        .map_err(|_| FormatError::Pkcs12)?;
-    let mut key = None;
-    let mut certs: Vec<Vec<u8>> = Vec::new();
-    for (_, entry) in store.entries() {
-        match entry {
-            KeyStoreEntry::PrivateKeyChain(chain) => {
-                if key.is_none() {
-                    key = Some(SecretBytes::new(chain.key().as_der().to_vec()));
-                }
-                for c in chain.certs() {
-                    if !certs.iter().any(|d| d == c.as_der()) {
-                        certs.push(c.as_der().to_vec());
-                    }
-                }
-            }
-            KeyStoreEntry::Certificate(c) => {
-                if !certs.iter().any(|d| d == c.as_der()) {
-                    certs.push(c.as_der().to_vec());
-                }
-            }
-            KeyStoreEntry::Secret(_) => {}
+    let archive =
+        p12_keystore::Pkcs12Archive::from_pkcs12(pfx, "").map_err(|_| FormatError::Pkcs12)?;
+    let key_bag = match archive.keys.as_slice() {
+        [] => return Err(FormatError::NoPrivateKey),
+        [key] => key,
+        keys => return Err(FormatError::ManyPrivateKeys(keys.len())),
+    };
+    let key = SecretBytes::new(key_bag.key.as_der().to_vec());
+    let mut certs: Vec<&p12_keystore::CertificateBag> = Vec::new();
+    for bag in &archive.certs {
+        if !certs.iter().any(|c| c.cert.as_der() == bag.cert.as_der()) {
+            certs.push(bag);
         }
     }
-    let key = key.ok_or(FormatError::NoPrivateKey)?;
-    let refs: Vec<&[u8]> = certs.iter().map(Vec::as_slice).collect();
-    let order = chain_order(&refs)?;
-    let certs = order.into_iter().map(|i| certs[i].clone()).collect();
+    let ders: Vec<&[u8]> = certs.iter().map(|c| c.cert.as_der()).collect();
+    let leaf = match public_key_of(key.expose()) {
+        Some(public) => ders.iter().position(|der| certifies(der, &public)),
+        None => key_bag.local_key_id.as_ref().and_then(|id| {
+            certs
+                .iter()
+                .position(|c| c.local_key_id.as_deref() == Some(id.as_ref()))
+        }),
+    }
+    .ok_or(FormatError::NoMatchingCertificate(certs.len()))?;
+    let order = chain_order_from(&ders, leaf)?;
+    let certs = order.into_iter().map(|i| ders[i].to_vec()).collect();
     Ok(Pkcs12Contents { key, certs })
+}
+
+/// The public half of a PKCS#8 private key, as a certificate states it.
+enum PublicPart<'a> {
+    /// RSA: modulus and exponent (big-endian, no leading zeros).
+    Rsa { n: &'a [u8], e: &'a [u8] },
+    /// Anything else: the bytes of the certificate's `subjectPublicKey` (an EC point).
+    Bits(&'a [u8]),
+}
+
+const RSA_OID: pkcs8::ObjectIdentifier =
+    pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const RSA_PSS_OID: pkcs8::ObjectIdentifier =
+    pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const EC_OID: pkcs8::ObjectIdentifier = pkcs8::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+
+/// The public part of a PKCS#8 key: from the RSA key itself, the EC key's `publicKey`, or a
+/// PKCS#8 v2 `publicKey`; `None` when the key does not carry it.
+fn public_key_of(pkcs8_der: &[u8]) -> Option<PublicPart<'_>> {
+    let info = pkcs8::PrivateKeyInfo::try_from(pkcs8_der).ok()?;
+    let oid = info.algorithm.oid;
+    if oid == RSA_OID || oid == RSA_PSS_OID {
+        let rsa = pkcs1::RsaPrivateKey::try_from(info.private_key).ok()?;
+        return Some(PublicPart::Rsa {
+            n: rsa.modulus.as_bytes(),
+            e: rsa.public_exponent.as_bytes(),
+        });
+    }
+    if oid == EC_OID
+        && let Some(point) = sec1::EcPrivateKey::try_from(info.private_key)
+            .ok()
+            .and_then(|ec| ec.public_key)
+    {
+        return Some(PublicPart::Bits(point));
+    }
+    info.public_key.map(PublicPart::Bits)
+}
+
+/// True when the certificate `der` states `public` as its public key.
+fn certifies(der: &[u8], public: &PublicPart<'_>) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let bits = &cert.tbs_certificate.subject_pki.subject_public_key.data;
+    match public {
+        PublicPart::Rsa { n, e } => pkcs1::RsaPublicKey::try_from(bits.as_ref())
+            .is_ok_and(|k| k.modulus.as_bytes() == *n && k.public_exponent.as_bytes() == *e),
+        PublicPart::Bits(point) => bits.as_ref() == *point,
+    }
 }
 
 /// The private key PEM (`PRIVATE KEY`, PKCS#8).

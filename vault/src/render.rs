@@ -33,17 +33,15 @@ pub struct RenderedParts {
     pub side: Vec<(&'static str, SecretBytes)>,
 }
 
-fn format_error(spec: &ObjectSpec, what: &str, e: crate::pem::FormatError) -> VaultError {
+fn format_error(what: &str, e: crate::pem::FormatError) -> VaultError {
     VaultError::new(
         ErrorKind::InvalidArgument,
-        format!(
-            "{}: the certificate secret is not valid {what}: {e}",
-            spec.id()
-        ),
+        format!("the certificate secret is not valid {what}: {e}"),
     )
 }
 
-/// Renders a secret object into the bytes of its file(s).
+/// Renders a secret object into the bytes of its file(s). Errors do not name the object: the
+/// caller's [`crate::ObjectError`] does, once.
 ///
 /// A secret that backs a certificate (it has a `kid`) is written the way the Azure provider
 /// does, except that a PEM-stored chain is put leaf first:
@@ -66,8 +64,7 @@ pub fn render_secret(
             return Err(VaultError::new(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "{}: {} needs a secret that backs a certificate; this secret has no kid",
-                    spec.id(),
+                    "{} needs a secret that backs a certificate; this secret has no kid",
                     spec.field("certKeyFiles")
                 ),
             ));
@@ -91,14 +88,13 @@ pub fn render_secret(
                     VaultError::new(
                         ErrorKind::InvalidArgument,
                         format!(
-                            "{}: the certificate secret is marked {CONTENT_TYPE_PKCS12} but is not base64",
-                            spec.id()
+                            "the certificate secret is marked {CONTENT_TYPE_PKCS12} but is not base64"
                         ),
                     )
                 })?,
         );
         let contents =
-            crate::pem::read_pkcs12(pfx.expose()).map_err(|e| format_error(spec, "PKCS#12", e))?;
+            crate::pem::read_pkcs12(pfx.expose()).map_err(|e| format_error("PKCS#12", e))?;
         let key = crate::pem::key_pem(&contents);
         let certs = crate::pem::certs_pem(&contents.certs);
         let mut main = key.expose().to_vec();
@@ -117,19 +113,17 @@ pub fn render_secret(
         return Err(VaultError::new(
             ErrorKind::InvalidArgument,
             format!(
-                "{}: {} pfx needs a certificate stored as PKCS#12 (contentType {CONTENT_TYPE_PKCS12}); this one is stored as {}; use objectFormat pem",
-                spec.id(),
+                "{} pfx needs a certificate stored as PKCS#12 (contentType {CONTENT_TYPE_PKCS12}); this one is stored as {}; use pem",
                 spec.field("objectFormat"),
                 secret.content_type.as_deref().unwrap_or("PEM")
             ),
         ));
     }
     let value: SecretBytes = secret.value.into();
-    let main = crate::pem::normalize_pem_chain(value.expose())
-        .map_err(|e| format_error(spec, "PEM", e))?;
+    let main =
+        crate::pem::normalize_pem_chain(value.expose()).map_err(|e| format_error("PEM", e))?;
     let side = if spec.cert_key_files {
-        let blocks =
-            crate::pem::parse_pem(main.expose()).map_err(|e| format_error(spec, "PEM", e))?;
+        let blocks = crate::pem::parse_pem(main.expose()).map_err(|e| format_error("PEM", e))?;
         let mut crt = Vec::new();
         let mut key = Vec::new();
         for b in &blocks {
@@ -159,8 +153,7 @@ fn decode(spec: &ObjectSpec, value: SecretString) -> Result<SecretBytes, VaultEr
         VaultError::new(
             ErrorKind::InvalidArgument,
             format!(
-                "{}: the value is not valid {what} ({} is {what}); check the object's encoding",
-                spec.id(),
+                "the value is not valid {what} ({} is {what}); check the object's encoding",
                 spec.field("objectEncoding")
             ),
         )
