@@ -21,6 +21,25 @@ const APP_A_SECRET: &str = "app-a-password";
 /// would.
 const ATTACKER_SEED: &str = "tenantId: 00000000-0000-0000-0000-000000000001\nidentities:\n  - name: fake-a\n    clientId: 00000000-0000-0000-0000-00000000000a\n    clientSecret: attacker-chosen\nvaults:\n  - name: decoy\n";
 
+/// kubelet's NodePublishVolume for `pod` (also the volume id), the class inline in the volume
+/// context (no SecretProviderClass to look up), as the service principal app-a.
+fn csi_publish(
+    vault: &Vault,
+    daemon: &NodeDaemon,
+    class: &str,
+    pod: &str,
+) -> kvmount_proto::csi::NodePublishVolumeRequest {
+    let mut context =
+        DriverRequest::new("demo", vault.mock.tenant_id(), class, "team-a", pod).attributes;
+    context.remove("secretProviderClass");
+    let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
+    publish.secrets = HashMap::from([
+        ("clientid".into(), APP_A.into()),
+        ("clientsecret".into(), APP_A_SECRET.into()),
+    ]);
+    publish
+}
+
 /// A directory for cloud environment files, and the daemon flags that allow it.
 struct Clouds {
     dir: tempfile::TempDir,
@@ -453,16 +472,7 @@ async fn a_deep_tree_is_refused_and_one_left_from_before_is_torn_down() {
     let mut node = NodeClient::new(daemon.csi_channel().await);
     let publish = |alias: &str, pod: &str| {
         let class = objects(&[object("db-password", &format!("objectAlias: {alias}\n"))]);
-        let mut context =
-            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod).attributes;
-        // Inline parameters: no class to look up.
-        context.remove("secretProviderClass");
-        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
-        publish.secrets = HashMap::from([
-            ("clientid".into(), APP_A.into()),
-            ("clientsecret".into(), APP_A_SECRET.into()),
-        ]);
-        publish
+        csi_publish(&vault, &daemon, &class, pod)
     };
     let deep = vec!["d"; 2047].join("/");
     let err = node
@@ -540,15 +550,7 @@ async fn a_pod_holding_locks_on_its_volume_blocks_nothing() {
     let mut identity = IdentityClient::new(daemon.csi_channel().await);
     let publish = |pod: &str| {
         let class = objects(&[object("db-password", ""), object("api-key", "")]);
-        let mut context =
-            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod).attributes;
-        context.remove("secretProviderClass");
-        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
-        publish.secrets = HashMap::from([
-            ("clientid".into(), APP_A.into()),
-            ("clientsecret".into(), APP_A_SECRET.into()),
-        ]);
-        publish
+        csi_publish(&vault, &daemon, &class, pod)
     };
     node.node_publish_volume(publish("locker"))
         .await
@@ -628,17 +630,7 @@ async fn a_revoked_pinned_version_stops_being_served() {
         object("db-password", &format!("objectVersion: {version}\n")),
         object("api-key", ""),
     ]);
-    let publish = |pod: &str| {
-        let mut context =
-            DriverRequest::new("demo", vault.mock.tenant_id(), &pinned, "team-a", pod).attributes;
-        context.remove("secretProviderClass");
-        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
-        publish.secrets = HashMap::from([
-            ("clientid".into(), APP_A.into()),
-            ("clientsecret".into(), APP_A_SECRET.into()),
-        ]);
-        publish
-    };
+    let publish = |pod: &str| csi_publish(&vault, &daemon, &pinned, pod);
     node.node_publish_volume(publish("pinned"))
         .await
         .expect("publish pinned");
@@ -784,17 +776,7 @@ async fn volumes_stay_within_the_daemons_memory_budget() {
             .map(|i| object(&format!("big-{i}"), ""))
             .collect::<Vec<_>>(),
     );
-    let publish = |pod: &str| {
-        let mut context =
-            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod).attributes;
-        context.remove("secretProviderClass");
-        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
-        publish.secrets = HashMap::from([
-            ("clientid".into(), APP_A.into()),
-            ("clientsecret".into(), APP_A_SECRET.into()),
-        ]);
-        publish
-    };
+    let publish = |pod: &str| csi_publish(&vault, &daemon, &class, pod);
     node.node_publish_volume(publish("v0"))
         .await
         .expect("publish");
@@ -887,15 +869,7 @@ async fn an_erased_value_leaves_no_copy_while_its_vault_stays_in_use() {
     let mut node = NodeClient::new(daemon.csi_channel().await);
     let publish = |pod: &str, name: &str| {
         let class = objects(&[object(name, "")]);
-        let mut context =
-            DriverRequest::new("demo", vault.mock.tenant_id(), &class, "team-a", pod).attributes;
-        context.remove("secretProviderClass");
-        let mut publish = kvmount_tests::publish_request(&daemon.target(pod), pod, &context);
-        publish.secrets = HashMap::from([
-            ("clientid".into(), APP_A.into()),
-            ("clientsecret".into(), APP_A_SECRET.into()),
-        ]);
-        publish
+        csi_publish(&vault, &daemon, &class, pod)
     };
     node.node_publish_volume(publish("keeps", "stays"))
         .await
