@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kvmount_vault::params::{POD_NAME, POD_NAMESPACE, POD_UID, TOKENS_ATTRIBUTE};
-use kvmount_vault::{ObjectError, ParamError, RenderedObject};
+use kvmount_vault::{FetchedObject, ObjectError, ParamError, RenderedObject};
 use kvmount_volume::{AtomicWriter, FileSpec, Ownership, PinnedTarget, TmpfsOptions};
 use zeroize::Zeroize;
 
@@ -105,6 +105,12 @@ pub enum VolumeError {
     /// The node's volumes would take more memory than the daemon's tmpfs budget.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A volume's file-system work did not finish in time (it goes on in the background).
+    #[error("{0}")]
+    Deadline(String),
+    /// A volume's file-system work ended without an answer (a bug).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Tuning of published volumes.
@@ -144,18 +150,18 @@ pub struct Volumes {
     state: StateStore,
     config: VolumeConfig,
     records: Mutex<BTreeMap<String, VolumeRecord>>,
-    busy: Mutex<HashSet<String>>,
+    busy: Arc<Mutex<HashSet<String>>>,
     /// Writes of the state: one at a time, so the file of a volume follows its record.
     persisting: Mutex<()>,
 }
 
 /// Marks a target busy for the lifetime of the guard.
-struct Busy<'a> {
-    set: &'a Mutex<HashSet<String>>,
+struct Busy {
+    set: Arc<Mutex<HashSet<String>>>,
     target: String,
 }
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
         self.set
             .lock()
@@ -223,7 +229,7 @@ impl Volumes {
             state,
             config,
             records: Mutex::default(),
-            busy: Mutex::default(),
+            busy: Arc::default(),
             persisting: Mutex::default(),
         }
     }
@@ -246,13 +252,13 @@ impl Volumes {
         }
     }
 
-    fn claim(&self, target: &str) -> Result<Busy<'_>, VolumeError> {
+    fn claim(&self, target: &str) -> Result<Busy, VolumeError> {
         let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         if !busy.insert(target.to_owned()) {
             return Err(VolumeError::Aborted(target.to_owned()));
         }
         Ok(Busy {
-            set: &self.busy,
+            set: Arc::clone(&self.busy),
             target: target.to_owned(),
         })
     }
@@ -323,7 +329,7 @@ impl Volumes {
             ));
         }
         let fs_group = fs_group(&request)?;
-        let _busy = self.claim(&request.target_path)?;
+        let busy = self.claim(&request.target_path)?;
         let digest = attributes_digest(&request.context, fs_group);
         let existing = self.records().get(&request.target_path).cloned();
         if let Some(existing) = &existing
@@ -346,67 +352,6 @@ impl Volumes {
         let charge = tmpfs_charge(&objects);
         self.check_budget(&request.target_path, charge)?;
 
-        // From here on the target is reached through its parent, held open: a symlink swapped
-        // in at the parent (or refused there) cannot send the mkdir, the mount, the files or a
-        // cleanup anywhere else.
-        let Some(pinned) = PinnedTarget::open(&target)? else {
-            return Err(VolumeError::InvalidArgument(format!(
-                "target_path {}: its parent directory does not exist (kubelet creates it)",
-                target.display()
-            )));
-        };
-        let requested = target;
-        let target = pinned.path();
-        let explain = |e| VolumeError::from(pinned.explain(e));
-        let mounted_here = !kvmount_volume::is_mount_point(target).map_err(explain)?;
-        if mounted_here {
-            if let Err(e) = std::fs::create_dir(target)
-                && e.kind() != std::io::ErrorKind::AlreadyExists
-            {
-                return Err(VolumeError::InvalidArgument(format!(
-                    "target_path {}: cannot create: {e}",
-                    requested.display()
-                )));
-            }
-            kvmount_volume::mount_tmpfs(
-                target,
-                &TmpfsOptions {
-                    size_bytes: self.config.tmpfs_bytes,
-                    mode: 0o750,
-                    uid: None,
-                    gid: fs_group,
-                },
-            )
-            .map_err(explain)?;
-        }
-        let written = (|| {
-            let writer = AtomicWriter::open(target)?;
-            let specs: Vec<FileSpec<'_>> = objects
-                .iter()
-                .flat_map(|o| o.files.iter())
-                .map(|f| FileSpec {
-                    path: &f.path,
-                    mode: f.mode,
-                    contents: f.contents.expose(),
-                })
-                .collect();
-            writer.write(
-                &specs,
-                &Ownership {
-                    uid: None,
-                    gid: fs_group,
-                },
-            )
-        })();
-        let outcome = match written {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                if mounted_here {
-                    let _ = kvmount_volume::teardown(target);
-                }
-                return Err(explain(err));
-            }
-        };
         let mut files = Vec::new();
         let mut versions = BTreeMap::new();
         for (object, key) in objects.iter().zip(&keys) {
@@ -420,7 +365,14 @@ impl Volumes {
                 });
             }
         }
-        drop(objects);
+        let tmpfs_bytes = self.config.tmpfs_bytes;
+        let (outcome, busy) = off_thread("publish", move || {
+            let written = write_volume(&target, &objects, fs_group, tmpfs_bytes);
+            drop(objects);
+            (written, busy)
+        })
+        .await?;
+        let outcome = outcome?;
         self.cache.retain(&request.target_path, keys);
         let record = VolumeRecord {
             volume_id: request.volume_id.clone(),
@@ -452,6 +404,7 @@ impl Volumes {
         );
         self.records().insert(request.target_path.clone(), record);
         self.persist(&request.target_path)?;
+        drop(busy);
         crate::hardening::scrub_stack();
         Ok(())
     }
@@ -510,30 +463,38 @@ impl Volumes {
 
     /// NodeUnpublishVolume: remove the files, unmount, remove the directory; OK for a target
     /// that is unknown, already gone, or left from before a restart.
-    pub fn unpublish(&self, volume_id: &str, target_path: &str) -> Result<(), VolumeError> {
+    pub async fn unpublish(&self, volume_id: &str, target_path: &str) -> Result<(), VolumeError> {
         if volume_id.is_empty() {
             return Err(VolumeError::InvalidArgument("volume_id is required".into()));
         }
         let target = validate_target(target_path)?;
-        let _busy = self.claim(target_path)?;
+        let busy = self.claim(target_path)?;
         // A missing parent: nothing was ever there, or kubelet removed it. A symlink at the
         // parent is refused (FAILED_PRECONDITION) rather than followed into someone's files.
-        let torn_down = match PinnedTarget::open(&target)? {
-            Some(pinned) => kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e)),
-            None => Ok(()),
-        };
+        let (torn_down, busy) = off_thread("unpublish", move || {
+            let torn_down = match PinnedTarget::open(&target) {
+                Ok(Some(pinned)) => {
+                    kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e).into())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(VolumeError::from(e)),
+            };
+            (torn_down, busy)
+        })
+        .await?;
         // The daemon's own copies go whatever happened on the node: a teardown that failed part
         // way keeps the record (and the state file), so kubelet's retry finishes it.
         let erased = self.cache.release(target_path);
         if let Err(err) = torn_down {
             tracing::warn!(target = %target_path, erased, error = %err, "unpublish: the volume is not fully removed yet; kubelet retries");
-            return Err(err.into());
+            return Err(err);
         }
         let known = self.records().remove(target_path);
         if let Some(record) = &known {
             tracing::info!(target = %target_path, pod = %record.pod_name, namespace = %record.pod_namespace, erased, "unpublished");
         }
         self.persist(target_path)?;
+        drop(busy);
         crate::hardening::scrub_stack();
         Ok(())
     }
@@ -589,11 +550,11 @@ impl Volumes {
                 }
                 continue;
             }
-            let Ok(_busy) = self.claim(&record.target_path) else {
+            let Ok(busy) = self.claim(&record.target_path) else {
                 pending += 1;
                 continue;
             };
-            match self.rewrite(&record).await {
+            match self.rewrite(&record, busy).await {
                 Ok((versions, charge)) => {
                     rewritten += 1;
                     tracing::info!(target = %record.target_path, pod = %record.pod_name, namespace = %record.pod_namespace, "rotated volume rewritten");
@@ -632,6 +593,7 @@ impl Volumes {
     async fn rewrite(
         &self,
         record: &VolumeRecord,
+        busy: Busy,
     ) -> Result<(BTreeMap<String, String>, u64), VolumeError> {
         let mut values = Vec::with_capacity(record.files.len());
         let mut versions = BTreeMap::new();
@@ -651,37 +613,137 @@ impl Volumes {
             .map(|v| pages(v.contents.expose().len()))
             .sum();
         self.check_budget(&record.target_path, charge)?;
-        let no_longer =
-            || VolumeError::InvalidArgument(format!("{}: no longer mounted", record.target_path));
-        let Some(pinned) = PinnedTarget::open(Path::new(&record.target_path))? else {
-            return Err(no_longer());
-        };
-        let explain = |e| VolumeError::from(pinned.explain(e));
-        if !kvmount_volume::is_mount_point(pinned.path()).map_err(explain)? {
-            return Err(no_longer());
-        }
-        let writer = AtomicWriter::open(pinned.path()).map_err(explain)?;
-        let specs: Vec<FileSpec<'_>> = record
-            .files
-            .iter()
-            .zip(&values)
-            .map(|(file, value)| FileSpec {
-                path: &file.path,
-                mode: file.mode,
-                contents: value.contents.expose(),
-            })
-            .collect();
-        writer
-            .write(
-                &specs,
-                &Ownership {
-                    uid: None,
-                    gid: record.fs_group,
-                },
-            )
-            .map_err(explain)?;
+        let record = record.clone();
+        off_thread("rotation", move || {
+            let rewritten = rewrite_volume(&record, &values);
+            drop(values);
+            drop(busy);
+            rewritten
+        })
+        .await??;
         Ok((versions, charge))
     }
+}
+
+/// How long a volume's file-system work (mount, write, teardown) may take before the caller is
+/// answered. tmpfs work takes milliseconds; the bound is for what cannot be foreseen.
+const FS_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Runs a volume's file-system work on a blocking thread: nothing one volume's file system does
+/// (nor anything a pod does to it) holds up the runtime, so Probe and other pods' calls go on.
+/// Past [`FS_DEADLINE`] the caller gets DEADLINE_EXCEEDED while the work finishes on its
+/// thread (holding the target's claim, when it was handed one, so a retry waits for it). The
+/// thread's stack is overwritten after the work: it held the files' bytes.
+async fn off_thread<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, VolumeError> {
+    let task = tokio::task::spawn_blocking(move || {
+        let done = work();
+        crate::hardening::scrub_stack();
+        done
+    });
+    match tokio::time::timeout(FS_DEADLINE, task).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(_)) => Err(VolumeError::Internal(format!(
+            "{what}: the file-system work failed"
+        ))),
+        Err(_) => Err(VolumeError::Deadline(format!(
+            "{what}: the file-system work did not finish within {FS_DEADLINE:?}; it goes on, retry later"
+        ))),
+    }
+}
+
+/// The node-side work of a publish: mounts a tmpfs at `target` (when it is not one yet) and
+/// writes `objects`' files into it atomically. Every step goes through the target's parent
+/// held open: a symlink swapped in at the parent (or refused there) cannot send the mkdir, the
+/// mount, the files or a cleanup anywhere else. A failed first write leaves nothing mounted.
+fn write_volume(
+    target: &Path,
+    objects: &[RenderedObject],
+    fs_group: Option<u32>,
+    tmpfs_bytes: u64,
+) -> Result<kvmount_volume::WriteOutcome, VolumeError> {
+    let Some(pinned) = PinnedTarget::open(target)? else {
+        return Err(VolumeError::InvalidArgument(format!(
+            "target_path {}: its parent directory does not exist (kubelet creates it)",
+            target.display()
+        )));
+    };
+    let path = pinned.path();
+    let explain = |e| VolumeError::from(pinned.explain(e));
+    let mounted_here = !kvmount_volume::is_mount_point(path).map_err(explain)?;
+    if mounted_here {
+        if let Err(e) = std::fs::create_dir(path)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(VolumeError::InvalidArgument(format!(
+                "target_path {}: cannot create: {e}",
+                target.display()
+            )));
+        }
+        kvmount_volume::mount_tmpfs(
+            path,
+            &TmpfsOptions {
+                size_bytes: tmpfs_bytes,
+                mode: 0o750,
+                uid: None,
+                gid: fs_group,
+            },
+        )
+        .map_err(explain)?;
+    }
+    let specs: Vec<FileSpec<'_>> = objects
+        .iter()
+        .flat_map(|o| o.files.iter())
+        .map(|f| FileSpec {
+            path: &f.path,
+            mode: f.mode,
+            contents: f.contents.expose(),
+        })
+        .collect();
+    let owner = Ownership {
+        uid: None,
+        gid: fs_group,
+    };
+    let written = AtomicWriter::open(path).and_then(|writer| writer.write(&specs, &owner));
+    written.map_err(|err| {
+        if mounted_here {
+            let _ = kvmount_volume::teardown(path);
+        }
+        explain(err)
+    })
+}
+
+/// The node-side work of a rotation: writes `values` (one per file of `record`, in order) into
+/// the volume, which must still be a mount, through its parent held open.
+fn rewrite_volume(record: &VolumeRecord, values: &[FetchedObject]) -> Result<(), VolumeError> {
+    let no_longer =
+        || VolumeError::InvalidArgument(format!("{}: no longer mounted", record.target_path));
+    let Some(pinned) = PinnedTarget::open(Path::new(&record.target_path))? else {
+        return Err(no_longer());
+    };
+    let explain = |e| VolumeError::from(pinned.explain(e));
+    if !kvmount_volume::is_mount_point(pinned.path()).map_err(explain)? {
+        return Err(no_longer());
+    }
+    let writer = AtomicWriter::open(pinned.path()).map_err(explain)?;
+    let specs: Vec<FileSpec<'_>> = record
+        .files
+        .iter()
+        .zip(values)
+        .map(|(file, value)| FileSpec {
+            path: &file.path,
+            mode: file.mode,
+            contents: value.contents.expose(),
+        })
+        .collect();
+    let owner = Ownership {
+        uid: None,
+        gid: record.fs_group,
+    };
+    writer.write(&specs, &owner).map_err(explain)?;
+    Ok(())
 }
 
 /// The files' group: `volume_capability.mount.volume_mount_group`, else the `fsGroup` attribute.

@@ -113,6 +113,7 @@ impl Node for NodeService {
         match self
             .volumes
             .unpublish(&request.volume_id, &request.target_path)
+            .await
         {
             Ok(()) => Ok(Response::new(NodeUnpublishVolumeResponse {})),
             Err(err) => {

@@ -52,6 +52,8 @@ impl From<VolumeError> for Status {
             VolumeError::Volume(volume) => volume_code(volume.kind()),
             VolumeError::State(_) => Code::Internal,
             VolumeError::ResourceExhausted(_) => Code::ResourceExhausted,
+            VolumeError::Deadline(_) => Code::DeadlineExceeded,
+            VolumeError::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
     }
