@@ -18,7 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::{Stream, StreamExt, wrappers::UnixListenerStream};
@@ -77,7 +77,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AnyAuthority<IO> {
         loop {
             if !this.ready.is_empty() {
                 let n = buf.remaining().min(this.ready.len());
-                buf.put_slice(&this.ready.split_to(n));
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
             if let Some(err) = &this.failed {

@@ -136,7 +136,8 @@ impl Rewriter {
                     if n < PREFACE.len() {
                         return Ok(());
                     }
-                    out.extend_from_slice(&input.split_to(n));
+                    out.extend_from_slice(&input[..n]);
+                    input.advance(n);
                     self.state = State::Head;
                 }
                 State::Head => {
@@ -166,7 +167,8 @@ impl Rewriter {
                         if in_block {
                             return Err(RewriteError::Continuation);
                         }
-                        out.extend_from_slice(&input.split_to(9));
+                        out.extend_from_slice(&input[..9]);
+                        input.advance(9);
                         self.state = State::Copy(head.length);
                     }
                 }
@@ -176,7 +178,8 @@ impl Rewriter {
                         return Ok(());
                     }
                     let n = left.min(input.len());
-                    out.extend_from_slice(&input.split_to(n));
+                    out.extend_from_slice(&input[..n]);
+                    input.advance(n);
                     self.state = State::Copy(left - n);
                 }
                 State::Hold(head) => {
