@@ -133,7 +133,7 @@ rows = [
     ("fuzz executions (guided)", "%d over %d targets" % (sum(x["executions"] for x in fuzz), len(fuzz)) if fuzz else "- (KVMOUNT_FUZZ=1)"),
     ("faults injected", "%s (%s connection resets)" % (int(faults.get("faults_injected", 0)) + int(resets.get("faults_injected", 0)), resets.get("faults_injected", "-"))),
     ("symlink swaps", "%s over %s rounds (%s rotations)" % (swaps.get("swaps", "-"), swaps.get("rounds", "-"), swaps.get("rotations", "-"))),
-    ("red-team holes re-attacked", "%d closed (issue 17: %s)" % (len(red), ", ".join(sorted(red, key=int)) or "-")),
+    ("red-team holes re-attacked", "%d closed (%s)" % (len(red), ", ".join(sorted(red, key=lambda n: (len(n), n))) or "-")),
     ("random :authority requests", "%s answered" % authorities.get("requests", "-")),
     ("kills survived", "%s rounds (%s during a call)" % (kills.get("kill_rounds", "-"), kills.get("kills_during_a_call", "-"))),
     ("leaks found", sum(int(x.get(k, 0) or 0) for x in (inputs, kills, faults, resets, swaps, agent) for k in ("failures", "leaks", "memory_hits", "lost_content"))),
