@@ -19,18 +19,17 @@ fails its tests (never skips them).
 """
 
 import base64
-import importlib
 import json
 import os
 import re
 import shlex
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 
 import pytest
+
+from kvmount_support import Proc, stubs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TENANT = "00000000-0000-0000-0000-000000000001"
@@ -78,41 +77,6 @@ def client_bin(var):
     if not os.access(path, os.X_OK):
         pytest.fail(f"{var}={path} is not an executable: rerun tests/interop/install.sh")
     return path
-
-
-class Proc:
-    def __init__(self, argv):
-        self.err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.err, text=True)
-
-    def ready_line(self, pattern, timeout=120):
-        found = []
-
-        def read():
-            for line in self.proc.stdout:
-                m = pattern.match(line.strip())
-                if m:
-                    found.append(m)
-                    return
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(timeout)
-        if not found:
-            pytest.fail(f"no ready line; stderr: {self.log()[-3000:]!r}")
-        return found[0]
-
-    def log(self):
-        self.err.seek(0)
-        return self.err.read().decode(errors="replace")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class Node:
@@ -333,22 +297,6 @@ def test_csi_client(node, dial):
     info = calls["GetPluginInfo"]["response"]
     assert info.pop("vendorVersion") == kvmount_version()
     assert {name: call["response"] for name, call in calls.items()} == EXPECTED_CSI
-
-
-def stubs(tmp, proto):
-    """protoc-generated Python modules of proto/proto/<proto>.proto."""
-    import grpc_tools
-    from grpc_tools import protoc
-
-    out = os.path.join(tmp, "stubs")
-    os.makedirs(out, exist_ok=True)
-    proto_dir = os.path.join(ROOT, "proto", "proto")
-    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", os.path.join(proto_dir, proto + ".proto")])
-    assert rc == 0, "protoc failed"
-    if out not in sys.path:
-        sys.path.insert(0, out)
-    return importlib.import_module(proto + "_pb2"), importlib.import_module(proto + "_pb2_grpc")
 
 
 def test_grpcio_default_options_provider(node):

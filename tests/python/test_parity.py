@@ -13,7 +13,6 @@ proto/proto/provider.proto with grpcio-tools into a temp dir at test time.
 """
 
 import base64
-import importlib
 import json
 import os
 import pathlib
@@ -21,9 +20,7 @@ import re
 import shlex
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -35,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+
+from kvmount_support import Proc, stubs
 
 TENANT = "00000000-0000-0000-0000-000000000001"
 APP_A = "00000000-0000-0000-0000-00000000000a"
@@ -83,53 +82,6 @@ vaults:
 # ---- processes ----
 
 
-class Proc:
-    def __init__(self, argv):
-        self.out = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.out, text=True)
-
-    def ready_line(self, pattern, timeout=120):
-        line = [None]
-
-        def read():
-            while True:
-                s = self.proc.stdout.readline()
-                if not s or pattern.match(s.strip()):
-                    line[0] = s
-                    return
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(timeout)
-        m = pattern.match((line[0] or "").strip())
-        if not m:
-            pytest.fail(f"no ready line; stderr: {self.log()[-3000:]!r}")
-        return m
-
-    def log(self):
-        self.out.seek(0)
-        return self.out.read().decode(errors="replace")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _stubs(tmp):
-    from grpc_tools import protoc
-
-    os.makedirs(tmp, exist_ok=True)
-    proto_dir = os.path.join(ROOT, "proto", "proto")
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={tmp}", f"--grpc_python_out={tmp}", os.path.join(proto_dir, "provider.proto")])
-    assert rc == 0, "protoc failed"
-    sys.path.insert(0, tmp)
-    return importlib.import_module("provider_pb2"), importlib.import_module("provider_pb2_grpc")
-
-
 class Node:
     """The mock vault, the provider daemon, a provider-API client and the SDK clients."""
 
@@ -162,7 +114,7 @@ class Node:
             time.sleep(0.05)
         import grpc
 
-        self.pb, pb_grpc = _stubs(os.path.join(tmp, "stubs"))
+        self.pb, pb_grpc = stubs(tmp, "provider")
         # grpcio's defaults, as a user's client would have them (its :authority is the socket path).
         self.channel = grpc.insecure_channel("unix:" + self.socket)
         self.stub = pb_grpc.CSIDriverProviderStub(self.channel)
