@@ -374,8 +374,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chain_and_pfx() {
+    /// A root, an intermediate it issued and a leaf the intermediate issued, all P-256.
+    fn root_inter_leaf() -> (IssuedCert, IssuedCert, IssuedCert) {
         let now = time::OffsetDateTime::now_utc();
         let req = |subject, ca| CertRequest {
             subject,
@@ -388,6 +388,12 @@ mod tests {
         let root = issue(&req("root", true), None).expect("root");
         let inter = issue(&req("inter", true), Some(&root)).expect("inter");
         let leaf = issue(&req("leaf", false), Some(&inter)).expect("leaf");
+        (root, inter, leaf)
+    }
+
+    #[test]
+    fn chain_and_pfx() {
+        let (root, inter, leaf) = root_inter_leaf();
         assert_eq!(leaf.chain, vec![inter.der.clone(), root.der.clone()]);
         let pem = backing_secret(&leaf, Storage::Pem, true).expect("pem");
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
@@ -407,18 +413,7 @@ mod tests {
     /// the order of the certificate bags.
     #[test]
     fn pfx_pairs_the_key_with_the_leaf_in_either_order() {
-        let now = time::OffsetDateTime::now_utc();
-        let req = |subject, ca| CertRequest {
-            subject,
-            dns_names: &[],
-            ca,
-            key: KeySpec::Ec(Curve::P256),
-            not_before: now - time::Duration::days(1),
-            not_after: now + time::Duration::days(30),
-        };
-        let root = issue(&req("root", true), None).expect("root");
-        let inter = issue(&req("inter", true), Some(&root)).expect("inter");
-        let leaf = issue(&req("leaf", false), Some(&inter)).expect("leaf");
+        let (root, inter, leaf) = root_inter_leaf();
         for (root_first, order) in [
             (false, [&leaf.der, &inter.der, &root.der]),
             (true, [&root.der, &inter.der, &leaf.der]),

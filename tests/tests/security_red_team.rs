@@ -40,6 +40,24 @@ fn csi_publish(
     publish
 }
 
+/// Calls `call` every 500 ms until it is refused; the refusal, or a failed test after `limit`.
+async fn refused_within<T, F>(limit: Duration, mut call: impl FnMut() -> F) -> tonic::Status
+where
+    F: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let refused = async {
+        loop {
+            match call().await {
+                Err(status) => return status,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, refused)
+        .await
+        .unwrap_or_else(|_| panic!("not refused within {limit:?}"))
+}
+
 /// A directory for cloud environment files, and the daemon flags that allow it.
 struct Clouds {
     dir: tempfile::TempDir,
@@ -671,21 +689,13 @@ async fn a_revoked_pinned_version_stops_being_served() {
     .expect("disable the version");
 
     // Within a few intervals a new pod of the same class is refused.
-    let refused = async {
-        for attempt in 0.. {
-            match node
-                .node_publish_volume(publish(&format!("late-{attempt}")))
-                .await
-            {
-                Err(status) => return status,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
-        unreachable!()
-    };
-    let status = tokio::time::timeout(Duration::from_secs(15), refused)
-        .await
-        .expect("the disabled version is refused within 15 s");
+    let mut attempt = 0;
+    let status = refused_within(Duration::from_secs(15), || {
+        attempt += 1;
+        let (mut node, request) = (node.clone(), publish(&format!("late-{attempt}")));
+        async move { node.node_publish_volume(request).await }
+    })
+    .await;
     assert_eq!(
         status.code(),
         Code::PermissionDenied,
@@ -708,20 +718,13 @@ async fn a_revoked_pinned_version_stops_being_served() {
         }])
         .expect("fault");
     let only_key = objects(&[object("api-key", "")]);
-    let refused = async {
-        loop {
-            let mount =
-                DriverRequest::new("demo", vault.mock.tenant_id(), &only_key, "team-a", "after")
-                    .service_principal(APP_A, APP_A_SECRET);
-            match client.mount(mount.build()).await {
-                Err(status) => return status,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
-    };
-    let status = tokio::time::timeout(Duration::from_secs(15), refused)
-        .await
-        .expect("a removed role assignment is refused within 15 s");
+    let mount = DriverRequest::new("demo", vault.mock.tenant_id(), &only_key, "team-a", "after")
+        .service_principal(APP_A, APP_A_SECRET);
+    let status = refused_within(Duration::from_secs(15), || {
+        let (mut client, request) = (client.clone(), mount.build());
+        async move { client.mount(request).await }
+    })
+    .await;
     assert_eq!(
         status.code(),
         Code::PermissionDenied,
