@@ -238,8 +238,9 @@ pub async fn run_until(
         );
     }));
     if let Some(addr) = args.metrics_addr {
+        let listener = crate::metrics::listen(addr).await?;
         tasks.spawn(crate::metrics::serve(
-            addr,
+            listener,
             Arc::clone(&metrics),
             Arc::clone(&ready),
             stopped(),

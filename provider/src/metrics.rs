@@ -222,15 +222,22 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Listens on `addr` for [`serve`]; the error names the flag (a port in use, an address the
+/// node does not have), so a daemon that cannot serve its probes says why at start.
+pub async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}"))
+}
+
 /// Serves `/metrics`, `/healthz` (alive) and `/readyz` (200 only once every socket serves) on
-/// `addr` until `shutdown` resolves.
+/// `listener` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving metrics, /healthz and /readyz");
     tokio::pin!(shutdown);
     loop {

@@ -270,6 +270,13 @@ def test_tuned_values_reach_the_daemon():
     assert volume["hostPath"] == {"path": "/etc/kubernetes/clouds", "type": "Directory"}
 
 
+def test_the_node_daemon_tolerates_every_taint_by_default():
+    """Like both upstream charts: the daemon runs on tainted pools too, or their pods get no secrets."""
+    for combo in ["provider-default", "standalone"]:
+        (ds,) = by_kind(render(COMBOS[[p.stem for p in COMBOS].index(combo)]), "DaemonSet")
+        assert ds["spec"]["template"]["spec"]["tolerations"] == [{"operator": "Exists"}], combo
+
+
 def test_no_cloud_env_dir_by_default():
     """Without provider.cloudEnvDir the daemon refuses every cloudEnvFileName: no node path mounted."""
     c = node_container(render(COMBOS[[p.stem for p in COMBOS].index("standalone")]))

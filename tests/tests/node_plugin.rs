@@ -865,6 +865,30 @@ async fn tokens_only_in_csi_secrets_publish_and_never_reach_the_log() {
     assert!(!output.contains("current-value"), "log contains a value");
 }
 
+/// A metrics port in use stops the daemon at start with an error that names the flag.
+#[test]
+fn a_metrics_port_in_use_is_named_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("addr");
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(kvmount_tests::workspace_bin("kvmount-provider"))
+        .args(["serve", "--provider-socket"])
+        .arg(sockets.path().join("p.sock"))
+        .args(["--metrics-addr", &addr.to_string()])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("--metrics-addr {addr}: cannot listen")),
+        "{stderr}"
+    );
+    assert!(
+        !sockets.path().join("p.sock").exists(),
+        "the socket is removed"
+    );
+}
+
 #[test]
 fn a_state_dir_not_on_tmpfs_is_refused() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("disk dir");
