@@ -866,3 +866,57 @@ impl Drop for MemoryCgroup {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// Also found: after the last pod using a secret was unpublished, a copy of its value stayed
+/// in the daemon's memory while another pod still used another secret of the same vault, so
+/// the vault's connection stayed open (its TLS and HTTP/2 buffers). The erase holds with the
+/// connection's other users still there.
+#[tokio::test]
+async fn an_erased_value_leaves_no_copy_while_its_vault_stays_in_use() {
+    use kvmount_proto::csi::NodeUnpublishVolumeRequest;
+    use kvmount_proto::csi::node_client::NodeClient;
+    let seed = Seed::from_yaml(
+        "tenantId: 00000000-0000-0000-0000-000000000001\nidentities:\n  - name: app-a\n    clientId: 00000000-0000-0000-0000-00000000000a\n    clientSecret: app-a-password\nvaults:\n  - name: demo\n    access:\n      - { identity: app-a, objects: [\"secret/*\"], permissions: [get, list] }\n    secrets:\n      - { name: gone, versions: [\"kvmount-erased-canary-5be1d0\"] }\n      - { name: stays, versions: [\"still-in-use\"] }\n",
+    )
+    .expect("seed");
+    let vault = Vault::start(Some(seed)).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let publish = |pod: &str, name: &str| {
+        let class = objects(&[object(name, "")]);
+        csi_publish(&vault, &daemon, &class, pod)
+    };
+    node.node_publish_volume(publish("keeps", "stays"))
+        .await
+        .expect("publish");
+    node.node_publish_volume(publish("leaves", "gone"))
+        .await
+        .expect("publish");
+    let pid = daemon.pid();
+    let canary = b"kvmount-erased-canary-5be1d0";
+    assert!(
+        kvmount_tests::scan_process_memory(pid, canary) > 0,
+        "the scanner sees the cached value"
+    );
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "leaves".into(),
+        target_path: daemon.target("leaves").display().to_string(),
+    })
+    .await
+    .expect("unpublish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = kvmount_tests::scan_process_memory(pid, canary);
+    assert_eq!(
+        hits, 0,
+        "{hits} copies of the erased value while the vault's other secret is in use"
+    );
+    // The other volume is still served: a republish reads it again over a new connection.
+    node.node_publish_volume(publish("keeps", "stays"))
+        .await
+        .expect("republish");
+    assert_eq!(
+        std::fs::read_to_string(daemon.target("keeps").join("stays")).expect("file"),
+        "still-in-use"
+    );
+    record_summary("red_team_11", &[("closed", 1)]);
+}
