@@ -659,7 +659,7 @@ impl NodeCache {
         self.counters
             .erased
             .fetch_add(erased as u64, Ordering::Relaxed);
-        self.forget_unused_vaults(vaults);
+        self.close_erased_vaults(vaults);
         erased
     }
 
@@ -668,7 +668,7 @@ impl NodeCache {
     /// use by other entries gets new connections for its identities (the old ones close once
     /// their last request is done): the erased values may still sit in an open connection's TLS
     /// and HTTP/2 buffers, and only closing it frees them.
-    fn forget_unused_vaults(&self, candidates: HashSet<String>) {
+    fn close_erased_vaults(&self, candidates: HashSet<String>) {
         let slots = lock(&self.slots);
         let mut identities = lock(&self.identities);
         identities.retain(|identity, _| slots.keys().any(|k| IdentityKey::of(k) == *identity));
@@ -716,7 +716,7 @@ impl NodeCache {
         self.counters
             .erased
             .fetch_add(erased as u64, Ordering::Relaxed);
-        self.forget_unused_vaults(vaults);
+        self.close_erased_vaults(vaults);
         erased
     }
 

@@ -236,10 +236,6 @@ pub struct StatusArgs {
     /// The daemon's state directory.
     #[arg(long, default_value = "/run/kvmount")]
     pub state_dir: PathBuf,
-    /// The directory whose regular files a class may name as `cloudEnvFileName` (custom
-    /// clouds). Without it, every `cloudEnvFileName` is refused.
-    #[arg(long)]
-    pub cloud_env_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -99,6 +99,7 @@ pub async fn run_until(
             .filter(|n| !n.is_empty())
             .context("--node-id (or NODE_NAME) is required with --csi-socket")?;
         let state = StateStore::open(&args.state_dir)?;
+        let tmpfs_budget = args.tmpfs_budget.resolve();
         let volumes = Arc::new(Volumes::new(
             Arc::clone(&cache),
             classes,
@@ -106,11 +107,11 @@ pub async fn run_until(
             VolumeConfig {
                 tmpfs_bytes: args.tmpfs_bytes,
                 cloud_env_dir: args.cloud_env_dir.clone(),
-                tmpfs_budget: args.tmpfs_budget.resolve(),
+                tmpfs_budget,
             },
         ));
         handle.volumes = Some(Arc::clone(&volumes));
-        match args.tmpfs_budget.resolve() {
+        match tmpfs_budget {
             Some(budget) => tracing::info!(
                 budget,
                 "volumes' files may take this many bytes of memory (--tmpfs-budget)"

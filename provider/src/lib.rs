@@ -7,6 +7,7 @@
 //! - [`cli`]: command-line flags; [`dev`]: the one-machine life cycle.
 
 pub mod alloc;
+pub mod blocking;
 pub mod cache;
 pub mod classes;
 pub mod cli;

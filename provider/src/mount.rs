@@ -8,6 +8,7 @@ use std::time::Duration;
 use kvmount_vault::params::{self, parse_default_mode, parse_string_map};
 use kvmount_vault::{ObjectError, ParamError, RenderedObject};
 
+use crate::blocking::Late;
 use crate::cache::NodeCache;
 use zeroize::Zeroize;
 
@@ -77,13 +78,12 @@ pub async fn parse_mount_params(
     let attributes = ZeroOnDrop(attributes.clone());
     let secrets = ZeroOnDrop(secrets.clone());
     let dir = cloud_env_dir.map(Path::to_owned);
-    let parse = tokio::task::spawn_blocking(move || {
-        params::mount_params(&attributes.0, &secrets.0, default_mode, dir.as_deref())
-    });
-    match tokio::time::timeout(NODE_FILE_DEADLINE, parse).await {
-        Ok(Ok(parsed)) => parsed,
-        Ok(Err(_)) => Err(ParamError::new("cloudEnvFileName", "cannot be used")),
-        Err(_) => Err(ParamError::new(
+    let parse =
+        move || params::mount_params(&attributes.0, &secrets.0, default_mode, dir.as_deref());
+    match crate::blocking::within(NODE_FILE_DEADLINE, parse).await {
+        Ok(parsed) => parsed,
+        Err(Late::Panicked) => Err(ParamError::new("cloudEnvFileName", "cannot be used")),
+        Err(Late::TimedOut) => Err(ParamError::new(
             "cloudEnvFileName",
             format!("was not read within {NODE_FILE_DEADLINE:?}"),
         )),

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kvmount_vault::params::{POD_NAME, POD_NAMESPACE, POD_UID, TOKENS_ATTRIBUTE};
 use kvmount_vault::{FetchedObject, ObjectError, ParamError, RenderedObject};
 use kvmount_volume::{AtomicWriter, FileSpec, Ownership, PinnedTarget, TmpfsOptions};
+
+use crate::blocking::Late;
 use zeroize::Zeroize;
 
 use crate::cache::NodeCache;
@@ -134,13 +136,9 @@ fn pages(len: usize) -> u64 {
     (len as u64).div_ceil(PAGE).max(1) * PAGE
 }
 
-/// Memory `objects`' files take on a tmpfs.
-fn tmpfs_charge(objects: &[RenderedObject]) -> u64 {
-    objects
-        .iter()
-        .flat_map(|o| o.files.iter())
-        .map(|f| pages(f.contents.expose().len()))
-        .sum()
+/// Memory files of these lengths take on a tmpfs.
+fn tmpfs_charge(lengths: impl IntoIterator<Item = usize>) -> u64 {
+    lengths.into_iter().map(pages).sum()
 }
 
 /// The published volumes of this node.
@@ -349,7 +347,12 @@ impl Volumes {
         )
         .await?;
         let (objects, keys) = self.cache.fetch(&params).await?;
-        let charge = tmpfs_charge(&objects);
+        let charge = tmpfs_charge(
+            objects
+                .iter()
+                .flat_map(|o| o.files.iter())
+                .map(|f| f.contents.expose().len()),
+        );
         self.check_budget(&request.target_path, charge)?;
 
         let mut files = Vec::new();
@@ -471,17 +474,8 @@ impl Volumes {
         let busy = self.claim(target_path)?;
         // A missing parent: nothing was ever there, or kubelet removed it. A symlink at the
         // parent is refused (FAILED_PRECONDITION) rather than followed into someone's files.
-        let (torn_down, busy) = off_thread("unpublish", move || {
-            let torn_down = match PinnedTarget::open(&target) {
-                Ok(Some(pinned)) => {
-                    kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e).into())
-                }
-                Ok(None) => Ok(()),
-                Err(e) => Err(VolumeError::from(e)),
-            };
-            (torn_down, busy)
-        })
-        .await?;
+        let (torn_down, busy) =
+            off_thread("unpublish", move || (teardown_volume(&target), busy)).await?;
         // The daemon's own copies go whatever happened on the node: a teardown that failed part
         // way keeps the record (and the state file), so kubelet's retry finishes it.
         let erased = self.cache.release(target_path);
@@ -608,10 +602,7 @@ impl Volumes {
             values.push(value);
         }
         // A rotated value can be larger: the budget holds for rewrites too.
-        let charge: u64 = values
-            .iter()
-            .map(|v| pages(v.contents.expose().len()))
-            .sum();
+        let charge = tmpfs_charge(values.iter().map(|v| v.contents.expose().len()));
         self.check_budget(&record.target_path, charge)?;
         let record = record.clone();
         off_thread("rotation", move || {
@@ -640,16 +631,16 @@ async fn off_thread<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, VolumeError> {
-    let task = tokio::task::spawn_blocking(work);
-    match tokio::time::timeout(FS_DEADLINE, task).await {
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(_)) => Err(VolumeError::Internal(format!(
-            "{what}: the file-system work failed"
-        ))),
-        Err(_) => Err(VolumeError::Deadline(format!(
-            "{what}: the file-system work did not finish within {FS_DEADLINE:?}; it goes on, retry later"
-        ))),
-    }
+    crate::blocking::within(FS_DEADLINE, work)
+        .await
+        .map_err(|late| match late {
+            Late::Panicked => {
+                VolumeError::Internal(format!("{what}: the file-system work failed"))
+            }
+            Late::TimedOut => VolumeError::Deadline(format!(
+                "{what}: the file-system work did not finish within {FS_DEADLINE:?}; it goes on, retry later"
+            )),
+        })
 }
 
 /// The node-side work of a publish: mounts a tmpfs at `target` (when it is not one yet) and
@@ -711,6 +702,15 @@ fn write_volume(
         }
         explain(err)
     })
+}
+
+/// The node-side work of an unpublish: the volume's files, its tmpfs and its directory go,
+/// through its parent held open; nothing to do when the parent is gone.
+fn teardown_volume(target: &Path) -> Result<(), VolumeError> {
+    if let Some(pinned) = PinnedTarget::open(target)? {
+        kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e))?;
+    }
+    Ok(())
 }
 
 /// The node-side work of a rotation: writes `values` (one per file of `record`, in order) into
