@@ -177,11 +177,19 @@ async fn a_target_that_is_a_mount_of_a_disk_directory_gets_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let status = node
-        .node_publish_volume(publish_request(&target, "vol-sm", &ctx))
-        .await
-        .expect_err("republish onto a disk mount");
+    // A rotation pass still working on the volume answers ABORTED ("already running;
+    // retry"); kubelet retries, and so does this test, until the republish is decided.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = node
+            .node_publish_volume(publish_request(&target, "vol-sm", &ctx))
+            .await
+            .expect_err("republish onto a disk mount");
+        if status.code() != Code::Aborted || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(
         contents(disk.path()),
