@@ -744,21 +744,24 @@ fn rewrite_volume(record: &VolumeRecord, values: &[FetchedObject]) -> Result<(),
     Ok(())
 }
 
-/// The files' group: `volume_capability.mount.volume_mount_group`, else the `fsGroup` attribute.
+/// The files' group: the volume's `fsGroup` attribute when set (an override), else
+/// `volume_capability.mount.volume_mount_group`, which the kubelet fills with the pod's
+/// `securityContext.fsGroup` because kvmount advertises VOLUME_MOUNT_GROUP.
 fn fs_group(request: &PublishRequest) -> Result<Option<u32>, VolumeError> {
     let (field, text) = match (
-        &request.mount_group,
         request.context.get(FS_GROUP_ATTRIBUTE),
+        &request.mount_group,
     ) {
-        (Some(g), _) if !g.trim().is_empty() => {
+        (Some(g), _) if !g.trim().is_empty() => (FS_GROUP_ATTRIBUTE, g.as_str()),
+        (_, Some(g)) if !g.trim().is_empty() => {
             ("volume_capability.mount.volume_mount_group", g.as_str())
         }
-        (_, Some(g)) if !g.trim().is_empty() => (FS_GROUP_ATTRIBUTE, g.as_str()),
         _ => return Ok(None),
     };
+    let prefix: String = text.chars().take(24).collect();
     text.trim().parse::<u32>().map(Some).map_err(|_| {
         VolumeError::InvalidArgument(format!(
-            "{field}: {text:?} is not a group id; accepted: a number from 0 to 4294967295"
+            "{field}: {prefix:?} is not a group id; accepted: a number from 0 to 4294967295"
         ))
     })
 }

@@ -906,3 +906,99 @@ fn a_state_dir_not_on_tmpfs_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not on tmpfs"), "{stderr}");
 }
+
+/// The kubelet sends the pod's `securityContext.fsGroup` as `volume_mount_group` only to a
+/// driver that advertises VOLUME_MOUNT_GROUP (checked against kubelet 1.34's csi_mounter in the
+/// cluster suite); the volume's `fsGroup` attribute still overrides it.
+#[tokio::test]
+async fn the_pods_fs_group_arrives_as_volume_mount_group() {
+    use kvmount_proto::csi::NodeGetCapabilitiesRequest;
+    use kvmount_proto::csi::node_service_capability::{Rpc, Type, rpc};
+    use kvmount_proto::csi::volume_capability::AccessType;
+
+    let vault = Vault::start(None).await;
+    let daemon = NodeDaemon::start(&vault.provider_flags());
+    let mut node = NodeClient::new(daemon.csi_channel().await);
+    let capabilities = node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .expect("capabilities")
+        .into_inner()
+        .capabilities;
+    assert!(
+        capabilities.iter().any(|c| matches!(
+            c.r#type,
+            Some(Type::Rpc(Rpc { r#type })) if r#type == rpc::Type::VolumeMountGroup as i32
+        )),
+        "{capabilities:?}"
+    );
+    let token = vault.sa_token("team-a", "app");
+    let ctx = context(
+        &vault,
+        "team-a",
+        "p",
+        APP_A,
+        &token,
+        &objects(&[object("db-password", "")]),
+    );
+    let with_group = |ctx: &HashMap<String, String>, group: &str, target: &Path| {
+        let mut request = publish_request(target, "vol-g", ctx);
+        if let Some(AccessType::Mount(mount)) = request
+            .volume_capability
+            .as_mut()
+            .and_then(|c| c.access_type.as_mut())
+        {
+            mount.volume_mount_group = group.into();
+        }
+        request
+    };
+
+    let target = daemon.target("pod-fsgroup");
+    node.node_publish_volume(with_group(&ctx, "2000", &target))
+        .await
+        .expect("publish");
+    // The group may enter the mount and read the files.
+    for (path, bits) in [(target.clone(), 0o050), (target.join("db-password"), 0o040)] {
+        let meta = std::fs::metadata(&path).expect("meta");
+        assert_eq!(meta.gid(), 2000, "{}", path.display());
+        assert_eq!(meta.permissions().mode() & bits, bits, "{}", path.display());
+    }
+    node.node_unpublish_volume(unpublish("vol-g", &target))
+        .await
+        .expect("unpublish");
+
+    let mut overridden = ctx.clone();
+    overridden.insert("fsGroup".into(), "3456".into());
+    let target = daemon.target("attr-fsgroup");
+    node.node_publish_volume(with_group(&overridden, "2000", &target))
+        .await
+        .expect("publish");
+    assert_eq!(
+        std::fs::metadata(target.join("db-password"))
+            .expect("meta")
+            .gid(),
+        3456,
+        "the attribute overrides the pod's fsGroup"
+    );
+    node.node_unpublish_volume(unpublish("vol-g", &target))
+        .await
+        .expect("unpublish");
+
+    let target = daemon.target("bad-fsgroup");
+    let status = node
+        .node_publish_volume(with_group(&ctx, "wheel-and-then-some-more-text", &target))
+        .await
+        .expect_err("not a number");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("volume_capability.mount.volume_mount_group"),
+        "{status:?}"
+    );
+    assert!(
+        !status.message().contains("some-more-text"),
+        "a short prefix"
+    );
+    assert!(!target.exists());
+}

@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use kvmount_proto::csi::node_server::Node;
+use kvmount_proto::csi::node_service_capability;
 use kvmount_proto::csi::volume_capability::AccessType;
 use kvmount_proto::csi::{
     NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
     NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse,
     NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
-    NodePublishVolumeResponse, NodeStageVolumeRequest, NodeStageVolumeResponse,
-    NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest,
-    NodeUnstageVolumeResponse,
+    NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest,
+    NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
+    NodeUnstageVolumeRequest, NodeUnstageVolumeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -142,8 +143,17 @@ impl Node for NodeService {
         &self,
         _request: Request<NodeGetCapabilitiesRequest>,
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        // VOLUME_MOUNT_GROUP: the kubelet then sends the pod's `securityContext.fsGroup` as
+        // `volume_mount_group` in NodePublishVolume (whatever the CSIDriver's fsGroupPolicy),
+        // and kvmount makes the files readable by that group.
         Ok(Response::new(NodeGetCapabilitiesResponse {
-            capabilities: vec![],
+            capabilities: vec![NodeServiceCapability {
+                r#type: Some(node_service_capability::Type::Rpc(
+                    node_service_capability::Rpc {
+                        r#type: node_service_capability::rpc::Type::VolumeMountGroup as i32,
+                    },
+                )),
+            }],
         }))
     }
 
