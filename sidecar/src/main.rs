@@ -80,6 +80,19 @@ struct WebhookArgs {
     /// Extra argument for every injected agent (repeatable), e.g. --agent-arg=--keyvault-dns-suffix=vault.azure.cn.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
+    /// Extra trusted roots for every injected agent (and exec): a ConfigMap, in each injected
+    /// pod's namespace, mounted read-only and passed as the agents' --ca-file. For a vault
+    /// behind a private CA or a TLS-inspecting proxy.
+    #[arg(long, value_name = "NAME")]
+    agent_ca_configmap: Option<String>,
+    /// The key of --agent-ca-configmap that holds the PEM roots.
+    #[arg(
+        long,
+        value_name = "KEY",
+        default_value = "ca.crt",
+        requires = "agent_ca_configmap"
+    )]
+    agent_ca_key: String,
     /// Mode when the pod does not set kvmount.io/mode: native (Kubernetes 1.29+) or sidecar.
     #[arg(long, default_value = "native", value_parser = ["native", "sidecar", "init-only"])]
     default_mode: String,
@@ -129,14 +142,26 @@ fn run_webhook(args: WebhookArgs) -> Result<(), String> {
 }
 
 async fn webhook_main(args: WebhookArgs) -> Result<(), String> {
-    agent_cli::check_agent_args(&args.agent_args)?;
+    let mut agent_args = args.agent_args.clone();
+    let agent_ca = match &args.agent_ca_configmap {
+        Some(name) => {
+            if agent_args.iter().any(|a| a.starts_with("--ca-file")) {
+                return Err("--agent-ca-configmap and --agent-arg=--ca-file both name the agents' extra roots; accepted: one of them".into());
+            }
+            agent_args.push(format!("--ca-file={}", webhook::CA_FILE));
+            Some(webhook::AgentCa::new(name, &args.agent_ca_key)?)
+        }
+        None => None,
+    };
+    agent_cli::check_agent_args(&agent_args)?;
     let mut skip = vec!["kube-system".to_owned(), "kube-public".to_owned()];
     skip.extend(args.namespace.iter().cloned());
     skip.extend(args.skip_namespaces.iter().cloned());
     let config = webhook::WebhookConfig {
         agent_image: args.agent_image.clone(),
         agent_command: args.agent_command.clone(),
-        agent_args: args.agent_args.clone(),
+        agent_args,
+        agent_ca,
         default_mode: Mode::parse(&args.default_mode).unwrap_or(Mode::Native),
         skip_namespaces: skip,
         default_tenant_id: args.default_tenant_id.clone(),

@@ -21,6 +21,12 @@ pub const SECRETS_VOLUME: &str = "kvmount-secrets";
 pub const TOKEN_VOLUME: &str = "kvmount-token";
 /// Where the token volume is mounted.
 pub const TOKEN_DIR: &str = "/var/run/secrets/kvmount.io/serviceaccount";
+/// Name of the volume with the extra trusted roots ([`AgentCa`]).
+pub const CA_VOLUME: &str = "kvmount-ca";
+/// Where the extra trusted roots are mounted; the file in it is [`CA_FILE`].
+pub const CA_DIR: &str = "/var/run/secrets/kvmount.io/ca";
+/// The extra trusted roots, as the agents' `--ca-file` names them.
+pub const CA_FILE: &str = "/var/run/secrets/kvmount.io/ca/ca.crt";
 /// Name of the memory volume that carries the `kvmount-agent` binary for `exec`.
 pub const BIN_VOLUME: &str = "kvmount-bin";
 /// Where the binary volume is mounted.
@@ -64,6 +70,61 @@ pub struct WebhookConfig {
     pub default_tenant_id: Option<String>,
     /// Lifetime of the projected token.
     pub token_expiration_seconds: i64,
+    /// Extra trusted roots for every agent (and `exec`), from a ConfigMap in the pod's
+    /// namespace. The caller adds `--ca-file=`[`CA_FILE`] to `agent_args` with it.
+    pub agent_ca: Option<AgentCa>,
+}
+
+/// A ConfigMap key holding PEM roots (a private CA, a TLS-inspecting proxy) that agents trust
+/// besides the system roots. The ConfigMap must exist in each namespace whose pods are
+/// injected (trust-manager's Bundle, for one, distributes such a ConfigMap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCa {
+    /// The ConfigMap's name.
+    pub config_map: String,
+    /// The key in it.
+    pub key: String,
+}
+
+impl AgentCa {
+    /// Checks a name and key as the apiserver would (a DNS subdomain; a ConfigMap key), so a
+    /// typo stops the webhook at start instead of leaving every injected pod without volume.
+    pub fn new(config_map: &str, key: &str) -> Result<Self, String> {
+        let subdomain = config_map.len() <= 253
+            && !config_map.is_empty()
+            && config_map.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !subdomain {
+            return Err(format!(
+                "--agent-ca-configmap {}: not a ConfigMap name; accepted: a DNS subdomain (lowercase letters, digits, '-', '.'; at most 253 characters)",
+                shown(config_map)
+            ));
+        }
+        let key_ok = !key.is_empty()
+            && key.len() <= 253
+            && key != "."
+            && key != ".."
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !key_ok {
+            return Err(format!(
+                "--agent-ca-key {}: not a ConfigMap key; accepted: letters, digits, '-', '_', '.' (at most 253)",
+                shown(key)
+            ));
+        }
+        Ok(Self {
+            config_map: config_map.to_owned(),
+            key: key.to_owned(),
+        })
+    }
 }
 
 impl Default for WebhookConfig {
@@ -76,6 +137,7 @@ impl Default for WebhookConfig {
             skip_namespaces: vec!["kube-system".into(), "kube-public".into()],
             default_tenant_id: None,
             token_expiration_seconds: 3600,
+            agent_ca: None,
         }
     }
 }
@@ -584,6 +646,7 @@ fn build_patch(
         &selected,
         has_files.then_some(injection.mount_path.as_str()),
         exec_paths.as_ref().map(|(key, dir)| (key.as_str(), *dir)),
+        config.agent_ca.is_some(),
     )?;
 
     let mode = if has_files {
@@ -627,6 +690,13 @@ fn build_patch(
             "emptyDir": { "medium": "Memory", "sizeLimit": "64Mi" },
         }));
     }
+    if let Some(ca) = &config.agent_ca {
+        new_volumes.push(json!({
+            "name": CA_VOLUME,
+            "configMap": { "name": ca.config_map, "items": [ { "key": ca.key, "path": "ca.crt" } ] },
+        }));
+    }
+    let ca_mount = json!({ "name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true });
     patch.append(&["spec", "volumes"], spec.volumes.is_some(), new_volumes);
 
     // 3. App containers: mounts, and for exec the env, token, binary and command.
@@ -651,6 +721,9 @@ fn build_patch(
                 mounts.push(token_mount.clone());
             }
             mounts.push(json!({ "name": BIN_VOLUME, "mountPath": BIN_DIR, "readOnly": true }));
+            if config.agent_ca.is_some() {
+                mounts.push(ca_mount.clone());
+            }
             patch.append(
                 &[base[0], base[1], base[2], "env"],
                 container.env.is_some(),
@@ -706,10 +779,13 @@ fn build_patch(
         "requests": { "cpu": r.cpu_request, "memory": r.memory_request },
         "limits": limits,
     });
-    let agent_mounts = vec![
+    let mut agent_mounts = vec![
         json!({ "name": SECRETS_VOLUME, "mountPath": injection.mount_path }),
         token_mount.clone(),
     ];
+    if config.agent_ca.is_some() {
+        agent_mounts.push(ca_mount);
+    }
     let agent = |name: &str, init_only: bool| {
         let mut args = vec!["agent".to_owned()];
         if init_only {
@@ -775,7 +851,7 @@ fn build_patch(
 /// wants them unique).
 fn check_injected_names(spec: &PodSpec) -> Result<(), String> {
     let volumes = spec.volumes.as_deref().unwrap_or(&[]);
-    let ours = [SECRETS_VOLUME, TOKEN_VOLUME, BIN_VOLUME];
+    let ours = [SECRETS_VOLUME, TOKEN_VOLUME, BIN_VOLUME, CA_VOLUME];
     if let Some(v) = volumes.iter().find(|v| ours.contains(&v.name.as_str())) {
         return Err(format!(
             "annotation {}: the pod already has a volume named {}, which kvmount injects; accepted: a pod without volumes named {}",
@@ -807,6 +883,7 @@ fn check_mount_path(config: &WebhookConfig, mount_path: &str) -> Result<(), Stri
         (TOKEN_DIR, "the token kvmount injects"),
         (AZURE_TOKEN_DIR, "the Azure Workload Identity token"),
         (BIN_DIR, "the binary exec runs from"),
+        (CA_DIR, "the agents' extra trusted roots"),
     ];
     let agent_dir = paths::directory_of(&config.agent_command);
     injected.extend(agent_dir.map(|dir| (dir, "the agent binary")));
@@ -830,6 +907,7 @@ fn check_free_paths(
     selected: &[(usize, &Container)],
     secrets_at: Option<&str>,
     exec: Option<(&str, &str)>,
+    with_ca: bool,
 ) -> Result<(), String> {
     for (_, c) in selected {
         let mounts = c.volume_mounts.as_deref().unwrap_or(&[]);
@@ -842,6 +920,9 @@ fn check_free_paths(
                 added.push((token_dir, key, "the token exec reads"));
             }
             added.push((BIN_DIR, key, "the binary exec runs from"));
+            if with_ca {
+                added.push((CA_DIR, key, "the extra trusted roots exec reads"));
+            }
         }
         for (path, key, what) in added {
             if let Some(m) = mounts.iter().find(|m| m.mount_path == path) {
@@ -917,4 +998,32 @@ pub fn review_offline(
         Prepared::Inject(injection) => mutate(config, &review, &injection, Lookups::default()),
     };
     Ok((review, decision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AgentCa;
+
+    #[test]
+    fn agent_ca_names_are_checked_as_the_apiserver_would() {
+        assert!(AgentCa::new("corp-roots", "ca.crt").is_ok());
+        assert!(AgentCa::new("trust.example.com", "roots_2024.pem").is_ok());
+        for bad in [
+            "",
+            "Corp",
+            "-corp",
+            "corp-",
+            "a..b",
+            &"a".repeat(254),
+            "x/y",
+        ] {
+            let err = AgentCa::new(bad, "ca.crt").expect_err(bad);
+            assert!(err.starts_with("--agent-ca-configmap "), "{err}");
+            assert!(err.len() < 400, "a short prefix of the input: {err}");
+        }
+        for bad in ["", ".", "..", "a/b", "c a", &"k".repeat(254)] {
+            let err = AgentCa::new("corp-roots", bad).expect_err(bad);
+            assert!(err.starts_with("--agent-ca-key "), "{err}");
+        }
+    }
 }

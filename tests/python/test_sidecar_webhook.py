@@ -35,10 +35,16 @@ CASES = json.loads((ROOT / "sidecar/tests/fixtures/reviews.json").read_text())
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 
 
+CA_FILE = "/var/run/secrets/kvmount.io/ca/ca.crt"
+# The webhook as the chart runs it by default, and with extra trusted roots for the agents.
+CONFIGS = {"plain": [], "agent-ca": ["--agent-ca-configmap", "corp-roots", "--agent-ca-key", "roots.pem"]}
+
+
 class Webhook:
-    def __init__(self, proc, port, ca):
+    def __init__(self, proc, port, ca, flags):
         self.proc = proc
         self.port = port
+        self.flags = flags
         self.context = ssl.create_default_context(cafile=ca)
 
     def post(self, review):
@@ -53,8 +59,8 @@ class Webhook:
             return json.loads(resp.read())
 
 
-@pytest.fixture(scope="module")
-def webhook():
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def webhook(request):
     binary = os.environ.get("KVMOUNT_SIDECAR_BIN")
     if not binary:
         pytest.fail("KVMOUNT_SIDECAR_BIN is not set (tests/run.sh sets it to target/debug/kvmount-sidecar)")
@@ -62,7 +68,7 @@ def webhook():
         ca = os.path.join(tmp, "ca.crt")
         proc = subprocess.Popen(
             [binary, "webhook", "--listen", "127.0.0.1:0", "--tls-self-managed",
-             "--tls-dns-name", "localhost", "--ca-bundle-out", ca],
+             "--tls-dns-name", "localhost", "--ca-bundle-out", ca, *CONFIGS[request.param]],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POD_NAMESPACE")},
         )
@@ -80,7 +86,7 @@ def webhook():
                 if time.monotonic() > deadline:
                     raise RuntimeError("webhook never listened:\n" + "".join(lines))
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            hook = Webhook(proc, port, ca)
+            hook = Webhook(proc, port, ca, CONFIGS[request.param])
             while True:  # ready once the serving certificate is issued
                 try:
                     with urllib.request.urlopen(f"https://localhost:{port}/readyz", context=hook.context, timeout=2) as r:
@@ -172,6 +178,8 @@ def test_review(webhook, case):
     # Nothing of the original is lost: every original container is still there, in order.
     names = [c["name"] for c in patched["spec"]["containers"]]
     assert names[: len(original["spec"]["containers"])] == [c["name"] for c in original["spec"]["containers"]]
+    if webhook.flags:
+        check_agent_ca(patched)
     if case["name"] == "job-init-only":
         template_meta = {k: v for k, v in patched["metadata"].items() if k in ("labels", "annotations")}
         job = {
@@ -182,6 +190,27 @@ def test_review(webhook, case):
         }
         validate(job, "the Job with the patched pod template")
         assert all(c.get("restartPolicy") != "Always" for c in patched["spec"]["initContainers"])
+
+
+def check_agent_ca(pod):
+    """With --agent-ca-configmap, every agent and every exec-wrapped command trusts the
+    ConfigMap's roots: the volume names the ConfigMap and key, each mounts it read-only and
+    passes --ca-file at the file the volume holds."""
+    spec = pod["spec"]
+    volume = [v for v in spec["volumes"] if v["name"] == "kvmount-ca"]
+    assert volume == [{"name": "kvmount-ca", "configMap": {"name": "corp-roots", "items": [{"key": "roots.pem", "path": "ca.crt"}]}}], volume
+    users = [c for c in spec.get("initContainers", []) + spec["containers"]
+             if c["name"] in ("kvmount-agent", "kvmount-agent-init")
+             or (c.get("command") or [""])[0] == "/kvmount/bin/kvmount-agent"]
+    assert users, "no agent or exec command in the patched pod"
+    for c in users:
+        words = (c.get("command") or []) + (c.get("args") or [])
+        if c["name"].startswith("kvmount-agent"):
+            assert f"--ca-file={CA_FILE}" in words, (c["name"], words)
+        else:  # exec: the flag goes before `--` and the app's own command
+            assert f"--ca-file={CA_FILE}" in words[: words.index("--")], (c["name"], words)
+        mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "kvmount-ca"]
+        assert mounts == [{"name": "kvmount-ca", "mountPath": os.path.dirname(CA_FILE), "readOnly": True}], (c["name"], mounts)
 
 
 def test_the_apiserver_rules_catch_what_the_schemas_miss():
