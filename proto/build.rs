@@ -2,7 +2,11 @@
 //! protobuf compiler), so building needs no `protoc` on PATH.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/provider.proto", "proto/csi.proto"];
+    let files = [
+        "proto/provider.proto",
+        "proto/csi.proto",
+        "proto/pluginregistration.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

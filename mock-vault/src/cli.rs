@@ -29,6 +29,10 @@ pub struct MockVaultArgs {
     /// added to the server certificate; the first is the authority in the OpenID documents.
     #[arg(long = "entra-host", value_name = "NAME")]
     pub entra_hosts: Vec<String>,
+    /// Repeatable: another name for the server certificate, a DNS name or an IP address, for
+    /// clients that reach the mock at an address other than loopback (pods reaching a node IP).
+    #[arg(long = "tls-san", value_name = "NAME_OR_IP")]
+    pub tls_sans: Vec<String>,
     /// Also serve IMDS (plain HTTP) here for the seed's managed identities, e.g.
     /// 169.254.169.254:80 inside a network namespace.
     #[arg(long, value_name = "ADDR")]
@@ -106,6 +110,7 @@ pub async fn run_cli(args: MockVaultArgs) -> anyhow::Result<()> {
         tls_dir,
         dns_suffix: args.dns_suffix,
         entra_hosts: args.entra_hosts,
+        tls_sans: args.tls_sans,
     };
     let vault = crate::start_with_imds(config, args.imds_listen)
         .await

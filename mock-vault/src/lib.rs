@@ -118,6 +118,9 @@ pub struct MockVaultConfig {
     /// MSAL asks `login.microsoftonline.com` for instance discovery of any authority it does
     /// not know, so a client with a custom authority needs that name here too.
     pub entra_hosts: Vec<String>,
+    /// More names (DNS names, `*.` wildcards, IP addresses) for the server certificate, for
+    /// clients that reach the mock by another address: pods in a cluster by the node's IP.
+    pub tls_sans: Vec<String>,
 }
 
 impl MockVaultConfig {
@@ -129,6 +132,7 @@ impl MockVaultConfig {
             tls_dir: tls_dir.into(),
             dns_suffix: "vault.localhost".to_string(),
             entra_hosts: Vec::new(),
+            tls_sans: Vec::new(),
         }
     }
 }
@@ -233,7 +237,14 @@ pub async fn start_with_imds(
         path: config.tls_dir.clone(),
         source,
     })?;
-    let tls = tls::ensure(&tls_dir, &dns_suffix, &entra_hosts)?;
+    let mut cert_names = entra_hosts.clone();
+    for name in &config.tls_sans {
+        if name.parse::<IpAddr>().is_err() {
+            check_dns_name("tls_sans", name.strip_prefix("*.").unwrap_or(name))?;
+        }
+        cert_names.push(name.to_ascii_lowercase());
+    }
+    let tls = tls::ensure(&tls_dir, &dns_suffix, &cert_names)?;
     let token_signer = tls::token_signer(&tls_dir)?;
     let dev_issuer = tls::issuer_signer(&tls_dir)?.verify_key();
     let listener = tokio::net::TcpListener::bind(config.listen)

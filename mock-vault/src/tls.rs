@@ -108,7 +108,8 @@ pub(crate) struct TlsMaterial {
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
-/// Creates or reuses the CA and the server certificate for `dns_suffix` and `entra_hosts`.
+/// Creates or reuses the CA and the server certificate for `dns_suffix` and `entra_hosts`
+/// (with any extra names: DNS names or IP addresses).
 pub(crate) fn ensure(
     dir: &Path,
     dns_suffix: &str,

@@ -1028,3 +1028,59 @@ async fn entra_hosts_name_the_authority_and_are_in_the_certificate() {
     let err = kvmount_mock_vault::start(bad).await.expect_err("refused");
     assert!(err.to_string().contains("entra_hosts"), "{err}");
 }
+
+/// `--tls-san`: the server certificate also covers the names and addresses pods reach the mock
+/// by (a node IP in the cluster suite); openssl, not our TLS stack, verifies it against the CA.
+#[tokio::test]
+async fn extra_names_and_addresses_are_in_the_server_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = MockVaultConfig::new(dir.path().join("tls"));
+    config.listen = "127.0.0.2:0".parse().expect("addr");
+    config.tls_sans = vec!["127.0.0.2".into(), "mock.cluster.test".into()];
+    let vault = kvmount_mock_vault::start(config).await.expect("start mock");
+    let connect = vault.addr().to_string();
+    let ca = vault.ca_path();
+    let verify = |check: &[&str]| {
+        let connect = connect.clone();
+        let ca = ca.clone();
+        let check: Vec<String> = check.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new("openssl")
+                    .args(["s_client", "-connect", &connect, "-CAfile"])
+                    .arg(&ca)
+                    .args(&check)
+                    .args(["-verify_return_error", "-brief"])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .expect("openssl");
+                String::from_utf8_lossy(&out.stderr).into_owned()
+                    + &String::from_utf8_lossy(&out.stdout)
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let by_ip = verify(&["-verify_ip", "127.0.0.2"]).await;
+    assert!(by_ip.contains("Verification: OK"), "{by_ip}");
+    let by_name = verify(&[
+        "-verify_hostname",
+        "mock.cluster.test",
+        "-servername",
+        "mock.cluster.test",
+    ])
+    .await;
+    assert!(by_name.contains("Verification: OK"), "{by_name}");
+    let other = verify(&["-verify_hostname", "other.cluster.test"]).await;
+    assert!(
+        !other.contains("Verification: OK"),
+        "a name not asked for: {other}"
+    );
+    vault.shutdown().await;
+    let bad = MockVaultConfig {
+        tls_sans: vec!["not a name".into()],
+        ..MockVaultConfig::new(dir.path().join("tls"))
+    };
+    let err = kvmount_mock_vault::start(bad).await.expect_err("refused");
+    assert!(err.to_string().contains("tls_sans"), "{err}");
+}

@@ -1,8 +1,10 @@
-//! Generated gRPC types for the two wire contracts kvmount serves:
+//! Generated gRPC types for the three wire contracts kvmount serves:
 //!
 //! - [`provider`]: the Secrets Store CSI Driver provider API (`v1alpha1.CSIDriverProvider`),
 //!   spoken by the upstream driver over `<dir>/<provider>.sock`;
-//! - [`csi`]: CSI v1 Identity and Node services, spoken by kubelet when kvmount is the CSI driver.
+//! - [`csi`]: CSI v1 Identity and Node services, spoken by kubelet when kvmount is the CSI driver;
+//! - [`pluginregistration`]: the kubelet's plugin registration service, by which kvmount
+//!   registers its CSI socket with the kubelet.
 //!
 //! Messages that carry secret values or service-account tokens have hand-written `Debug`
 //! impls that print only sizes and non-secret fields, and zero their secret fields on drop.
@@ -23,6 +25,13 @@ pub mod provider {
 pub mod csi {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("csi.v1");
+}
+
+/// `package pluginregistration`: the kubelet's plugin registration service (v1), served on a
+/// socket in `<kubelet root>/plugins_registry/` so the kubelet finds the CSI socket.
+pub mod pluginregistration {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("pluginregistration");
 }
 
 fn zeroize_map(map: &mut HashMap<String, String>) {

@@ -113,6 +113,15 @@ pub struct ServeArgs {
     /// This node's name, reported by NodeGetInfo (required with --csi-socket).
     #[arg(long, env = "NODE_NAME")]
     pub node_id: Option<String>,
+    /// Register the CSI driver with the kubelet: serve the kubelet's plugin registration
+    /// service on `<DIR>/<driver name>-reg.sock` (DIR is `<kubelet root>/plugins_registry`),
+    /// so no node-driver-registrar container is needed. Requires --csi-socket.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_registration_dir: Option<PathBuf>,
+    /// The CSI socket's path as the kubelet sees it on the node, when it differs from
+    /// --csi-socket (the daemon's container mounts the host directory elsewhere).
+    #[arg(long, value_name = "PATH")]
+    pub kubelet_csi_socket: Option<PathBuf>,
     /// CSI driver name reported by GetPluginInfo.
     #[arg(long, default_value = crate::grpc::identity::DEFAULT_DRIVER_NAME)]
     pub driver_name: String,

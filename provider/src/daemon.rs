@@ -16,10 +16,12 @@ use crate::cli::ServeArgs;
 use crate::grpc::identity::IdentityService;
 use crate::grpc::node::NodeService;
 use crate::grpc::provider::ProviderService;
+use crate::grpc::registration::{Outcome, RegistrationState};
 use crate::hardening;
 use crate::metrics::Metrics;
 use crate::mount::Mounter;
 use crate::ratelimit::{RateLimiter, VaultPolicies};
+use crate::registration::RegistrationConfig;
 use crate::server::{BoundSocket, MAX_REQUEST_BYTES, serve_provider, shutdown_signal};
 
 use crate::state::StateStore;
@@ -49,6 +51,10 @@ pub async fn run_until(
     if let Err(warning) = hardening::lock_memory() {
         tracing::warn!("{warning}");
     }
+    anyhow::ensure!(
+        args.csi_socket.is_some() || args.plugin_registration_dir.is_none(),
+        "--plugin-registration-dir registers the CSI socket: it needs --csi-socket"
+    );
     let metrics = Arc::new(Metrics::default());
     let limiter = Arc::new(RateLimiter::new(args.vault_qps, args.vault_burst));
     let connector = Connector::new(args.vault.connector_config()?)?.with_vault_policies(Arc::new(
@@ -67,6 +73,7 @@ pub async fn run_until(
         },
     ));
     let ready = Arc::new(AtomicBool::new(false));
+    let registration = Arc::new(RegistrationState::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -126,6 +133,18 @@ pub async fn run_until(
         );
         let mut csi_socket = BoundSocket::bind(csi_path)?;
         let listener = csi_socket.take_listener().context("CSI socket listener")?;
+        if let Some(config) = registration_config(&args, csi_path)? {
+            // Bound here, after the CSI socket: a directory the daemon cannot write to stops
+            // it at start, naming the path.
+            let first = BoundSocket::bind(&config.socket_path())
+                .with_context(|| format!("--plugin-registration-dir {}", config.dir.display()))?;
+            tasks.spawn(crate::registration::keep_registered(
+                config,
+                Arc::clone(&registration),
+                first,
+                stopped.clone(),
+            ));
+        }
         let identity = IdentityService::new(args.driver_name.clone(), Arc::clone(&ready));
         let node = NodeService::new(node_id, Arc::clone(&volumes), Arc::clone(&metrics));
         let shutdown = stopped();
@@ -203,7 +222,19 @@ pub async fn run_until(
     // Gauges and cache counters, refreshed at each scrape.
     let collector_cache = Arc::clone(&cache);
     let collector_volumes = handle.volumes.clone();
+    let collector_registration = args
+        .plugin_registration_dir
+        .is_some()
+        .then(|| Arc::clone(&registration));
     metrics.set_collector(Box::new(move |m| {
+        if let Some(registration) = &collector_registration {
+            m.set(
+                "kvmount_kubelet_registered",
+                "1 once the kubelet has registered the CSI driver on the current socket.",
+                &[],
+                i64::from(registration.outcome() == Outcome::Registered),
+            );
+        }
         m.set(
             "kvmount_cached_objects",
             "Objects held in the node cache.",
@@ -287,4 +318,34 @@ pub async fn run_until(
         result??;
     }
     Ok(())
+}
+
+/// The registration with the kubelet the flags ask for, checked before anything is served.
+fn registration_config(
+    args: &ServeArgs,
+    csi_path: &std::path::Path,
+) -> anyhow::Result<Option<RegistrationConfig>> {
+    let Some(dir) = &args.plugin_registration_dir else {
+        anyhow::ensure!(
+            args.kubelet_csi_socket.is_none(),
+            "--kubelet-csi-socket is used only with --plugin-registration-dir"
+        );
+        return Ok(None);
+    };
+    let endpoint = args.kubelet_csi_socket.as_deref().unwrap_or(csi_path);
+    anyhow::ensure!(
+        endpoint.is_absolute(),
+        "--kubelet-csi-socket (or --csi-socket) {:?}: the kubelet needs an absolute path",
+        endpoint
+            .display()
+            .to_string()
+            .chars()
+            .take(128)
+            .collect::<String>()
+    );
+    Ok(Some(RegistrationConfig {
+        dir: dir.clone(),
+        driver_name: args.driver_name.clone(),
+        endpoint: endpoint.display().to_string(),
+    }))
 }

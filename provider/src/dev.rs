@@ -142,6 +142,7 @@ async fn play(root: &Path) -> anyhow::Result<()> {
         tls_dir: tls_dir.clone(),
         dns_suffix: "vault.localhost".into(),
         entra_hosts: Vec::new(),
+        tls_sans: Vec::new(),
     })
     .await
     .context("starting the mock vault")?;
@@ -176,6 +177,8 @@ async fn play(root: &Path) -> anyhow::Result<()> {
         provider_socket: root.join("providers/kvmount.sock"),
         csi_socket: Some(csi_socket.clone()),
         node_id: Some("dev-node".into()),
+        plugin_registration_dir: None,
+        kubelet_csi_socket: None,
         driver_name: crate::grpc::identity::DEFAULT_DRIVER_NAME.into(),
         state_dir: state_dir.clone(),
         cloud_env_dir: None,

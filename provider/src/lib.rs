@@ -4,6 +4,7 @@
 //! - [`mount`]: the domain (one Mount in, files and versions out), no gRPC types;
 //! - [`grpc`]: generated-service wrappers and the one place errors become statuses;
 //! - [`server`]: Unix-socket serving, shutdown and a client channel helper;
+//! - [`registration`]: the CSI driver's registration with the kubelet (no registrar container);
 //! - [`cli`]: command-line flags; [`dev`]: the one-machine life cycle.
 
 pub mod alloc;
@@ -19,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mount;
 pub mod ratelimit;
+pub mod registration;
 pub mod server;
 pub mod state;
 pub mod status;

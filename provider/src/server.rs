@@ -44,10 +44,19 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> ServeError
     move |source| ServeError::Io { path, op, source }
 }
 
-/// A bound socket that is removed when dropped.
+/// A bound socket that is removed when dropped, unless another file has taken its place.
 pub struct BoundSocket {
     path: PathBuf,
     listener: Option<UnixListener>,
+    identity: Option<(u64, u64)>,
+}
+
+/// The file at `path` (device and inode), if any.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl BoundSocket {
@@ -75,6 +84,7 @@ impl BoundSocket {
         Ok(Self {
             path: path.to_owned(),
             listener: Some(listener),
+            identity: file_identity(path),
         })
     }
 
@@ -91,7 +101,10 @@ impl BoundSocket {
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // A file that replaced ours (a second daemon during a rolling update, say) is theirs.
+        if self.identity.is_some() && file_identity(&self.path) == self.identity {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

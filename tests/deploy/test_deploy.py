@@ -157,22 +157,58 @@ def test_standalone_mode():
     assert len(by_kind(docs, "CustomResourceDefinition")) == 1
     (ds,) = by_kind(docs, "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
-    names = [c["name"] for c in pod["containers"]]
-    assert names == ["kvmount", "node-driver-registrar", "liveness-probe"]
+    # kvmount registers with the kubelet itself: one container per node.
+    assert [c["name"] for c in pod["containers"]] == ["kvmount"]
     c = node_container(docs)
     assert c["securityContext"]["privileged"] is True
     assert "--csi-socket=/csi/csi.sock" in c["args"] and "--provider-socket=/csi/provider.sock" in c["args"]
-    pods_mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/kubelet/pods")
+    assert "--plugin-registration-dir=/registration" in c["args"]
+    assert "--kubelet-csi-socket=/var/lib/kubelet/plugins/secrets.kvmount.io/csi.sock" in c["args"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["registration-dir"]["mountPath"] == "/registration"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["registration-dir"]["hostPath"]["path"] == "/var/lib/kubelet/plugins_registry"
+    assert volumes["plugin-dir"]["hostPath"]["path"] == "/var/lib/kubelet/plugins/secrets.kvmount.io"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert "healthz" not in [p["name"] for p in c["ports"]]
+    pods_mount = mounts["mountpoint-dir"]
+    assert pods_mount["mountPath"] == "/var/lib/kubelet/pods"
     assert pods_mount["mountPropagation"] == "Bidirectional"
+    assert volumes["state-dir"]["hostPath"]["path"] == "/run/kvmount"
+
+
+def test_standalone_with_registrar_sidecars():
+    docs = render(COMBOS[[p.stem for p in COMBOS].index("standalone")], "--set", "standalone.registration=sidecars")
+    pod = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["kvmount", "node-driver-registrar", "liveness-probe"]
+    c = node_container(docs)
+    assert not any(a.startswith(("--plugin-registration-dir", "--kubelet-csi-socket")) for a in c["args"])
+    assert "registration-dir" not in [m["name"] for m in c["volumeMounts"]]
+    assert c["livenessProbe"]["httpGet"]["port"] == "healthz"
     # Only kvmount itself is privileged; the sidecars are locked down.
     for side in pod["containers"][1:]:
         assert "privileged" not in side["securityContext"]
         assert side["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert not any(m.get("mountPropagation") for m in side["volumeMounts"])
-    state = next(v for v in pod["volumes"] if v["name"] == "state-dir")
-    assert state["hostPath"]["path"] == "/run/kvmount"
     registrar = pod["containers"][1]
     assert "--kubelet-registration-path=/var/lib/kubelet/plugins/secrets.kvmount.io/csi.sock" in registrar["args"]
+
+
+def test_registration_mode_is_checked():
+    out = run_helm("template", "kvmount", str(CHART), "--set", "mode=standalone",
+                   "--set", "standalone.registration=registrar", check=False)
+    assert out.returncode != 0
+    assert 'standalone.registration: "registrar"' in out.stderr and "accepted: self" in out.stderr
+
+
+def test_webhook_agent_ca_configmap():
+    docs = render(None, "--set", "webhook.enabled=true", "--set", "webhook.agentCAConfigMap=corp-roots", "--set", "webhook.agentCAKey=roots.pem")
+    (deploy,) = [d for d in by_kind(docs, "Deployment") if "webhook" in d["metadata"]["name"]]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--agent-ca-configmap=corp-roots" in args and "--agent-ca-key=roots.pem" in args
+    docs = render(None, "--set", "webhook.enabled=true")
+    (deploy,) = [d for d in by_kind(docs, "Deployment") if "webhook" in d["metadata"]["name"]]
+    assert not any(a.startswith("--agent-ca") for a in deploy["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 @pytest.mark.parametrize("kube,in_secrets", [("1.29.0", False), ("1.34.4", False), ("1.35.0", True), ("1.37.0", True)])

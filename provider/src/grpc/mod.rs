@@ -4,4 +4,5 @@
 pub mod identity;
 pub mod node;
 pub mod provider;
+pub mod registration;
 pub mod status;
