@@ -8,7 +8,7 @@ use kvmount_vault::client::{DEFAULT_AUTHORITY_HOST, DEFAULT_KEYVAULT_DNS_SUFFIX}
 use kvmount_vault::{ConnectorConfig, ResolveRule};
 use std::path::PathBuf;
 
-use crate::logging::{self, LogFormat};
+use crate::logging::{self, LogFormat, LogLevel};
 
 /// Default provider socket: where the upstream driver looks for provider `kvmount`.
 pub const DEFAULT_PROVIDER_SOCKET: &str = "/var/run/secrets-store-csi-providers/kvmount.sock";
@@ -39,18 +39,19 @@ pub enum Command {
 /// Logging flags.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
-    /// Log filter, e.g. `info`, `debug`, `kvmount_provider=trace` (RUST_LOG overrides).
+    /// Log level: error, warn (or warning), info, debug, trace, off, or target=level
+    /// directives such as `kvmount_provider=trace,info` (RUST_LOG overrides).
     #[arg(long, default_value = "info", env = "KVMOUNT_LOG_LEVEL")]
-    pub log_level: String,
+    pub log_level: LogLevel,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 impl LogArgs {
-    /// Installs the logger.
-    pub fn init(&self) {
-        logging::init(&self.log_level, self.log_format);
+    /// Installs the logger; an invalid RUST_LOG is an error naming it.
+    pub fn init(&self) -> anyhow::Result<()> {
+        logging::init(&self.log_level, self.log_format).map_err(anyhow::Error::msg)
     }
 }
 
@@ -255,5 +256,5 @@ pub struct StatusArgs {
 pub struct DevArgs {
     /// Logging (quiet by default: the narration goes to stdout).
     #[arg(long, default_value = "warn", env = "KVMOUNT_LOG_LEVEL")]
-    pub log_level: String,
+    pub log_level: LogLevel,
 }

@@ -97,7 +97,7 @@ pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
 
 /// Runs the demo.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    logging::init(&args.log_level, LogFormat::Text);
+    logging::init(&args.log_level, LogFormat::Text).map_err(anyhow::Error::msg)?;
     if !rustix::process::geteuid().is_root() {
         bail!(
             "kvmount dev mounts real tmpfs volumes, which needs root (CAP_SYS_ADMIN). \
@@ -199,7 +199,7 @@ async fn play(root: &Path) -> anyhow::Result<()> {
             max_retries: 2,
         },
         log: LogArgs {
-            log_level: "warn".into(),
+            log_level: "warn".parse().map_err(anyhow::Error::msg)?,
             log_format: crate::logging::LogFormat::Text,
         },
     };

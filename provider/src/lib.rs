@@ -16,7 +16,7 @@ pub mod daemon;
 pub mod dev;
 pub mod grpc;
 pub mod hardening;
-pub mod logging;
+pub use kvmount_telemetry::logging;
 pub mod metrics;
 pub mod mount;
 pub mod ratelimit;

@@ -27,7 +27,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                args.log.init();
+                args.log.init()?;
                 match kvmount_provider::classes::from_flags(args.kubeconfig.as_deref()).await {
                     Ok(classes) => kvmount_provider::daemon::run(args, classes).await,
                     Err(err) => Err(err),

@@ -10,7 +10,7 @@ use kvmount_vault::ConnectorConfig;
 use kvmount_vault::client::{DEFAULT_AUTHORITY_HOST, DEFAULT_KEYVAULT_DNS_SUFFIX};
 
 use crate::config::{AGENT_CONFIG_ENV, AgentConfig, EXEC_CONFIG_ENV, Plan};
-use crate::logging::{self, LogFormat};
+use crate::logging::{self, LogFormat, LogLevel};
 use crate::{agent, exec};
 
 /// The in-pod commands.
@@ -43,9 +43,10 @@ pub fn run(command: PodCommand, started: Instant) -> Result<(), String> {
 
 #[derive(Args)]
 pub struct LogArgs {
-    /// Log filter (RUST_LOG overrides).
+    /// Log level: error, warn (or warning), info, debug, trace, off, or target=level
+    /// directives (RUST_LOG overrides).
     #[arg(long, default_value = "info", env = "KVMOUNT_LOG_LEVEL")]
-    pub log_level: String,
+    pub log_level: LogLevel,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KVMOUNT_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -117,7 +118,7 @@ pub struct ExecArgs {
     vault: VaultArgs,
     /// Log filter (exec logs only failures by default).
     #[arg(long, default_value = "warn", env = "KVMOUNT_LOG_LEVEL")]
-    log_level: String,
+    log_level: LogLevel,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KVMOUNT_LOG_FORMAT")]
     log_format: LogFormat,
@@ -214,7 +215,7 @@ fn load_plan(variable: &str, file: Option<&PathBuf>) -> Result<Plan, String> {
 }
 
 fn run_agent(args: AgentArgs, started: Instant) -> Result<(), String> {
-    logging::init(&args.log.log_level, args.log.log_format);
+    logging::init(&args.log.log_level, args.log.log_format)?;
     let plan = load_plan(AGENT_CONFIG_ENV, args.config_file.as_ref())?;
     let connector = args.vault.connector()?;
     let options = agent::AgentOptions {
@@ -228,7 +229,7 @@ fn run_agent(args: AgentArgs, started: Instant) -> Result<(), String> {
 }
 
 fn run_exec(args: ExecArgs) -> Result<(), String> {
-    logging::init(&args.log_level, args.log_format);
+    logging::init(&args.log_level, args.log_format)?;
     let plan = load_plan(EXEC_CONFIG_ENV, None)?;
     let connector = args.vault.connector()?;
     let vars = current_thread()?

@@ -22,7 +22,7 @@ pub mod annotations;
 pub mod config;
 pub mod exec;
 pub mod kube_api;
-pub mod logging;
+pub use kvmount_telemetry::logging;
 pub mod patch;
 pub mod paths;
 pub mod server;

@@ -132,7 +132,7 @@ fn main() -> ExitCode {
 }
 
 fn run_webhook(args: WebhookArgs) -> Result<(), String> {
-    logging::init(&args.log.log_level, args.log.log_format);
+    logging::init(&args.log.log_level, args.log.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -889,6 +889,56 @@ fn a_metrics_port_in_use_is_named_at_start() {
     );
 }
 
+/// Every binary refuses a log level it does not know at start, naming the flag (before, a
+/// typo such as `warning2` silently turned logging off and the process ran on), and takes
+/// `warning` as `warn`, as Go and Python users type it.
+#[test]
+fn an_unknown_log_level_is_refused_by_every_binary() {
+    let binaries = [
+        ("kvmount-provider", &["serve"][..]),
+        ("kvmount-sidecar", &["webhook"][..]),
+        ("kvmount-agent", &["agent"][..]),
+        ("kvmount-agent", &["exec"][..]),
+    ];
+    for (binary, command) in binaries {
+        let output = std::process::Command::new(kvmount_tests::workspace_bin(binary))
+            .args(command)
+            .args(["--log-level", "warning2"])
+            .args(if command == ["exec"] {
+                &["--", "true"][..]
+            } else {
+                &[][..]
+            })
+            .env_remove("RUST_LOG")
+            .env_remove("KVMOUNT_LOG_LEVEL")
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{binary} {command:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("'--log-level <LOG_LEVEL>'"), "{stderr}");
+        assert!(
+            stderr.contains("accepted: error, warn (or warning), info"),
+            "{stderr}"
+        );
+    }
+    // `warning` is accepted: the daemon gets past its flags (and stops later for another
+    // reason, a provider socket it cannot create).
+    let output = std::process::Command::new(kvmount_tests::workspace_bin("kvmount-provider"))
+        .args([
+            "serve",
+            "--log-level",
+            "warning",
+            "--provider-socket",
+            "/proc/kvmount.sock",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("--log-level"), "{stderr}");
+    assert!(stderr.contains("/proc/kvmount.sock"), "{stderr}");
+}
+
 #[test]
 fn a_state_dir_not_on_tmpfs_is_refused() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("disk dir");
