@@ -139,7 +139,7 @@ pub struct ServeArgs {
     pub kubeconfig: Option<PathBuf>,
     /// Rotation interval: each object in use is read once per interval (with jitter) for the
     /// whole node, and volumes are rewritten atomically when its version changed. Accepts `90s`,
-    /// `2m`, `1h` or seconds.
+    /// `1m30s`, `2h`, `500ms` or seconds (200ms to a week).
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub rotation_interval: Duration,
     /// How long an entry no published volume uses stays cached (the upstream-driver path),
@@ -213,31 +213,17 @@ fn parse_budget(text: &str) -> Result<Budget, String> {
     }
 }
 
-/// Parses `90s`, `2m`, `1h`, `500ms` or a number of seconds.
+/// Shortest `--rotation-interval` / `--cache-idle` (the rotation loop's own floor).
+const MIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Longest `--rotation-interval` / `--cache-idle`: a week.
+const MAX_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Parses what users type for the daemon's intervals (`90s`, `1m30s`, `2h`, `500ms` or seconds;
+/// `kvmount_vault::duration`), 200ms to a week. clap adds the flag's name to the error.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a duration; accepted: e.g. 90s, 2m, 1h, 500ms or seconds")
-    })?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; accepted: ms, s, m, h"
-            ));
-        }
-    };
-    if !(0.0..=86_400.0 * 365.0).contains(&seconds) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    kvmount_vault::duration::parse_duration_within("value", text, MIN_INTERVAL, MAX_INTERVAL)
+        .map_err(|e| e.trim_start_matches("value: ").to_owned())
 }
 
 /// `status` flags.

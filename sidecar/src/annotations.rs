@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::{
     self, MAX_REFRESH, MIN_REFRESH, OBJECT_REF_FORM, ObjectFields, ObjectRef, is_env_name,
-    object_spec, object_yaml, objects_document, parse_duration,
+    object_spec, object_yaml, objects_document,
 };
 use crate::template::Template;
 use kvmount_vault::params::shown;
@@ -488,12 +488,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
     let refresh = match text("refresh-interval") {
         None => None,
         Some(r) => {
-            let d = parse_duration(&r).filter(|d| (MIN_REFRESH..=MAX_REFRESH).contains(d));
-            Some(d.ok_or_else(|| {
-                AnnotationError::new(
-                    "refresh-interval",
-                    format!("{} is not accepted; accepted: 1s to 24h, as seconds or with s, m or h, e.g. 30s, 5m", shown(&r)),
-                )
+            let d = kvmount_vault::duration::parse_duration_within(
+                "refresh-interval",
+                &r,
+                MIN_REFRESH,
+                MAX_REFRESH,
+            );
+            Some(d.map_err(|problem| {
+                let problem = problem.trim_start_matches("refresh-interval: ").to_owned();
+                AnnotationError::new("refresh-interval", problem)
             })?)
         }
     };

@@ -353,23 +353,6 @@ impl Plan {
     }
 }
 
-/// Parses a duration such as `30s`, `5m`, `1h` or `90` (seconds).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = digits.parse().ok()?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,15 +426,5 @@ mod tests {
         let err = AgentConfig::from_json("KVMOUNT_AGENT_CONFIG", "{\"token\":\"canary\"}")
             .expect_err("unknown field");
         assert!(!err.to_string().contains("canary"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("1d"), None);
-        assert_eq!(parse_duration("m"), None);
     }
 }

@@ -74,6 +74,9 @@ mod unix_h2_rewrite;
 #[path = "../../fuzz/fuzz_targets/vault_cloud_env.rs"]
 mod vault_cloud_env;
 #[allow(unused_attributes, unused_imports, clippy::all)]
+#[path = "../../fuzz/fuzz_targets/vault_duration.rs"]
+mod vault_duration;
+#[allow(unused_attributes, unused_imports, clippy::all)]
 #[path = "../../fuzz/fuzz_targets/vault_pem_chain.rs"]
 mod vault_pem_chain;
 #[allow(unused_attributes, unused_imports, clippy::all)]
@@ -459,6 +462,15 @@ fn unix_h2_rewrite() {
         "unix_h2_rewrite",
         unix_h2_rewrite::run,
         &[&seed, &[0], &[1, 0, 0, 0, 1, 4, 0, 0, 0, 1]],
+    );
+}
+
+#[test]
+fn vault_duration() {
+    smoke(
+        "vault_duration",
+        vault_duration::run,
+        &[b"90s", b"1m30s", b"2h", b"500ms", b"1h 30m", b"45", b"1day"],
     );
 }
 

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod cloud;
+pub mod duration;
 pub mod error;
 pub mod fetch;
 pub mod params;
