@@ -154,11 +154,13 @@ pub enum VerifyKey {
 impl VerifyKey {
     /// Reads a `-----BEGIN PUBLIC KEY-----` (SubjectPublicKeyInfo) PEM holding a P-256 or RSA key.
     pub fn from_pem(pem: &str) -> Result<VerifyKey, JwtError> {
-        let mut reader = pem.as_bytes();
-        let spki = rustls_pemfile::public_keys(&mut reader)
-            .next()
-            .ok_or(JwtError::BadKey("no PUBLIC KEY block in the PEM"))?
-            .map_err(|_| JwtError::BadKey("PUBLIC KEY block is not valid PEM"))?;
+        use rustls::pki_types::SubjectPublicKeyInfoDer;
+        use rustls::pki_types::pem::{self, PemObject};
+        let spki =
+            SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).map_err(|e| match e {
+                pem::Error::NoItemsFound => JwtError::BadKey("no PUBLIC KEY block in the PEM"),
+                _ => JwtError::BadKey("PUBLIC KEY block is not valid PEM"),
+            })?;
         Self::from_spki_der(spki.as_ref())
     }
 

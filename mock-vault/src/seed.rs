@@ -404,7 +404,7 @@ impl Seed {
 
     fn parse(yaml: &str, base: Option<&Path>) -> Result<Seed, SeedError> {
         let raw: RawSeed =
-            serde_yaml::from_str(yaml).map_err(|e| SeedError::Yaml(e.to_string()))?;
+            serde_norway::from_str(yaml).map_err(|e| SeedError::Yaml(e.to_string()))?;
         check_guid("tenantId", &raw.tenant_id)?;
 
         let mut identities = Vec::new();

@@ -20,6 +20,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::Error;
@@ -193,14 +195,13 @@ pub(crate) fn ensure(
 
     let server_path = dir.join(SERVER_FILE);
     let chain_pem = fs::read(&server_path).map_err(io_err(&server_path))?;
-    let chain = rustls_pemfile::certs(&mut chain_pem.as_slice())
+    let chain = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tls_err(dir, format!("{SERVER_FILE}: {e}")))?;
     let key_path = dir.join(SERVER_KEY_FILE);
     let key_pem = zeroize::Zeroizing::new(fs::read(&key_path).map_err(io_err(&key_path))?);
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| tls_err(dir, format!("{SERVER_KEY_FILE}: {e}")))?
-        .ok_or_else(|| tls_err(dir, format!("{SERVER_KEY_FILE}: no private key")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| tls_err(dir, format!("{SERVER_KEY_FILE}: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -220,9 +221,8 @@ fn ensure_signer(dir: &Path, name: &str) -> Result<(Signer, bool), Error> {
     ensure_dir(dir)?;
     let path = dir.join(name);
     if let Some(pem) = read_opt(&path)?.map(zeroize::Zeroizing::new) {
-        let key = rustls_pemfile::private_key(&mut pem.as_bytes())
-            .map_err(|e| tls_err(dir, format!("{name}: {e}")))?
-            .ok_or_else(|| tls_err(dir, format!("{name}: no private key")))?;
+        let key = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| tls_err(dir, format!("{name}: {e}")))?;
         let signer = Signer::from_pkcs8(key.secret_der())
             .map_err(|e| tls_err(dir, format!("{name}: {e}")))?;
         return Ok((signer, false));

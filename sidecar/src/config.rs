@@ -133,7 +133,7 @@ pub fn object_yaml(reference: &ObjectRef, fields: &ObjectFields) -> String {
         }
     }
     // Serialising a map of strings cannot fail; an empty document would be refused by the parser.
-    serde_yaml::to_string(&map).unwrap_or_default()
+    serde_norway::to_string(&map).unwrap_or_default()
 }
 
 /// An `objects` document (`array:` of object YAML strings), as a SecretProviderClass holds it.
@@ -143,7 +143,7 @@ pub fn objects_document(objects: &[String]) -> String {
         array: &'a [String],
     }
     // A list of strings always serialises; an empty document would be refused by the parser.
-    serde_yaml::to_string(&Document { array: objects }).unwrap_or_default()
+    serde_norway::to_string(&Document { array: objects }).unwrap_or_default()
 }
 
 /// The typed spec of one object, checked by the vault crate's parameter rules.

@@ -13,6 +13,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -103,7 +105,7 @@ impl ResolvesServerCert for CertStore {
 
 /// A rustls certified key from a PEM chain and a PEM private key.
 pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
-    let chain = rustls_pemfile::certs(&mut &*chain_pem)
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
     if chain.is_empty() {
@@ -111,9 +113,10 @@ pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, T
             "certificate: no PEM certificate found".into(),
         ));
     }
-    let key = rustls_pemfile::private_key(&mut &*key_pem)
-        .map_err(|e| TlsError::Pem(format!("key: {e}")))?
-        .ok_or_else(|| TlsError::Pem("key: no PEM private key found".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::Pem("key: no PEM private key found".into()),
+        e => TlsError::Pem(format!("key: {e}")),
+    })?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| TlsError::Pem(format!("key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);

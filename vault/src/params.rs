@@ -68,7 +68,7 @@ impl ParamError {
 
 /// A YAML parser's error for a message: its text can quote the input (`invalid type: string
 /// "..."`), so it is cut like any input.
-fn yaml_problem(err: &serde_yaml::Error) -> String {
+fn yaml_problem(err: &serde_norway::Error) -> String {
     let text = err.to_string();
     match text.char_indices().nth(2 * SHOWN_CHARS) {
         None => text,
@@ -566,7 +566,7 @@ struct RawObject {
     #[serde(default)]
     object_version: Option<String>,
     #[serde(default)]
-    object_version_history: Option<serde_yaml::Value>,
+    object_version_history: Option<serde_norway::Value>,
     #[serde(default)]
     object_alias: Option<String>,
     #[serde(default)]
@@ -574,9 +574,9 @@ struct RawObject {
     #[serde(default)]
     object_encoding: Option<String>,
     #[serde(default)]
-    file_permission: Option<serde_yaml::Value>,
+    file_permission: Option<serde_norway::Value>,
     #[serde(default)]
-    cert_key_files: Option<serde_yaml::Value>,
+    cert_key_files: Option<serde_norway::Value>,
 }
 
 fn trimmed(value: Option<String>) -> Option<String> {
@@ -597,7 +597,7 @@ pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
             ),
         ));
     }
-    let document: ObjectsDocument = serde_yaml::from_str(objects).map_err(|err| {
+    let document: ObjectsDocument = serde_norway::from_str(objects).map_err(|err| {
         ParamError::new(
             "objects",
             format!(
@@ -666,7 +666,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
     let raw: RawObject = if text.trim().is_empty() {
         RawObject::default()
     } else {
-        serde_yaml::from_str(text).map_err(|err| {
+        serde_norway::from_str(text).map_err(|err| {
             ParamError::new(
                 format!("objects[{index}]"),
                 format!("is not a YAML mapping of object fields ({}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission, certKeyFiles", yaml_problem(&err)),
@@ -703,9 +703,9 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
     let mut history = None;
     if let Some(value) = raw.object_version_history {
         let n = match &value {
-            serde_yaml::Value::Number(n) => n.as_u64(),
-            serde_yaml::Value::String(s) if s.trim().is_empty() => Some(0),
-            serde_yaml::Value::String(s) => s.trim().parse::<u64>().ok(),
+            serde_norway::Value::Number(n) => n.as_u64(),
+            serde_norway::Value::String(s) if s.trim().is_empty() => Some(0),
+            serde_norway::Value::String(s) => s.trim().parse::<u64>().ok(),
             _ => None,
         };
         match n {
@@ -721,7 +721,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
                     field("objectVersionHistory"),
                     format!(
                         "{} is not accepted; accepted: a whole number from 0 to {MAX_VERSION_HISTORY} (0 and 1 write one file)",
-                        shown(serde_yaml::to_string(&value).unwrap_or_default().trim())
+                        shown(serde_norway::to_string(&value).unwrap_or_default().trim())
                     ),
                 ));
             }
@@ -772,11 +772,11 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
     };
     let file_mode = match raw.file_permission {
         None => None,
-        Some(serde_yaml::Value::String(s)) if s.trim().is_empty() => None,
-        Some(serde_yaml::Value::String(s)) => {
+        Some(serde_norway::Value::String(s)) if s.trim().is_empty() => None,
+        Some(serde_norway::Value::String(s)) => {
             Some(parse_file_permission(&field("filePermission"), &s)?)
         }
-        Some(serde_yaml::Value::Number(n)) => {
+        Some(serde_norway::Value::Number(n)) => {
             // An unquoted 0600 is read by YAML 1.1 as octal and by YAML 1.2 as 600: take the digits.
             Some(parse_file_permission(
                 &field("filePermission"),
@@ -792,8 +792,8 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
     };
     let cert_key_files = match raw.cert_key_files {
         None => false,
-        Some(serde_yaml::Value::Bool(b)) => b,
-        Some(serde_yaml::Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+        Some(serde_norway::Value::Bool(b)) => b,
+        Some(serde_norway::Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
             "true" => true,
             "false" | "" => false,
             _ => {
