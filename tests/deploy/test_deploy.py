@@ -194,13 +194,6 @@ def test_standalone_with_registrar_sidecars():
     assert "--kubelet-registration-path=/var/lib/kubelet/plugins/secrets.kvmount.io/csi.sock" in registrar["args"]
 
 
-def test_registration_mode_is_checked():
-    out = run_helm("template", "kvmount", str(CHART), "--set", "mode=standalone",
-                   "--set", "standalone.registration=registrar", check=False)
-    assert out.returncode != 0
-    assert 'standalone.registration: "registrar"' in out.stderr and "accepted: self" in out.stderr
-
-
 def test_webhook_agent_ca_configmap():
     docs = render(None, "--set", "webhook.enabled=true", "--set", "webhook.agentCAConfigMap=corp-roots", "--set", "webhook.agentCAKey=roots.pem")
     (deploy,) = [d for d in by_kind(docs, "Deployment") if "webhook" in d["metadata"]["name"]]
@@ -321,14 +314,35 @@ def test_no_cloud_env_dir_by_default():
 
 
 @pytest.mark.parametrize("setting,message", [
-    ("mode=sidecar", "mode: \"sidecar\"; accepted: provider, standalone"),
-    ("provider.socketName=bad/name", "provider.socketName"),
-    ("provider.logFormat=xml", "provider.logFormat"),
-    ("webhook.failurePolicy=Deny", "webhook.failurePolicy"),
+    ("mode=sidecar", "at '/mode': value must be one of 'provider', 'standalone'"),
+    ("provider.socketName=bad/name", "at '/provider/socketName'"),
+    ("provider.logFormat=xml", "at '/provider/logFormat': value must be one of 'text', 'json'"),
+    ("webhook.failurePolicy=Deny", "at '/webhook/failurePolicy': value must be one of 'Ignore', 'Fail'"),
+    # What rendered before and then crash-looped the daemon or silently logged nothing.
+    ("provider.rotationInterval=1m30x", "at '/provider/rotationInterval'"),
+    ("provider.cacheIdle=soon", "at '/provider/cacheIdle'"),
+    ("provider.logLevel=warning2", "at '/provider/logLevel'"),
+    ("webhook.logLevel=verbose", "at '/webhook/logLevel'"),
+    ("provider.resources.limits.memory=128Mb", "at '/provider/resources/limits/memory'"),
+    ("webhook.defaultMode=nativ", "at '/webhook/defaultMode'"),
+    ("standalone.registration=registrar", "at '/standalone/registration': value must be one of 'self', 'sidecars'"),
+    ("provider.metricsPort=70000", "at '/provider/metricsPort'"),
+    ("provider.rotationIntervall=2m", "additional properties 'rotationIntervall' not allowed"),
 ])
 def test_bad_values_fail_with_the_key_named(setting, message):
+    """values.schema.json refuses, naming the key, what would crash-loop or mislead."""
     out = run_helm("template", "kvmount", str(CHART), "--set", setting, check=False)
     assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("setting", [
+    "provider.rotationInterval=1m30s", "provider.rotationInterval=90", "provider.rotationInterval=500ms",
+    "provider.cacheIdle=2h", "provider.logLevel=warning", "provider.logLevel=kvmount_vault=debug\\,warn",
+    "webhook.logLevel=trace", "provider.resources.limits.memory=1Gi", "standalone.registration=sidecars",
+])
+def test_what_users_type_is_accepted(setting):
+    out = run_helm("template", "kvmount", str(CHART), "--set", setting, check=False)
+    assert out.returncode == 0, out.stderr
 
 
 def test_secret_tls_without_secret_fails():
@@ -508,3 +522,38 @@ def test_webhook_flags_exist():
             args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
             assert args[0] == "webhook"
             assert flags_of(args) <= known, f"{combo.stem}: {sorted(flags_of(args) - known)}"
+
+
+def test_env_and_extra_volumes_reach_both_containers():
+    env = '[{"name":"HTTPS_PROXY","value":"http://proxy.corp:3128"}]'
+    vols = '[{"name":"corp-ca","configMap":{"name":"corp-ca"}}]'
+    mounts = '[{"name":"corp-ca","mountPath":"/etc/corp-ca","readOnly":true}]'
+    docs = render(None, "--set", "webhook.enabled=true", "--set", "webhook.tls.mode=helm",
+                  "--set-json", f"provider.env={env}", "--set-json", f"provider.extraVolumes={vols}",
+                  "--set-json", f"provider.extraVolumeMounts={mounts}",
+                  "--set-json", f"webhook.env={env}", "--set-json", f"webhook.extraVolumes={vols}",
+                  "--set-json", f"webhook.extraVolumeMounts={mounts}")
+    (ds,) = by_kind(docs, "DaemonSet")
+    (deploy,) = [d for d in by_kind(docs, "Deployment") if "webhook" in d["metadata"]["name"]]
+    for workload in (ds, deploy):
+        pod = workload["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert {"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"} in c["env"]
+        assert {"name": "corp-ca", "mountPath": "/etc/corp-ca", "readOnly": True} in c["volumeMounts"]
+        assert {"name": "corp-ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+        kubernetes_validate.validate(workload, "1.29.0", strict=True)
+    # The daemon's own env var stays first.
+    assert ds["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"] == "NODE_NAME"
+
+
+def test_pod_monitor_is_optional():
+    assert not by_kind(render(None), "PodMonitor")
+    docs = render(None, "--set", "provider.podMonitor.enabled=true", "--set", "provider.podMonitor.labels.release=prom")
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["metadata"]["labels"]["release"] == "prom"
+    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    (ds,) = by_kind(docs, "DaemonSet")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
+    assert "metrics" in [p["name"] for p in node_container(docs)["ports"]]

@@ -45,27 +45,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kvmount.nodeName" -}}{{ include "kvmount.fullname" . }}-node{{- end -}}
 {{- define "kvmount.webhookName" -}}{{ include "kvmount.fullname" . }}-webhook{{- end -}}
 
-{{/* Checks of values combinations that cannot work. */}}
+{{/* Checks of values combinations that cannot work. Each value on its own (modes, names,
+durations, log levels, quantities) is checked by values.schema.json before any template. */}}
 {{- define "kvmount.validate" -}}
-{{- if not (has .Values.mode (list "provider" "standalone")) -}}
-{{- fail (printf "mode: %q; accepted: provider, standalone" .Values.mode) -}}
-{{- end -}}
-{{- if not (regexMatch "^[a-zA-Z0-9_-]{1,30}$" .Values.provider.socketName) -}}
-{{- fail (printf "provider.socketName: %q; accepted: 1 to 30 letters, digits, '_' or '-' (the SecretProviderClass spec.provider)" .Values.provider.socketName) -}}
-{{- end -}}
-{{- if not (has .Values.provider.logFormat (list "text" "json")) -}}
-{{- fail (printf "provider.logFormat: %q; accepted: text, json" .Values.provider.logFormat) -}}
-{{- end -}}
-{{- if not (has .Values.webhook.failurePolicy (list "Ignore" "Fail")) -}}
-{{- fail (printf "webhook.failurePolicy: %q; accepted: Ignore, Fail" .Values.webhook.failurePolicy) -}}
-{{- end -}}
-{{- if not (has .Values.webhook.tls.mode (list "certManager" "helm" "secret")) -}}
-{{- fail (printf "webhook.tls.mode: %q; accepted: certManager, helm, secret" .Values.webhook.tls.mode) -}}
-{{- end -}}
 {{- if and .Values.webhook.enabled (eq .Values.webhook.tls.mode "secret") (or (not .Values.webhook.tls.secretName) (not .Values.webhook.tls.caBundle)) -}}
 {{- fail "webhook.tls.mode secret needs webhook.tls.secretName and webhook.tls.caBundle" -}}
-{{- end -}}
-{{- if not (has (toString .Values.standalone.installCRD) (list "auto" "true" "false")) -}}
-{{- fail (printf "standalone.installCRD: %v; accepted: auto, true, false" .Values.standalone.installCRD) -}}
 {{- end -}}
 {{- end -}}
