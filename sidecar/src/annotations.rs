@@ -241,8 +241,8 @@ fn is_mount_path(text: &str) -> bool {
             .all(|e| !e.is_empty() && e != "." && e != "..")
 }
 
-/// A DNS-1123 label (container names).
-fn is_dns_label(text: &str) -> bool {
+/// A DNS-1123 label (container names; the labels of a ConfigMap name).
+pub(crate) fn is_dns_label(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 63
         && text

@@ -92,15 +92,7 @@ impl AgentCa {
     pub fn new(config_map: &str, key: &str) -> Result<Self, String> {
         let subdomain = config_map.len() <= 253
             && !config_map.is_empty()
-            && config_map.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            });
+            && config_map.split('.').all(annotations::is_dns_label);
         if !subdomain {
             return Err(format!(
                 "--agent-ca-configmap {}: not a ConfigMap name; accepted: a DNS subdomain (lowercase letters, digits, '-', '.'; at most 253 characters)",
