@@ -6,7 +6,8 @@
     wait_pod         wait_pod(ns, name, phase) -> the pod's JSON
     helm             helm(*args) against the cluster (tests/deploy/install-helm.sh's binary)
     mock_vault       kvmount's mock vault in the cluster's network namespace, trusting the
-                     cluster's service-account issuer (workload identity)
+                     cluster's service-account issuer (workload identity); the binary is
+                     target/debug/kvmount-provider, or KVMOUNT_PROVIDER_BIN
     kvmount_images   kvmount's images (deploy/images/build.sh) imported into containerd
     upstream_driver  upstream_driver("v1.6.0") runs the Secrets Store CSI Driver as a process on
                      the node, registered with the kubelet by the test registrar
@@ -142,9 +143,9 @@ def mock_vault(cluster, tmp_path_factory):
     service-account issuer: a pod's projected token is a valid federated client assertion for
     identity `cluster-app` (subject system:serviceaccount:default:app). Returns the ready
     line's fields plus `tls_dir` (the mock's CA is `tls_dir/ca.pem`)."""
-    binary = os.path.join(ROOT, "target", "debug", "kvmount-provider")
+    binary = os.environ.get("KVMOUNT_PROVIDER_BIN", os.path.join(ROOT, "target", "debug", "kvmount-provider"))
     if not os.path.exists(binary):
-        pytest.skip("target/debug/kvmount-provider is not built (cargo build --workspace --bins)")
+        pytest.skip(f"{binary} is not built (cargo build --workspace --bins)")
     d = tmp_path_factory.mktemp("mock-vault")
     seed = d / "seed.yaml"
     seed.write_text(f"""tenantId: 00000000-0000-0000-0000-000000000001
