@@ -539,6 +539,10 @@ class Cluster:
         """A fresh run dir under `parent` (TMPDIR by default) and the whole cluster in it, the
         node Ready; tears down what it started if starting fails."""
         run_dir = tempfile.mkdtemp(prefix="kc-", dir=parent)  # short: socket paths in it have at most 107 bytes
+        if len(run_dir) > 50:
+            os.rmdir(run_dir)
+            # <run dir>/kubelet/plugins_registry/secrets-store.csi.k8s.io-reg.sock must fit in 107 bytes
+            raise ClusterError(f"the run dir {run_dir} is too long for the Unix sockets in it: use a shorter TMPDIR")
         c = cls(env, run_dir)
         try:
             c._start()

@@ -37,6 +37,11 @@ import cluster as cl  # noqa: E402
 from kvmount_support import Proc  # noqa: E402
 
 
+# The namespace whose service account `app` the mock vault's identity is federated with.
+WI_NAMESPACE = "kvmount-wi"
+WI_CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
+
+
 def _install_env():
     if all(k in os.environ for k in ("KVMOUNT_CLUSTER_KUBE", "KVMOUNT_CLUSTER_ETCD", "KVMOUNT_CLUSTER_DEBIAN")):
         return {k: v for k, v in os.environ.items() if k.startswith("KVMOUNT_CLUSTER_")}
@@ -141,8 +146,9 @@ def mock_vault(cluster, tmp_path_factory):
     """kvmount's mock vault on port 8443 of every address of the cluster's network namespace
     (hostNetwork pods reach it at 127.0.0.1:8443 or the node IP), trusting the cluster's
     service-account issuer: a pod's projected token is a valid federated client assertion for
-    identity `cluster-app` (subject system:serviceaccount:default:app). Returns the ready
-    line's fields plus `tls_dir` (the mock's CA is `tls_dir/ca.pem`)."""
+    identity `cluster-app` (client id WI_CLIENT_ID; subjects system:serviceaccount:default:app
+    and system:serviceaccount:WI_NAMESPACE:app), which may read and write the secrets of vault
+    `cluster`. Returns the ready line's fields (url, ca, tenant, ...) plus `tls_dir`."""
     binary = os.environ.get("KVMOUNT_PROVIDER_BIN", os.path.join(ROOT, "target", "debug", "kvmount-provider"))
     if not os.path.exists(binary):
         pytest.skip(f"{binary} is not built (cargo build --workspace --bins)")
@@ -153,9 +159,10 @@ issuers:
   - {{ issuer: "{cluster.sa_issuer}", publicKeyFile: "{cluster.sa_public_key}" }}
 identities:
   - name: cluster-app
-    clientId: 00000000-0000-0000-0000-0000000000c1
+    clientId: {WI_CLIENT_ID}
     federated:
       - {{ issuer: "{cluster.sa_issuer}", subject: "system:serviceaccount:default:app" }}
+      - {{ issuer: "{cluster.sa_issuer}", subject: "system:serviceaccount:{WI_NAMESPACE}:app" }}
 vaults:
   - name: cluster
     access:
@@ -206,13 +213,19 @@ class UpstreamDriver:
         self.reg_socket = os.path.join(cluster.kubelet_root, "plugins_registry", self.NAME + "-reg.sock")
         self.driver = self.registrar = None
 
-    def install_manifests(self):
-        """Its CRDs, CSIDriver object and RBAC, from the module zip's deploy/ (not its DaemonSet)."""
+    def install_manifests(self, token_audiences=()):
+        """Its CRDs, CSIDriver object and RBAC, from the module zip's deploy/ (not its DaemonSet).
+        `token_audiences`: the CSIDriver's tokenRequests (the pod's service-account tokens the
+        kubelet sends at publish), as the upstream chart's `tokenRequests` value sets them."""
         deploy = os.path.join(self.dir, "deploy")
+        self.cluster.kubectl("delete", "csidriver", self.NAME, "--ignore-not-found")
         for f in ("secrets-store.csi.x-k8s.io_secretproviderclasses.yaml",
                   "secrets-store.csi.x-k8s.io_secretproviderclasspodstatuses.yaml",
                   "csidriver.yaml", "rbac-secretproviderclass.yaml", "rbac-secretprovidersyncing.yaml"):
             self.cluster.kubectl("apply", "-f", os.path.join(deploy, f))
+        if token_audiences:
+            self.cluster.kubectl("patch", "csidriver", self.NAME, "--type=merge", "-p", json.dumps(
+                {"spec": {"tokenRequests": [{"audience": a} for a in token_audiences]}}))
         self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                              "crd/secretproviderclasses.secrets-store.csi.x-k8s.io",
                              "crd/secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io")
@@ -270,18 +283,63 @@ current-context: c
 
 
 @pytest.fixture
-def upstream_driver(cluster, cluster_env, tmp_path):
+def upstream_driver(cluster, cluster_env):
     started = []
 
-    def start(version, extra_args=()):
+    def start(version, extra_args=(), token_audiences=()):
         if f"KVMOUNT_CLUSTER_DRIVER_V{version[1:].replace('.', '_')}" not in cluster_env:
             pytest.skip(f"the driver {version} is not built (tests/cluster/install.sh drivers)")
-        d = UpstreamDriver(cluster, cluster_env, version, str(tmp_path / version))
+        # In the run dir: the provider socket's path must stay under 108 bytes.
+        d = UpstreamDriver(cluster, cluster_env, version, os.path.join(cluster.run_dir, "d-" + version))
         os.makedirs(d.workdir, exist_ok=True)
-        d.install_manifests()
+        d.install_manifests(token_audiences)
         started.append(d)
         return d.start(extra_args)
 
     yield start
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def kvmount_provider(cluster, mock_vault):
+    """kvmount_provider(socket_path, *args) runs `kvmount-provider serve` in provider mode on the
+    node (in the cluster's network namespace), pointed at the mock vault: Key Vault
+    `<name>.vault.localhost` and the Entra authority both reach the mock, whose CA it trusts.
+    Its state dir is a fresh tmpfs directory under /dev/shm."""
+    import shutil
+    import tempfile
+
+    binary = os.environ.get("KVMOUNT_PROVIDER_BIN", os.path.join(ROOT, "target", "debug", "kvmount-provider"))
+    started = []
+
+    def start(socket, *args):
+        state = tempfile.mkdtemp(dir="/dev/shm", prefix="kvmount-cluster-state.")
+        started.append(state)
+        port = mock_vault["url"].rsplit(":", 1)[1].strip("/")
+        p = cluster.spawn("kvmount-provider", [
+            binary, "serve", "--provider-socket", socket, "--state-dir", state,
+            "--keyvault-dns-suffix", "vault.localhost", "--authority-host", mock_vault["url"],
+            "--ca-file", mock_vault["ca"], "--resolve", f"*.vault.localhost=127.0.0.1:{port}", *args])
+        started.append(p)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(socket):
+            if p.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"kvmount-provider did not serve {socket}:\n{cluster.log_of('kvmount-provider', 40)}")
+            time.sleep(0.1)
+        return p
+
+    yield start
+    for x in started:
+        if isinstance(x, str):
+            continue
+        if x.poll() is None:
+            x.terminate()
+            try:
+                x.wait(10)
+            except subprocess.TimeoutExpired:
+                x.kill()
+                x.wait(10)
+    for x in started:
+        if isinstance(x, str):
+            shutil.rmtree(x, ignore_errors=True)
