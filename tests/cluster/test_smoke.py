@@ -105,7 +105,11 @@ def test_upstream_driver_registers_with_the_kubelet(cluster, upstream_driver, ve
         time.sleep(0.3)
     assert d.NAME in drivers, (f"CSINode drivers: {drivers}\nregistrar:\n{cluster.log_of('registrar-' + version)}\n"
                                f"driver:\n{cluster.log_of('driver-' + version, 40)}\nkubelet:\n{cluster.log_of('kubelet', 60)}")
-    assert "registered=true" in cluster.log_of("registrar-" + version)
+    log = cluster.log_of("registrar-" + version)
+    assert "registered=true" in log
+    # What the kubelet's registration client sends as :authority (kvmount's own registration
+    # service must accept it; hyper's h2 refuses an authority that is not a valid URI authority).
+    print(f"kubelet registration client: {[line for line in log.splitlines() if 'GetInfo' in line][:1]}")
 
 
 # Run inside the cluster's network namespace: a token exchange at the mock vault with a client

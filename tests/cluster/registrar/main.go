@@ -11,7 +11,8 @@
 //
 //	registrar --socket DIR/x-reg.sock --name secrets-store.csi.k8s.io --endpoint /path/csi.sock
 //
-// Prints "registrar: listening on PATH" when it serves, and one line per kubelet call.
+// Prints "registrar: listening on PATH" when it serves, and one line per kubelet call with the
+// :authority the kubelet sent.
 // SIGTERM or SIGINT removes the socket and exits.
 package main
 
@@ -26,6 +27,7 @@ import (
 	"syscall"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 )
 
@@ -34,8 +36,15 @@ type server struct {
 	info registerapi.PluginInfo
 }
 
+// authority is the :authority the caller sent (the kubelet's registration client), which a
+// strict HTTP/2 server (hyper's h2) refuses when it is not a valid URI authority.
+func authority(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return strings.Join(md.Get(":authority"), ",")
+}
+
 func (s *server) GetInfo(ctx context.Context, _ *registerapi.InfoRequest) (*registerapi.PluginInfo, error) {
-	fmt.Printf("registrar: GetInfo -> %s %s %s %v\n", s.info.Type, s.info.Name, s.info.Endpoint, s.info.SupportedVersions)
+	fmt.Printf("registrar: GetInfo :authority=%q -> %s %s %s %v\n", authority(ctx), s.info.Type, s.info.Name, s.info.Endpoint, s.info.SupportedVersions)
 	return &registerapi.PluginInfo{
 		Type:              s.info.Type,
 		Name:              s.info.Name,
@@ -45,7 +54,7 @@ func (s *server) GetInfo(ctx context.Context, _ *registerapi.InfoRequest) (*regi
 }
 
 func (s *server) NotifyRegistrationStatus(ctx context.Context, st *registerapi.RegistrationStatus) (*registerapi.RegistrationStatusResponse, error) {
-	fmt.Printf("registrar: registered=%v error=%q\n", st.PluginRegistered, st.Error)
+	fmt.Printf("registrar: NotifyRegistrationStatus :authority=%q registered=%v error=%q\n", authority(ctx), st.PluginRegistered, st.Error)
 	return &registerapi.RegistrationStatusResponse{}, nil
 }
 
