@@ -102,6 +102,11 @@ def dump(cluster, namespace):
                 cluster.kubectl("logs", "-n", namespace, pod, "--all-containers", "--tail=100", check=False).stdout]
     out += ["===== kubelet (last 150 lines)", cluster.log_of("kubelet", 150),
             "===== containerd (last 40 lines)", cluster.log_of("containerd", 40)]
+    # Processes tests started on the node (drivers, registrars, kvmount): their logs too.
+    core = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "containerd"}
+    for name in sorted(cluster.procs):
+        if name not in core:
+            out += [f"===== {name} (last 60 lines)", cluster.log_of(name, 60)]
     print("\n".join(out), file=sys.stderr)
 
 
@@ -219,9 +224,12 @@ class UpstreamDriver:
         kubelet sends at publish), as the upstream chart's `tokenRequests` value sets them."""
         deploy = os.path.join(self.dir, "deploy")
         self.cluster.kubectl("delete", "csidriver", self.NAME, "--ignore-not-found")
-        for f in ("secrets-store.csi.x-k8s.io_secretproviderclasses.yaml",
-                  "secrets-store.csi.x-k8s.io_secretproviderclasspodstatuses.yaml",
-                  "csidriver.yaml", "rbac-secretproviderclass.yaml", "rbac-secretprovidersyncing.yaml"):
+        # Every rbac-*.yaml of the version: v1.5.4's rotation reconciler requests the pods'
+        # tokens itself (rbac-secretprovidertokenrequest.yaml, rbac-secretproviderrotation.yaml);
+        # v1.6.0 rotates on the kubelet's republish and ships neither.
+        rbac = sorted(f for f in os.listdir(deploy) if f.startswith("rbac-") and f.endswith(".yaml"))
+        for f in ["secrets-store.csi.x-k8s.io_secretproviderclasses.yaml",
+                  "secrets-store.csi.x-k8s.io_secretproviderclasspodstatuses.yaml", "csidriver.yaml", *rbac]:
             self.cluster.kubectl("apply", "-f", os.path.join(deploy, f))
         if token_audiences:
             self.cluster.kubectl("patch", "csidriver", self.NAME, "--type=merge", "-p", json.dumps(
@@ -343,3 +351,34 @@ def kvmount_provider(cluster, mock_vault):
     for x in started:
         if isinstance(x, str):
             shutil.rmtree(x, ignore_errors=True)
+
+
+# Run inside the cluster's network namespace by vault_call(): a token exchange at the mock vault
+# with a client assertion, then one Key Vault call with the access token; prints JSON.
+VAULT_CLIENT = r"""
+import http.client, json, ssl, sys, urllib.parse
+port, ca, tenant, client_id, assertion, method, path, body = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=ca)
+c = http.client.HTTPSConnection("127.0.0.1", int(port), context=ctx, timeout=20)
+form = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": client_id,
+    "scope": "https://vault.localhost/.default", "client_assertion": assertion,
+    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+c.request("POST", f"/{tenant}/oauth2/v2.0/token", form, {"Content-Type": "application/x-www-form-urlencoded"})
+r = c.getresponse(); token = json.loads(r.read())
+out = {"token_status": r.status, "token": token}
+if r.status == 200:
+    c.request(method, path, body or None, {"Authorization": "Bearer " + token["access_token"], "Content-Type": "application/json"})
+    r = c.getresponse(); out["status"] = r.status; out["body"] = json.loads(r.read() or b"null")
+print(json.dumps(out))
+"""
+
+
+def vault_call(cluster, mock_vault, assertion, method, path, body="", client_id=WI_CLIENT_ID):
+    """Exchanges `assertion` (a service-account token) at the mock vault's token endpoint, then
+    makes one Key Vault call (e.g. "PUT", "/secrets/x?api-version=7.4", json) from inside the
+    cluster's network namespace; returns {"token_status", "token", "status", "body"}."""
+    port = mock_vault["url"].rsplit(":", 1)[1].strip("/")
+    out = subprocess.run(cluster.ns([sys.executable, "-c", VAULT_CLIENT, port, mock_vault["ca"], mock_vault["tenant"],
+                                     client_id, assertion, method, path, body]),
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    return json.loads(out)

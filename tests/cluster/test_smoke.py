@@ -5,10 +5,11 @@ vault trusts, and the upstream Secrets Store CSI Driver registered with the kube
 import base64
 import json
 import subprocess
-import sys
 import time
 
 import pytest
+
+from conftest import vault_call
 
 
 def secret_pod(name, command, security_context=None):
@@ -112,26 +113,6 @@ def test_upstream_driver_registers_with_the_kubelet(cluster, upstream_driver, ve
     print(f"kubelet registration client: {[line for line in log.splitlines() if 'GetInfo' in line][:1]}")
 
 
-# Run inside the cluster's network namespace: a token exchange at the mock vault with a client
-# assertion, then a secret read with the access token.
-EXCHANGE = r"""
-import http.client, json, ssl, sys, urllib.parse
-port, ca, tenant, client_id, assertion = sys.argv[1:]
-ctx = ssl.create_default_context(cafile=ca)
-c = http.client.HTTPSConnection("127.0.0.1", int(port), context=ctx, timeout=20)
-body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": client_id,
-    "scope": "https://vault.localhost/.default", "client_assertion": assertion,
-    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
-c.request("POST", f"/{tenant}/oauth2/v2.0/token", body, {"Content-Type": "application/x-www-form-urlencoded"})
-r = c.getresponse(); token = json.loads(r.read())
-out = {"token_status": r.status, "token": token}
-if r.status == 200:
-    c.request("GET", "/secrets/db-password?api-version=7.4", headers={"Authorization": "Bearer " + token["access_token"]})
-    r = c.getresponse(); out["secret_status"] = r.status; out["secret"] = json.loads(r.read())
-print(json.dumps(out))
-"""
-
-
 def test_mock_vault_trusts_the_cluster_service_account_tokens(cluster, mock_vault):
     """Workload identity end to end outside kvmount: a token the apiserver issues for
     system:serviceaccount:default:app, audience api://AzureADTokenExchange, is a federated
@@ -140,18 +121,12 @@ def test_mock_vault_trusts_the_cluster_service_account_tokens(cluster, mock_vaul
     try:
         assertion = cluster.kubectl("create", "token", "app", "-n", "default",
                                     "--audience=api://AzureADTokenExchange").strip()
-        port = mock_vault["url"].rsplit(":", 1)[1].strip("/")
-        out = subprocess.run(cluster.ns([sys.executable, "-c", EXCHANGE, port, mock_vault["ca"], mock_vault["tenant"],
-                                         "00000000-0000-0000-0000-0000000000c1", assertion]),
-                             check=True, capture_output=True, text=True, timeout=60).stdout
-        got = json.loads(out)
+        got = vault_call(cluster, mock_vault, assertion, "GET", "/secrets/db-password?api-version=7.4")
         assert got["token_status"] == 200, got
-        assert got["secret_status"] == 200 and got["secret"]["value"] == "cluster-secret-1", got
+        assert got["status"] == 200 and got["body"]["value"] == "cluster-secret-1", got
         # Another service account's token is refused.
         other = cluster.kubectl("create", "token", "default", "-n", "default", "--audience=api://AzureADTokenExchange").strip()
-        out = subprocess.run(cluster.ns([sys.executable, "-c", EXCHANGE, port, mock_vault["ca"], mock_vault["tenant"],
-                                         "00000000-0000-0000-0000-0000000000c1", other]),
-                             check=True, capture_output=True, text=True, timeout=60).stdout
-        assert json.loads(out)["token_status"] in (400, 401), out
+        got = vault_call(cluster, mock_vault, other, "GET", "/secrets/db-password?api-version=7.4")
+        assert got["token_status"] in (400, 401), got
     finally:
         cluster.kubectl("delete", "serviceaccount", "app", "-n", "default", check=False)
