@@ -230,6 +230,9 @@ struct Users {
     failures: u32,
     next_check: Instant,
     last_error: Option<String>,
+    /// When the value was last read from Key Vault successfully; kept when a revoked value is
+    /// erased (the volumes still hold it), so its age keeps growing.
+    refreshed: Option<Instant>,
 }
 
 impl Slot {
@@ -242,6 +245,7 @@ impl Slot {
                 failures: 0,
                 next_check: Instant::now(),
                 last_error: None,
+                refreshed: None,
             }),
         }
     }
@@ -590,7 +594,11 @@ impl NodeCache {
                             error,
                         })?;
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    slot.users().next_check = Instant::now() + late_jitter(self.config.refresh_after);
+                    {
+                        let mut users = slot.users();
+                        users.next_check = Instant::now() + late_jitter(self.config.refresh_after);
+                        users.refreshed = Some(Instant::now());
+                    }
                     tracing::info!(object = %spec.id(), version = %object.version, vault = %key.vault, "read from Key Vault");
                     *value = Some(Cached {
                         object,
@@ -851,7 +859,27 @@ impl NodeCache {
             object: fetched,
             fetched_at: Instant::now(),
         });
+        slot.users().refreshed = Some(Instant::now());
         Ok(changed)
+    }
+
+    /// For each object the cache holds (or held until a revocation) a good value of: its vault,
+    /// `type/name`, and the time since the last good read; entries of one object for several
+    /// identities, versions or renderings count once, with the oldest read.
+    pub fn refresh_ages(&self) -> Vec<(String, String, Duration)> {
+        let now = Instant::now();
+        let mut ages: HashMap<(String, String), Duration> = HashMap::new();
+        for (key, slot) in lock(&self.slots).iter() {
+            let Some(refreshed) = slot.users().refreshed else {
+                continue;
+            };
+            let age = now.saturating_duration_since(refreshed);
+            let oldest = ages.entry((key.vault.clone(), key.id())).or_default();
+            *oldest = (*oldest).max(age);
+        }
+        let mut ages: Vec<_> = ages.into_iter().map(|((v, o), age)| (v, o, age)).collect();
+        ages.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        ages
     }
 
     /// Number of entries (with or without a value).

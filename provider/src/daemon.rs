@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kvmount_proto::csi::identity_server::IdentityServer;
 use kvmount_proto::csi::node_server::NodeServer;
+use kvmount_telemetry::metrics::{Exposition, Registry};
 use kvmount_vault::Connector;
 use tonic::transport::Server;
 
@@ -16,7 +17,7 @@ use crate::cli::ServeArgs;
 use crate::grpc::identity::IdentityService;
 use crate::grpc::node::NodeService;
 use crate::grpc::provider::ProviderService;
-use crate::grpc::registration::{Outcome, RegistrationState};
+use crate::grpc::registration::RegistrationState;
 use crate::hardening;
 use crate::metrics::Metrics;
 use crate::mount::Mounter;
@@ -55,7 +56,8 @@ pub async fn run_until(
         args.csi_socket.is_some() || args.plugin_registration_dir.is_none(),
         "--plugin-registration-dir registers the CSI socket: it needs --csi-socket"
     );
-    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
     let limiter = Arc::new(RateLimiter::new(args.vault_qps, args.vault_burst));
     let connector = Connector::new(args.vault.connector_config()?)?.with_vault_policies(Arc::new(
         VaultPolicies {
@@ -188,95 +190,38 @@ pub async fn run_until(
                 continue;
             }
             let unchanged = report.checked - report.changed.len() - report.failed.len();
-            for (outcome, n) in [
-                ("unchanged", unchanged),
-                ("changed", report.changed.len()),
-                ("failed", report.failed.len()),
-            ] {
-                for _ in 0..n {
-                    rotation_metrics.inc(
-                        "kvmount_rotation_checks_total",
-                        "Rotation reads of cached objects, by outcome.",
-                        &[("outcome", outcome)],
-                    );
-                }
-            }
+            rotation_metrics.rotation_checks("unchanged", unchanged);
+            rotation_metrics.rotation_checks("changed", report.changed.len());
+            rotation_metrics.rotation_checks("failed", report.failed.len());
             if let Some(volumes) = &rotation_volumes {
                 let (rewritten, failed, still_pending) =
                     volumes.apply_rotation(&report.failed).await;
                 pending = still_pending;
-                for (outcome, n) in [("ok", rewritten), ("failed", failed)] {
-                    for _ in 0..n {
-                        rotation_metrics.inc(
-                            "kvmount_rotation_volume_updates_total",
-                            "Volumes rewritten after a rotation, by outcome.",
-                            &[("outcome", outcome)],
-                        );
-                    }
-                }
+                rotation_metrics.rotation_volume_updates("ok", rewritten);
+                rotation_metrics.rotation_volume_updates("failed", failed);
             }
             hardening::scrub_stack();
         }
     });
 
-    // Gauges and cache counters, refreshed at each scrape.
-    let collector_cache = Arc::clone(&cache);
-    let collector_volumes = handle.volumes.clone();
-    let collector_registration = args
-        .plugin_registration_dir
-        .is_some()
-        .then(|| Arc::clone(&registration));
-    metrics.set_collector(Box::new(move |m| {
-        if let Some(registration) = &collector_registration {
-            m.set(
-                "kvmount_kubelet_registered",
-                "1 once the kubelet has registered the CSI driver on the current socket.",
-                &[],
-                i64::from(registration.outcome() == Outcome::Registered),
-            );
-        }
-        m.set(
-            "kvmount_cached_objects",
-            "Objects held in the node cache.",
-            &[],
-            collector_cache.len() as i64,
-        );
-        if let Some(volumes) = &collector_volumes {
-            m.set(
-                "kvmount_published_volumes",
-                "Volumes published by the CSI node plugin.",
-                &[],
-                volumes.list().len() as i64,
-            );
-        }
-        let counters = &collector_cache.counters;
-        m.set(
-            "kvmount_cache_hits",
-            "Objects served from the node cache (total).",
-            &[],
-            counters.hits.load(Ordering::Relaxed) as i64,
-        );
-        m.set(
-            "kvmount_cache_misses",
-            "Objects read from Key Vault (total).",
-            &[],
-            counters.misses.load(Ordering::Relaxed) as i64,
-        );
-        m.set(
-            "kvmount_cache_erased",
-            "Cache entries erased (total).",
-            &[],
-            counters.erased.load(Ordering::Relaxed) as i64,
-        );
-    }));
+    // Gauges and cache counters, read at each scrape.
+    crate::metrics::register_live(
+        &mut registry,
+        Arc::clone(&cache),
+        handle.volumes.clone(),
+        args.plugin_registration_dir
+            .is_some()
+            .then(|| Arc::clone(&registration)),
+    );
     if let Some(addr) = args.metrics_addr {
-        let listener = crate::metrics::listen(addr).await?;
-        tasks.spawn(crate::metrics::serve(
+        let listener = kvmount_telemetry::metrics::listen("--metrics-addr", addr).await?;
+        let serve = kvmount_telemetry::metrics::serve(
             listener,
-            Arc::clone(&metrics),
+            Exposition::new(registry),
             Arc::clone(&ready),
             stopped(),
-        ));
+        );
+        tasks.spawn(async move { Ok(serve.await?) });
     }
 
     // Idle entries of the upstream-driver path are erased on a timer.

@@ -1,324 +1,250 @@
-//! Prometheus metrics (text exposition format), `/healthz` and `/readyz` on `--metrics-addr`.
-//! Labels carry vault, operation, status, outcome: never object contents, tokens or paths with
-//! secrets in them.
+//! The node daemon's metrics: every name, type and label set it exports, registered once at
+//! start in a `kvmount_telemetry::metrics` registry (which also encodes them and serves
+//! `/metrics`, `/healthz`, `/readyz` on `--metrics-addr`).
+//!
+//! Labels are bounded and never secret: `path` (provider, csi), `outcome` (ok, error), `code`
+//! (a gRPC code name, [`GRPC_CODES`]), vault and object names (not secrets: they are in the
+//! classes), Key Vault `operation` (a fixed word) and HTTP `status`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use kvmount_telemetry::metrics::{
+    Counter, Family, HistogramFamily, Registry, Scrape, buckets, collector, histogram_family,
+};
 
-/// Upper bounds (seconds) of the latency histograms.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+use crate::cache::NodeCache;
+use crate::grpc::registration::{Outcome, RegistrationState};
+use crate::volumes::Volumes;
+
+/// Every value the `code` label takes: the gRPC status code names (`OK` for a success).
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
 ];
 
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    total: u64,
+/// Which entry point served a mount: the provider API's Mount or CSI NodePublishVolume.
+#[derive(Debug, Clone, Copy)]
+pub enum MountPath {
+    /// `v1alpha1.CSIDriverProvider/Mount` (the upstream driver).
+    Provider,
+    /// `csi.v1.Node/NodePublishVolume` (standalone mode).
+    Csi,
 }
 
-#[derive(Default)]
-struct Families {
-    counters: BTreeMap<&'static str, BTreeMap<Labels, u64>>,
-    gauges: BTreeMap<&'static str, BTreeMap<Labels, i64>>,
-    histograms: BTreeMap<&'static str, BTreeMap<Labels, Histogram>>,
+impl MountPath {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::Csi => "csi",
+        }
+    }
 }
 
-/// Refreshes gauges from live state right before a scrape.
-pub type Collector = Box<dyn Fn(&Metrics) + Send + Sync>;
+type StaticLabels<const N: usize> = [(&'static str, &'static str); N];
+/// `vault`, `operation`, `status`: the vault name is the one label value not fixed in code.
+type RequestLabels = [(&'static str, String); 3];
+type RequestLatencyLabels = [(&'static str, String); 2];
 
-/// The daemon's metrics.
-#[derive(Default)]
+/// The metrics the daemon updates as it works (scrape-time values are in [`register_live`]).
+#[derive(Debug)]
 pub struct Metrics {
-    families: Mutex<Families>,
-    help: Mutex<BTreeMap<&'static str, &'static str>>,
-    collector: Mutex<Option<Collector>>,
-}
-
-fn labels(pairs: &[(&'static str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    mounts: Family<StaticLabels<3>, Counter>,
+    mount_seconds: HistogramFamily<StaticLabels<1>>,
+    keyvault_requests: Family<RequestLabels, Counter>,
+    keyvault_request_seconds: HistogramFamily<RequestLatencyLabels>,
+    rotation_checks: Family<StaticLabels<1>, Counter>,
+    rotation_volume_updates: Family<StaticLabels<1>, Counter>,
 }
 
 impl Metrics {
-    fn families(&self) -> std::sync::MutexGuard<'_, Families> {
-        self.families.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn describe(&self, name: &'static str, help: &'static str) {
-        self.help
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(name)
-            .or_insert(help);
-    }
-
-    /// Adds 1 to counter `name` with `pairs`.
-    pub fn inc(&self, name: &'static str, help: &'static str, pairs: &[(&'static str, &str)]) {
-        self.describe(name, help);
-        *self
-            .families()
-            .counters
-            .entry(name)
-            .or_default()
-            .entry(labels(pairs))
-            .or_default() += 1;
-    }
-
-    /// Sets gauge `name`.
-    pub fn set(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        pairs: &[(&'static str, &str)],
-        value: i64,
-    ) {
-        self.describe(name, help);
-        self.families()
-            .gauges
-            .entry(name)
-            .or_default()
-            .insert(labels(pairs), value);
-    }
-
-    /// Records one observation of histogram `name`.
-    pub fn observe(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        pairs: &[(&'static str, &str)],
-        value: Duration,
-    ) {
-        self.describe(name, help);
-        let seconds = value.as_secs_f64();
-        let mut families = self.families();
-        let h = families
-            .histograms
-            .entry(name)
-            .or_default()
-            .entry(labels(pairs))
-            .or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += seconds;
-        h.total += 1;
-    }
-
-    /// The current value of a counter (tests and `status`).
-    pub fn counter(&self, name: &str, pairs: &[(&'static str, &str)]) -> u64 {
-        let families = self.families();
-        families
-            .counters
-            .get(name)
-            .and_then(|f| f.get(&labels(pairs)))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Installs the function that refreshes gauges before each scrape.
-    pub fn set_collector(&self, collector: Collector) {
-        *self
-            .collector
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(collector);
-    }
-
-    /// Renders every family in the Prometheus text format.
-    pub fn render(&self) -> String {
-        if let Some(collect) = self
-            .collector
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            collect(self);
-        }
-        let help = self
-            .help
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let families = self.families();
-        let mut out = String::new();
-        let fmt_labels = |labels: &Labels, extra: Option<(&str, String)>| {
-            let mut parts: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            if let Some((k, v)) = extra {
-                parts.push(format!("{k}=\"{v}\""));
-            }
-            if parts.is_empty() {
-                String::new()
-            } else {
-                format!("{{{}}}", parts.join(","))
-            }
+    /// Registers the daemon's metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            mounts: Family::default(),
+            mount_seconds: histogram_family(buckets::MOUNT),
+            keyvault_requests: Family::default(),
+            keyvault_request_seconds: histogram_family(buckets::KEYVAULT_REQUEST),
+            rotation_checks: Family::default(),
+            rotation_volume_updates: Family::default(),
         };
-        for (name, series) in &families.counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {}\n# TYPE {name} counter",
-                help.get(name).unwrap_or(&"")
-            );
-            for (l, v) in series {
-                let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
-            }
+        registry.register(
+            "kvmount_mounts",
+            "Mount (path=provider) and NodePublishVolume (path=csi) calls, by outcome and gRPC code",
+            metrics.mounts.clone(),
+        );
+        registry.register(
+            "kvmount_mount_seconds",
+            "Mount (path=provider) and NodePublishVolume (path=csi) latency, failures included",
+            metrics.mount_seconds.clone(),
+        );
+        registry.register(
+            "kvmount_keyvault_requests",
+            "Key Vault HTTP requests (every try, challenges and retries included), by vault, operation and HTTP status (error: no answer)",
+            metrics.keyvault_requests.clone(),
+        );
+        registry.register(
+            "kvmount_keyvault_request_seconds",
+            "Key Vault HTTP request latency (one try), by vault and operation",
+            metrics.keyvault_request_seconds.clone(),
+        );
+        registry.register(
+            "kvmount_rotation_checks",
+            "Rotation reads of cached objects, by outcome (unchanged, changed, failed)",
+            metrics.rotation_checks.clone(),
+        );
+        registry.register(
+            "kvmount_rotation_volume_updates",
+            "Volumes rewritten after a rotation, by outcome (ok, failed)",
+            metrics.rotation_volume_updates.clone(),
+        );
+        // The fixed outcomes start at 0, so every series exists (and rate() works) from the
+        // first scrape on.
+        for outcome in ["unchanged", "changed", "failed"] {
+            metrics
+                .rotation_checks
+                .get_or_create_owned(&[("outcome", outcome)]);
         }
-        for (name, series) in &families.gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {}\n# TYPE {name} gauge",
-                help.get(name).unwrap_or(&"")
-            );
-            for (l, v) in series {
-                let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
-            }
+        for outcome in ["ok", "failed"] {
+            metrics
+                .rotation_volume_updates
+                .get_or_create_owned(&[("outcome", outcome)]);
         }
-        for (name, series) in &families.histograms {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {}\n# TYPE {name} histogram",
-                help.get(name).unwrap_or(&"")
-            );
-            for (l, h) in series {
-                for (i, bound) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{} {}",
-                        fmt_labels(l, Some(("le", bound.to_string()))),
-                        h.counts[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {}",
-                    fmt_labels(l, Some(("le", "+Inf".into()))),
-                    h.total
-                );
-                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), h.sum);
-                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(l, None), h.total);
-            }
+        metrics
+    }
+
+    /// One Mount or NodePublishVolume ended with gRPC `code` (one of [`GRPC_CODES`]).
+    pub fn mount(&self, path: MountPath, code: &'static str, took: Duration) {
+        debug_assert!(GRPC_CODES.contains(&code), "{code}");
+        let outcome = if code == "OK" { "ok" } else { "error" };
+        self.mounts
+            .get_or_create(&[
+                ("path", path.as_str()),
+                ("outcome", outcome),
+                ("code", code),
+            ])
+            .inc();
+        self.mount_seconds
+            .get_or_create(&[("path", path.as_str())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// One Key Vault HTTP try to `vault`; `status` is `None` when no answer came.
+    pub fn keyvault_request(
+        &self,
+        vault: &str,
+        operation: &'static str,
+        status: Option<u16>,
+        took: Duration,
+    ) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.keyvault_requests
+            .get_or_create(&[
+                ("vault", vault.to_owned()),
+                ("operation", operation.to_owned()),
+                ("status", status),
+            ])
+            .inc();
+        self.keyvault_request_seconds
+            .get_or_create(&[
+                ("vault", vault.to_owned()),
+                ("operation", operation.to_owned()),
+            ])
+            .observe(took.as_secs_f64());
+    }
+
+    /// `n` rotation reads ended with `outcome` (`unchanged`, `changed`, `failed`).
+    pub fn rotation_checks(&self, outcome: &'static str, n: usize) {
+        if n > 0 {
+            self.rotation_checks
+                .get_or_create(&[("outcome", outcome)])
+                .inc_by(n as u64);
         }
-        out
+    }
+
+    /// `n` volumes were rewritten (`ok`) or could not be (`failed`) after a rotation.
+    pub fn rotation_volume_updates(&self, outcome: &'static str, n: usize) {
+        if n > 0 {
+            self.rotation_volume_updates
+                .get_or_create(&[("outcome", outcome)])
+                .inc_by(n as u64);
+        }
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Listens on `addr` for [`serve`]; the error names the flag (a port in use, an address the
-/// node does not have), so a daemon that cannot serve its probes says why at start.
-pub async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}"))
-}
-
-/// Serves `/metrics`, `/healthz` (alive) and `/readyz` (200 only once every socket serves) on
-/// `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "serving metrics, /healthz and /readyz");
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = &mut shutdown => return Ok(()),
-        };
-        let metrics = Arc::clone(&metrics);
-        let ready = Arc::clone(&ready);
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let metrics = Arc::clone(&metrics);
-                    let ready = Arc::clone(&ready);
-                    async move {
-                        let (status, body) = match request.uri().path() {
-                            "/metrics" => (StatusCode::OK, metrics.render()),
-                            "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-                            "/readyz" if ready.load(Ordering::Acquire) => {
-                                (StatusCode::OK, "ready\n".to_owned())
-                            }
-                            "/readyz" => {
-                                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
-                            }
-                            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = status;
-                        response.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static(
-                                "text/plain; version=0.0.4; charset=utf-8",
-                            ),
-                        );
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_format() {
-        let m = Metrics::default();
-        m.inc(
-            "kvmount_mounts_total",
-            "Mounts.",
-            &[("path", "csi"), ("outcome", "ok")],
+/// Registers the values read at each scrape: the cache's counters and size, each cached
+/// object's time since its last good read, the published volumes, the kubelet registration.
+pub fn register_live(
+    registry: &mut Registry,
+    cache: Arc<NodeCache>,
+    volumes: Option<Arc<Volumes>>,
+    registration: Option<Arc<RegistrationState>>,
+) {
+    registry.register_collector(collector(move |scrape: &mut Scrape<'_>| {
+        let counters = &cache.counters;
+        scrape.counter(
+            "kvmount_cache_hits",
+            "Objects served from the node cache.",
+            counters.hits.load(Ordering::Relaxed),
         );
-        m.inc(
-            "kvmount_mounts_total",
-            "Mounts.",
-            &[("path", "csi"), ("outcome", "ok")],
+        scrape.counter(
+            "kvmount_cache_misses",
+            "Objects read from Key Vault (publishes and rotation).",
+            counters.misses.load(Ordering::Relaxed),
         );
-        m.set("kvmount_published_volumes", "Volumes.", &[], 3);
-        m.observe(
-            "kvmount_publish_seconds",
-            "Latency.",
-            &[],
-            Duration::from_millis(3),
+        scrape.counter(
+            "kvmount_cache_erased",
+            "Cache entries erased (zeroed and dropped): at the last unpublish, after the idle time, or revoked.",
+            counters.erased.load(Ordering::Relaxed),
         );
-        let text = m.render();
-        assert!(text.contains("# TYPE kvmount_mounts_total counter"));
-        assert!(text.contains("kvmount_mounts_total{path=\"csi\",outcome=\"ok\"} 2"));
-        assert!(text.contains("kvmount_published_volumes 3"));
-        assert!(text.contains("kvmount_publish_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("kvmount_publish_seconds_bucket{le=\"0.0025\"} 0"));
-        assert!(text.contains("kvmount_publish_seconds_count 1"));
-        assert_eq!(
-            m.counter(
-                "kvmount_mounts_total",
-                &[("path", "csi"), ("outcome", "ok")]
-            ),
-            2
+        scrape.gauge(
+            "kvmount_cached_objects",
+            "Objects held in the node cache.",
+            cache.len() as i64,
         );
-    }
+        // One series per object the cache holds a good value of (or held, until it is erased):
+        // at most what the daemon's limits let the published volumes and the provider-mode
+        // entries of the last idle time use, and gone with the entry; entries of one object
+        // read by several identities or in several renderings are one series, the oldest.
+        // A per-vault maximum alone would not say which object to look at, and a histogram
+        // of ages cannot be alerted on per object; vault and object names are not secrets.
+        scrape.gauges(
+            "kvmount_object_refresh_age_seconds",
+            "Seconds since the last good Key Vault read of each cached object (alert when it passes a few rotation intervals).",
+            cache
+                .refresh_ages()
+                .into_iter()
+                .map(|(vault, object, age)| ([("vault", vault), ("object", object)], age.as_secs_f64())),
+        );
+        if let Some(volumes) = &volumes {
+            scrape.gauge(
+                "kvmount_published_volumes",
+                "Volumes published by the CSI node plugin.",
+                volumes.list().len() as i64,
+            );
+        }
+        if let Some(registration) = &registration {
+            scrape.gauge(
+                "kvmount_kubelet_registered",
+                "1 once the kubelet has registered the CSI driver on the current socket.",
+                i64::from(registration.outcome() == Outcome::Registered),
+            );
+        }
+    }));
 }

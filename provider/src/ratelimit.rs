@@ -98,12 +98,6 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
-}
-
 #[async_trait::async_trait]
 impl Policy for VaultPolicy {
     async fn send(
@@ -119,25 +113,9 @@ impl Policy for VaultPolicy {
         let operation = operation(request);
         let started = Instant::now();
         let result = first.send(ctx, request, rest).await;
-        let status = match &result {
-            Ok(response) => u16::from(response.status()).to_string(),
-            Err(_) => "error".to_owned(),
-        };
-        self.metrics.inc(
-            "kvmount_keyvault_requests_total",
-            "Key Vault HTTP requests (every try), by vault, operation and status.",
-            &[
-                ("vault", &self.vault),
-                ("operation", operation),
-                ("status", &status),
-            ],
-        );
-        self.metrics.observe(
-            "kvmount_keyvault_request_seconds",
-            "Key Vault HTTP request latency.",
-            &[("vault", &self.vault), ("operation", operation)],
-            started.elapsed(),
-        );
+        let status = result.as_ref().ok().map(|r| u16::from(r.status()));
+        self.metrics
+            .keyvault_request(&self.vault, operation, status, started.elapsed());
         result
     }
 }
@@ -146,7 +124,7 @@ impl Policy for VaultPolicy {
 pub struct VaultPolicies {
     /// The shared limiter.
     pub limiter: Arc<RateLimiter>,
-    /// The metrics registry.
+    /// The daemon's metrics.
     pub metrics: Arc<Metrics>,
 }
 

@@ -241,8 +241,8 @@ async fn webhook_main(args: WebhookArgs) -> Result<(), String> {
         config,
         kube: classes.as_ref().map(kvmount_k8s::ClassResolver::client),
         classes,
+        metrics: server::Metrics::new(certs.clone()),
         certs,
-        metrics: server::Metrics::default(),
     });
     let shutdown = async {
         let mut term =

@@ -7,16 +7,15 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use kvmount_telemetry::metrics::{self, Counter, Exposition, Family, Histogram, Registry};
 use tokio::net::TcpListener;
 
 use crate::tls::CertStore;
@@ -27,66 +26,70 @@ pub const MAX_BODY_BYTES: usize = 3 << 20;
 /// SecretProviderClass providers whose parameters the webhook reads.
 pub const CLASS_PROVIDERS: &[&str] = &["kvmount", "azure"];
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
+/// Every value of the `decision` label of `kvmount_webhook_admissions_total`.
+const DECISIONS: [&str; 4] = ["inject", "skip", "deny", "malformed"];
+
+/// The webhook's metrics, served on `/metrics` by `kvmount_telemetry::metrics`.
+#[derive(Debug)]
 pub struct Metrics {
-    injected: AtomicU64,
-    skipped: AtomicU64,
-    denied: AtomicU64,
-    malformed: AtomicU64,
-    micros_sum: AtomicU64,
-    micros_max: AtomicU64,
-    reviews: AtomicU64,
+    admissions: Family<[(&'static str, &'static str); 1], Counter>,
+    admission_seconds: Histogram,
+    exposition: Arc<Exposition>,
 }
 
 impl Metrics {
-    fn record(&self, decision: Option<&Decision>, took: Duration) {
-        let counter = match decision {
-            Some(Decision::Patch(_)) => &self.injected,
-            Some(Decision::Skip(_)) => &self.skipped,
-            Some(Decision::Deny(_)) => &self.denied,
-            None => &self.malformed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let micros = took.as_micros() as u64;
-        self.micros_sum.fetch_add(micros, Ordering::Relaxed);
-        self.micros_max.fetch_max(micros, Ordering::Relaxed);
-        self.reviews.fetch_add(1, Ordering::Relaxed);
+    /// Registers the webhook's metrics; readiness and the certificate's expiry are read from
+    /// `certs` at each scrape.
+    pub fn new(certs: Arc<CertStore>) -> Self {
+        let mut registry = Registry::default();
+        let admissions = Family::default();
+        let admission_seconds = metrics::histogram(metrics::buckets::ADMISSION);
+        registry.register(
+            "kvmount_webhook_admissions",
+            "AdmissionReviews answered, by decision: inject, skip, deny, or malformed (a body that is not an AdmissionReview, answered 400)",
+            admissions.clone(),
+        );
+        registry.register(
+            "kvmount_webhook_admission_seconds",
+            "Time to decide an AdmissionReview, from the body read to the answer (lookups included)",
+            admission_seconds.clone(),
+        );
+        // Every decision's series exists from the start (at 0), so rate() works at once.
+        for decision in DECISIONS {
+            admissions.get_or_create_owned(&[("decision", decision)]);
+        }
+        registry.register_collector(metrics::collector(move |scrape| {
+            scrape.gauge(
+                "kvmount_webhook_ready",
+                "1 when a serving certificate is loaded.",
+                i64::from(certs.is_ready()),
+            );
+            if let Some(expiry) = certs.expiry() {
+                scrape.gauge(
+                    "kvmount_webhook_certificate_expiry_timestamp_seconds",
+                    "When the serving certificate (the leaf) expires, in seconds since the Unix epoch.",
+                    expiry,
+                );
+            }
+        }));
+        Self {
+            admissions,
+            admission_seconds,
+            exposition: Exposition::new(registry),
+        }
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self, ready: bool) -> String {
-        let mut out = String::new();
-        out.push_str(
-            "# HELP kvmount_webhook_admissions_total AdmissionReviews answered, by result.\n",
-        );
-        out.push_str("# TYPE kvmount_webhook_admissions_total counter\n");
-        for (result, c) in [
-            ("injected", &self.injected),
-            ("skipped", &self.skipped),
-            ("denied", &self.denied),
-            ("malformed", &self.malformed),
-        ] {
-            out.push_str(&format!(
-                "kvmount_webhook_admissions_total{{result=\"{result}\"}} {}\n",
-                c.load(Ordering::Relaxed)
-            ));
-        }
-        out.push_str("# HELP kvmount_webhook_admission_seconds Time to decide, from the body read to the answer.\n");
-        out.push_str("# TYPE kvmount_webhook_admission_seconds summary\n");
-        out.push_str(&format!(
-            "kvmount_webhook_admission_seconds_sum {:.6}\nkvmount_webhook_admission_seconds_count {}\n",
-            self.micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
-            self.reviews.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP kvmount_webhook_admission_seconds_max Longest decision so far.\n# TYPE kvmount_webhook_admission_seconds_max gauge\n");
-        out.push_str(&format!(
-            "kvmount_webhook_admission_seconds_max {:.6}\n",
-            self.micros_max.load(Ordering::Relaxed) as f64 / 1e6
-        ));
-        out.push_str("# HELP kvmount_webhook_ready 1 when a serving certificate is loaded.\n# TYPE kvmount_webhook_ready gauge\n");
-        out.push_str(&format!("kvmount_webhook_ready {}\n", u8::from(ready)));
-        out
+    fn record(&self, decision: Option<&Decision>, took: Duration) {
+        let decision = match decision {
+            Some(Decision::Patch(_)) => "inject",
+            Some(Decision::Skip(_)) => "skip",
+            Some(Decision::Deny(_)) => "deny",
+            None => "malformed",
+        };
+        self.admissions
+            .get_or_create(&[("decision", decision)])
+            .inc();
+        self.admission_seconds.observe(took.as_secs_f64());
     }
 }
 
@@ -100,20 +103,8 @@ pub struct State {
     pub kube: Option<kube::Client>,
     /// The serving certificate.
     pub certs: Arc<CertStore>,
-    /// Counters.
+    /// The webhook's metrics.
     pub metrics: Metrics,
-}
-
-fn reply(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp
 }
 
 /// Decides one review body; `None` for a body that is not an AdmissionReview.
@@ -174,21 +165,17 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
-    let resp = match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") if state.certs.is_ready() => {
-            reply(StatusCode::OK, "text/plain", "ready\n")
+    if req.method() == Method::GET {
+        let ready = if state.certs.is_ready() {
+            Ok(())
+        } else {
+            Err("no serving certificate yet")
+        };
+        if let Some(resp) = metrics::respond(&path, &state.metrics.exposition, ready) {
+            return Ok(resp);
         }
-        (&Method::GET, "/readyz") => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "no serving certificate yet\n",
-        ),
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.metrics.render(state.certs.is_ready()),
-        ),
+    }
+    let resp = match (req.method(), path.as_str()) {
         (&Method::POST, "/mutate") => {
             let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
                 .collect()
@@ -196,7 +183,7 @@ async fn handle(
             {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
-                    return Ok(reply(
+                    return Ok(metrics::response(
                         StatusCode::BAD_REQUEST,
                         "text/plain",
                         format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}\n"),
@@ -216,12 +203,12 @@ async fn handle(
                         Decision::Skip(why) => tracing::debug!(%uid, reason = why, "skipped"),
                         Decision::Deny(message) => tracing::info!(%uid, %message, "denied"),
                     }
-                    reply(StatusCode::OK, "application/json", out)
+                    metrics::response(StatusCode::OK, "application/json", out)
                 }
                 Err(message) => {
                     state.metrics.record(None, started.elapsed());
                     tracing::info!(%message, "malformed review");
-                    reply(
+                    metrics::response(
                         StatusCode::BAD_REQUEST,
                         "text/plain",
                         format!("{message}\n"),
@@ -229,7 +216,7 @@ async fn handle(
                 }
             }
         }
-        _ => reply(
+        _ => metrics::response(
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found; accepted: POST /mutate, GET /healthz, /readyz, /metrics\n",

@@ -5,7 +5,7 @@
 //! `/readyz` answers 503, so `/healthz` works while the API server is not sent here yet.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +43,8 @@ pub struct CertStore {
     current: RwLock<Option<Arc<CertifiedKey>>>,
     placeholder: Arc<CertifiedKey>,
     ready: AtomicBool,
+    /// The `notAfter` of the installed leaf, seconds since the Unix epoch (0: none yet).
+    expiry: AtomicI64,
 }
 
 impl CertStore {
@@ -62,11 +64,18 @@ impl CertStore {
             current: RwLock::new(None),
             placeholder: Arc::new(placeholder),
             ready: AtomicBool::new(false),
+            expiry: AtomicI64::new(0),
         }))
     }
 
     /// Installs a real certificate; the store is ready from now on.
     pub fn set(&self, key: CertifiedKey) {
+        let expiry = key
+            .end_entity_cert()
+            .ok()
+            .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+            .map_or(0, |(_, cert)| cert.validity().not_after.timestamp());
+        self.expiry.store(expiry, Ordering::SeqCst);
         *self
             .current
             .write()
@@ -77,6 +86,12 @@ impl CertStore {
     /// True once a real certificate is installed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// When the installed certificate (the leaf) expires, in seconds since the Unix epoch;
+    /// `None` before one is installed.
+    pub fn expiry(&self) -> Option<i64> {
+        Some(self.expiry.load(Ordering::SeqCst)).filter(|&t| t != 0)
     }
 
     /// A rustls server configuration that takes its certificate from this store.
@@ -269,5 +284,28 @@ impl SelfManaged {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_the_installed_leafs() {
+        let store = CertStore::new().unwrap();
+        assert_eq!(store.expiry(), None, "the placeholder has none");
+        let ca = SelfManaged::new(vec!["hook.example".into()], Duration::from_secs(3600)).unwrap();
+        store.set(ca.issue().unwrap());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let expiry = store.expiry().unwrap();
+        assert!(
+            (now + 3590..=now + 3610).contains(&expiry),
+            "{expiry} vs {now}"
+        );
     }
 }

@@ -229,24 +229,50 @@ async fn self_managed_tls_serves_reviews_fast_and_refuses_plain_http() {
 
     let (status, metrics) = get(&client, &webhook.url("/metrics")).await.unwrap();
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("kvmount_webhook_admissions_total{result=\"injected\"} 201"),
-        "{metrics}"
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.split_once(' ').is_some_and(|(n, _)| n == name))
+            .unwrap_or_else(|| panic!("{name} missing in:\n{metrics}"))
+            .to_owned()
+    };
+    assert!(metrics.contains("# TYPE kvmount_webhook_admissions_total counter"));
+    assert_eq!(
+        line("kvmount_webhook_admissions_total{decision=\"inject\"}"),
+        "kvmount_webhook_admissions_total{decision=\"inject\"} 201"
     );
-    assert!(
-        metrics.contains("kvmount_webhook_admissions_total{result=\"denied\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        line("kvmount_webhook_admissions_total{decision=\"deny\"}"),
+        "kvmount_webhook_admissions_total{decision=\"deny\"} 1"
     );
-    assert!(
-        metrics.contains("kvmount_webhook_admissions_total{result=\"malformed\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        line("kvmount_webhook_admissions_total{decision=\"malformed\"}"),
+        "kvmount_webhook_admissions_total{decision=\"malformed\"} 1"
     );
-    assert!(metrics.contains("kvmount_webhook_ready 1"));
-    let max_line = metrics
-        .lines()
-        .find(|l| l.starts_with("kvmount_webhook_admission_seconds_max"))
+    assert_eq!(line("kvmount_webhook_ready"), "kvmount_webhook_ready 1");
+    assert!(metrics.contains("# TYPE kvmount_webhook_admission_seconds histogram"));
+    assert_eq!(
+        line("kvmount_webhook_admission_seconds_count"),
+        "kvmount_webhook_admission_seconds_count 203"
+    );
+    let expiry: f64 = line("kvmount_webhook_certificate_expiry_timestamp_seconds")
+        .split_once(' ')
+        .unwrap()
+        .1
+        .parse()
         .unwrap();
-    println!("webhook decision time (debug build): {max_line}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now,
+        "the serving certificate expires in the future: {expiry}"
+    );
+    println!(
+        "webhook decision time (debug build): {}",
+        line("kvmount_webhook_admission_seconds_sum")
+    );
 
     // Plain HTTP gets no HTTP answer.
     let mut tcp = std::net::TcpStream::connect(webhook.addr).unwrap();

@@ -260,14 +260,7 @@ async fn a_429_storm_is_paced_and_keeps_the_old_content() {
     );
     kvmount_vault::client::use_ring();
     let http = reqwest::Client::new();
-    let metrics = http
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let metrics = scrape(&http, metrics_port).await;
     assert!(
         metrics.contains(
             "kvmount_keyvault_requests_total{vault=\"rot\",operation=\"get\",status=\"429\"}"
@@ -276,6 +269,9 @@ async fn a_429_storm_is_paced_and_keeps_the_old_content() {
     );
     assert!(metrics.contains("kvmount_rotation_checks_total{outcome=\"failed\"}"));
     assert!(metrics.contains("kvmount_published_volumes 10"));
+    // The stale-secret gauge: no good read since the storm began.
+    let age = refresh_age(&metrics, "rot", "secret/s1");
+    assert!(age >= 3.0, "age {age} after a {storm:?} storm:\n{metrics}");
     let ready = http
         .get(format!("http://127.0.0.1:{metrics_port}/readyz"))
         .send()
@@ -297,6 +293,9 @@ async fn a_429_storm_is_paced_and_keeps_the_old_content() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let metrics = scrape(&http, metrics_port).await;
+    let age = refresh_age(&metrics, "rot", "secret/s1");
+    assert!(age < 3.0, "age {age} after the storm:\n{metrics}");
     unpublish_all(&mut node, &volumes).await;
 }
 
@@ -378,4 +377,26 @@ async fn readers_never_see_a_half_updated_set() {
     })
     .await
     .expect("unpublish");
+}
+
+/// The daemon's `/metrics`.
+async fn scrape(http: &reqwest::Client, port: u16) -> String {
+    http.get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// `kvmount_object_refresh_age_seconds` of one object in a scrape.
+fn refresh_age(metrics: &str, vault: &str, object: &str) -> f64 {
+    let series =
+        format!("kvmount_object_refresh_age_seconds{{vault=\"{vault}\",object=\"{object}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series:?} in:\n{metrics}"))
 }

@@ -366,9 +366,16 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let decision_mean = metric("kvmount_webhook_admission_seconds_sum")
-        / metric("kvmount_webhook_admission_seconds_count");
-    let decision_max = metric("kvmount_webhook_admission_seconds_max");
+    let decisions = metric("kvmount_webhook_admission_seconds_count");
+    let decision_mean = metric("kvmount_webhook_admission_seconds_sum") / decisions;
+    // The histogram's p99: the upper bound of the first bucket that holds 99% of the decisions.
+    let decision_p99_le = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("kvmount_webhook_admission_seconds_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .find(|(_, n)| n.parse::<f64>().is_ok_and(|n| n >= 0.99 * decisions))
+        .and_then(|(le, _)| le.parse::<f64>().ok())
+        .unwrap_or(f64::INFINITY);
     let (hook_rss, _) = rss_kib(hook.id());
     let _ = hook.kill();
     let _ = hook.wait();
@@ -416,9 +423,9 @@ async fn main() {
         ms(percentile(&hook_times, 99.0))
     );
     println!(
-        "| webhook decision time, /metrics (mean / max) | {:.1} µs / {:.1} µs |",
+        "| webhook decision time, /metrics (mean / p99 at most) | {:.1} µs / {:.1} µs |",
         decision_mean * 1e6,
-        decision_max * 1e6
+        decision_p99_le * 1e6
     );
     println!(
         "| webhook RSS after the run | {:.2} MiB |",
@@ -439,7 +446,7 @@ async fn main() {
                 "rate_per_second": REVIEW_RATE, "seconds": review_seconds,
                 "p50_ms": millis(percentile(&hook_times, 50.0)),
                 "p99_ms": millis(percentile(&hook_times, 99.0)),
-                "decision_mean_us": decision_mean * 1e6, "decision_max_us": decision_max * 1e6,
+                "decision_mean_us": decision_mean * 1e6, "decision_p99_le_us": decision_p99_le * 1e6,
                 "rss_kib": hook_rss,
             },
         });

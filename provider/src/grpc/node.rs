@@ -13,9 +13,10 @@ use kvmount_proto::csi::{
     NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
     NodeUnstageVolumeRequest, NodeUnstageVolumeResponse,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use crate::metrics::Metrics;
+use crate::grpc::status::code_name;
+use crate::metrics::{Metrics, MountPath};
 use crate::volumes::{PublishRequest, Volumes};
 
 /// The Node service over [`Volumes`].
@@ -83,23 +84,13 @@ impl Node for NodeService {
         drop(request);
         let target = publish.target_path.clone();
         let started = std::time::Instant::now();
-        let result = self.volumes.publish(publish).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.inc(
-            "kvmount_mounts_total",
-            "Mount and NodePublishVolume calls, by path and outcome.",
-            &[("path", "csi"), ("outcome", outcome)],
-        );
-        self.metrics.observe(
-            "kvmount_mount_seconds",
-            "Mount / NodePublishVolume latency.",
-            &[("path", "csi")],
-            started.elapsed(),
-        );
+        let result = self.volumes.publish(publish).await.map_err(Status::from);
+        let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+        self.metrics
+            .mount(MountPath::Csi, code_name(code), started.elapsed());
         match result {
             Ok(()) => Ok(Response::new(NodePublishVolumeResponse {})),
-            Err(err) => {
-                let status = Status::from(err);
+            Err(status) => {
                 tracing::warn!(target = %target, code = ?status.code(), error = %status.message(), "publish failed");
                 Err(status)
             }

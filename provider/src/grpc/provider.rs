@@ -4,11 +4,12 @@ use kvmount_proto::provider::csi_driver_provider_server::CsiDriverProvider;
 use kvmount_proto::provider::{
     File, MountRequest, MountResponse, ObjectVersion, VersionRequest, VersionResponse,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use std::sync::Arc;
 
-use crate::metrics::Metrics;
+use crate::grpc::status::code_name;
+use crate::metrics::{Metrics, MountPath};
 use crate::mount::{MountInput, Mounter};
 
 /// Name reported by `Version`.
@@ -58,23 +59,13 @@ impl CsiDriverProvider for ProviderService {
         };
         drop(request);
         let started = std::time::Instant::now();
-        let result = self.mounter.mount(input).await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.inc(
-            "kvmount_mounts_total",
-            "Mount and NodePublishVolume calls, by path and outcome.",
-            &[("path", "provider"), ("outcome", outcome)],
-        );
-        self.metrics.observe(
-            "kvmount_mount_seconds",
-            "Mount / NodePublishVolume latency.",
-            &[("path", "provider")],
-            started.elapsed(),
-        );
+        let result = self.mounter.mount(input).await.map_err(Status::from);
+        let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+        self.metrics
+            .mount(MountPath::Provider, code_name(code), started.elapsed());
         let output = match result {
             Ok(output) => output,
-            Err(err) => {
-                let status = Status::from(err);
+            Err(status) => {
                 tracing::warn!(code = ?status.code(), error = %status.message(), "mount failed");
                 return Err(status);
             }

@@ -58,3 +58,40 @@ impl From<VolumeError> for Status {
         Status::new(code, err.to_string())
     }
 }
+
+/// The name of `code` for the metrics' `code` label: one of [`crate::metrics::GRPC_CODES`],
+/// never free text.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_the_fixed_set() {
+        let names: Vec<&str> = (0..=16).map(|n| code_name(Code::from_i32(n))).collect();
+        assert_eq!(names, crate::metrics::GRPC_CODES);
+        // Numbers outside the set are Unknown, not a new label value.
+        assert_eq!(code_name(Code::from_i32(99)), "Unknown");
+    }
+}
