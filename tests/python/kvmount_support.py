@@ -1,13 +1,18 @@
 """What the Python suites share: a child process (the mock vault, the daemon) whose stdout
-announces readiness with one line, its stderr kept for the failure message; and gRPC stubs
-generated from the repository's .proto files at test time."""
+announces readiness with one line, its stderr kept for the failure message; gRPC stubs
+generated from the repository's .proto files at test time; scratch directories (one on tmpfs
+for the daemon's state); the webhook started with self-managed TLS."""
 
+import contextlib
 import importlib
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 
 import pytest
 
@@ -69,3 +74,61 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def scratch_dirs(prefix):
+    """A temp directory and one on tmpfs (`KVMOUNT_TEST_SHM`, else /dev/shm) for a daemon's
+    `--state-dir`; both removed afterwards."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    shm = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("KVMOUNT_TEST_SHM", "/dev/shm"))
+    try:
+        yield tmp, shm
+    finally:
+        subprocess.run(["rm", "-rf", tmp, shm], check=False)
+
+
+@contextlib.contextmanager
+def webhook_process(flags=()):
+    """`kvmount-sidecar webhook` (KVMOUNT_SIDECAR_BIN) on a free port with self-managed TLS for
+    `localhost`, once `/readyz` answers 200: yields (port, an SSL context trusting its CA)."""
+    binary = os.environ.get("KVMOUNT_SIDECAR_BIN")
+    if not binary:
+        pytest.fail("KVMOUNT_SIDECAR_BIN is not set (tests/run.sh sets it to target/debug/kvmount-sidecar)")
+    with tempfile.TemporaryDirectory(prefix="kvmount-pytest-webhook.") as tmp:
+        ca = os.path.join(tmp, "ca.crt")
+        proc = subprocess.Popen(
+            [binary, "webhook", "--listen", "127.0.0.1:0", "--tls-self-managed",
+             "--tls-dns-name", "localhost", "--ca-bundle-out", ca, *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POD_NAMESPACE")},
+        )
+        port = None
+        lines = []
+        deadline = time.monotonic() + 20
+        try:
+            while port is None:
+                line = proc.stderr.readline()
+                if not line:
+                    raise RuntimeError("webhook exited:\n" + "".join(lines))
+                lines.append(line)
+                if "addr=" in line:
+                    port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
+                if time.monotonic() > deadline:
+                    raise RuntimeError("webhook never listened:\n" + "".join(lines))
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            context = ssl.create_default_context(cafile=ca)
+            while True:  # ready once the serving certificate is issued
+                try:
+                    with urllib.request.urlopen(f"https://localhost:{port}/readyz", context=context, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("webhook never ready")
+                time.sleep(0.05)
+            yield port, context
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

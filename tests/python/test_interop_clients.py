@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from kvmount_support import Proc, stubs
+from kvmount_support import Proc, scratch_dirs, stubs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TENANT = "00000000-0000-0000-0000-000000000001"
@@ -125,18 +125,14 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node():
-    tmp = tempfile.mkdtemp(prefix="kvmount-interop-")
-    shm = tempfile.mkdtemp(prefix="interop-state-", dir=os.environ.get("KVMOUNT_TEST_SHM", "/dev/shm"))
-    n = None
-    try:
+    with scratch_dirs("kvmount-interop-") as (tmp, shm):
         n = Node(tmp, shm)
-        yield n
-        log = n.daemon.log()
-        assert "current-password" not in log and APP_SECRET not in log
-    finally:
-        if n is not None:
+        try:
+            yield n
+            log = n.daemon.log()
+            assert "current-password" not in log and APP_SECRET not in log
+        finally:
             n.stop()
-        subprocess.run(["rm", "-rf", tmp, shm], check=False)
 
 
 def volume_context(node, tokens):

@@ -19,16 +19,13 @@ from decimal import Decimal
 import json
 import os
 import pathlib
-import ssl
-import subprocess
-import tempfile
-import threading
-import time
 import urllib.request
 
 import jsonpatch
 import kubernetes_validate
 import pytest
+
+from kvmount_support import webhook_process
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CASES = json.loads((ROOT / "sidecar/tests/fixtures/reviews.json").read_text())
@@ -41,11 +38,10 @@ CONFIGS = {"plain": [], "agent-ca": ["--agent-ca-configmap", "corp-roots", "--ag
 
 
 class Webhook:
-    def __init__(self, proc, port, ca, flags):
-        self.proc = proc
+    def __init__(self, port, context, flags):
         self.port = port
         self.flags = flags
-        self.context = ssl.create_default_context(cafile=ca)
+        self.context = context
 
     def post(self, review):
         req = urllib.request.Request(
@@ -61,46 +57,8 @@ class Webhook:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def webhook(request):
-    binary = os.environ.get("KVMOUNT_SIDECAR_BIN")
-    if not binary:
-        pytest.fail("KVMOUNT_SIDECAR_BIN is not set (tests/run.sh sets it to target/debug/kvmount-sidecar)")
-    with tempfile.TemporaryDirectory(prefix="kvmount-pytest-webhook.") as tmp:
-        ca = os.path.join(tmp, "ca.crt")
-        proc = subprocess.Popen(
-            [binary, "webhook", "--listen", "127.0.0.1:0", "--tls-self-managed",
-             "--tls-dns-name", "localhost", "--ca-bundle-out", ca, *CONFIGS[request.param]],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "POD_NAMESPACE")},
-        )
-        port = None
-        lines = []
-        deadline = time.monotonic() + 20
-        try:
-            while port is None:
-                line = proc.stderr.readline()
-                if not line:
-                    raise RuntimeError("webhook exited:\n" + "".join(lines))
-                lines.append(line)
-                if "addr=" in line:
-                    port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
-                if time.monotonic() > deadline:
-                    raise RuntimeError("webhook never listened:\n" + "".join(lines))
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            hook = Webhook(proc, port, ca, CONFIGS[request.param])
-            while True:  # ready once the serving certificate is issued
-                try:
-                    with urllib.request.urlopen(f"https://localhost:{port}/readyz", context=hook.context, timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("webhook never ready")
-                time.sleep(0.05)
-            yield hook
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with webhook_process(CONFIGS[request.param]) as (port, context):
+        yield Webhook(port, context, CONFIGS[request.param])
 
 
 SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
