@@ -6,8 +6,9 @@
 //! (a gRPC code name, [`GRPC_CODES`]), vault and object names (not secrets: they are in the
 //! classes), Key Vault `operation` (a fixed word) and HTTP `status`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kvmount_telemetry::metrics::{
@@ -57,6 +58,14 @@ impl MountPath {
     }
 }
 
+/// Most vault names the Key Vault request metrics name one by one: a class author chooses the
+/// vault, so a node could be sent to any number of them over its life, and each name would
+/// stay in these families (a histogram is 14 series per operation). Requests to vaults past
+/// the first this many are counted under [`OTHER_VAULTS`].
+pub const MAX_VAULT_LABELS: usize = 100;
+/// The `vault` label of requests to vaults past [`MAX_VAULT_LABELS`] (no vault name has `_`).
+pub const OTHER_VAULTS: &str = "_other";
+
 type StaticLabels<const N: usize> = [(&'static str, &'static str); N];
 /// `vault`, `operation`, `status`: the vault name is the one label value not fixed in code.
 type RequestLabels = [(&'static str, String); 3];
@@ -71,6 +80,8 @@ pub struct Metrics {
     keyvault_request_seconds: HistogramFamily<RequestLatencyLabels>,
     rotation_checks: Family<StaticLabels<1>, Counter>,
     rotation_volume_updates: Family<StaticLabels<1>, Counter>,
+    /// The vault names the request metrics name (at most [`MAX_VAULT_LABELS`]).
+    vaults: Mutex<HashSet<String>>,
 }
 
 impl Metrics {
@@ -83,6 +94,7 @@ impl Metrics {
             keyvault_request_seconds: histogram_family(buckets::KEYVAULT_REQUEST),
             rotation_checks: Family::default(),
             rotation_volume_updates: Family::default(),
+            vaults: Mutex::default(),
         };
         registry.register(
             "kvmount_mounts",
@@ -154,19 +166,31 @@ impl Metrics {
         took: Duration,
     ) {
         let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        let vault = self.vault_label(vault);
         self.keyvault_requests
             .get_or_create(&[
-                ("vault", vault.to_owned()),
+                ("vault", vault.clone()),
                 ("operation", operation.to_owned()),
                 ("status", status),
             ])
             .inc();
         self.keyvault_request_seconds
-            .get_or_create(&[
-                ("vault", vault.to_owned()),
-                ("operation", operation.to_owned()),
-            ])
+            .get_or_create(&[("vault", vault), ("operation", operation.to_owned())])
             .observe(took.as_secs_f64());
+    }
+
+    /// `vault` as the request metrics name it: itself while fewer than [`MAX_VAULT_LABELS`]
+    /// vaults are named, else [`OTHER_VAULTS`].
+    fn vault_label(&self, vault: &str) -> String {
+        let mut vaults = self.vaults.lock().unwrap_or_else(PoisonError::into_inner);
+        if vaults.contains(vault) {
+            return vault.to_owned();
+        }
+        if vaults.len() < MAX_VAULT_LABELS {
+            vaults.insert(vault.to_owned());
+            return vault.to_owned();
+        }
+        OTHER_VAULTS.to_owned()
     }
 
     /// `n` rotation reads ended with `outcome` (`unchanged`, `changed`, `failed`).
@@ -247,4 +271,33 @@ pub fn register_live(
             );
         }
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_labels_are_bounded() {
+        let metrics = Metrics::register(&mut Registry::default());
+        for n in 0..MAX_VAULT_LABELS {
+            assert_eq!(metrics.vault_label(&format!("v{n}")), format!("v{n}"));
+        }
+        assert_eq!(metrics.vault_label("one-more"), OTHER_VAULTS);
+        assert_eq!(
+            metrics.vault_label("v0"),
+            "v0",
+            "a named vault keeps its name"
+        );
+        metrics.keyvault_request("one-more", "get", Some(200), Duration::from_millis(3));
+        let other = [
+            ("vault", OTHER_VAULTS.to_owned()),
+            ("operation", "get".to_owned()),
+            ("status", "200".to_owned()),
+        ];
+        assert_eq!(
+            metrics.keyvault_requests.get(&other).map(|c| c.get()),
+            Some(1)
+        );
+    }
 }
