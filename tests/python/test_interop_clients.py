@@ -280,7 +280,8 @@ EXPECTED_CSI = {
     "GetPluginInfo": {"name": "secrets.kvmount.io"},
     "Probe": {"ready": True},
     "GetPluginCapabilities": {},
-    "NodeGetCapabilities": {},
+    # VOLUME_MOUNT_GROUP: the kubelet then passes the pod's fsGroup (issue 19).
+    "NodeGetCapabilities": {"capabilities": [{"rpc": {"type": "VOLUME_MOUNT_GROUP"}}]},
     "NodeGetInfo": {"nodeId": NODE_ID},
 }
 
@@ -322,5 +323,6 @@ def test_grpcio_default_options_csi(node):
         assert (info.name, info.vendor_version) == ("secrets.kvmount.io", kvmount_version())
         assert identity.Probe(pb.ProbeRequest(), timeout=20).ready.value is True
         assert list(identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest(), timeout=20).capabilities) == []
-        assert list(csi_node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest(), timeout=20).capabilities) == []
+        capabilities = csi_node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest(), timeout=20).capabilities
+        assert [c.rpc.type for c in capabilities] == [pb.NodeServiceCapability.RPC.VOLUME_MOUNT_GROUP]
         assert csi_node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=20).node_id == NODE_ID
