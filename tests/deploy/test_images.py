@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import re
+import ssl
 import subprocess
 import tarfile
 
@@ -335,6 +336,10 @@ def test_image_contents(built, image, arch, machine, tmp_path):
     assert "nonroot:x:65532:" in files["etc/group"][1].decode()
     bundle = files["etc/ssl/certs/ca-certificates.crt"][1]
     assert bundle.count(b"-----BEGIN CERTIFICATE-----") > 100
+    # Every PEM block is whole (the bundle is files put end to end) and loads as a trust root.
+    (tmp_path / "ca.crt").write_bytes(bundle)
+    loaded = ssl.create_default_context(cafile=str(tmp_path / "ca.crt")).get_ca_certs()
+    assert len(loaded) == bundle.count(b"-----BEGIN CERTIFICATE-----")
     assert b"-----BEGIN CERTIFICATE-----\nMIIDjjCCAnagAwIBAgIQAzrx5qcRqaC7KGSxHQn65TANBgkqhkiG9w0BAQsFADBh" in bundle, \
         "DigiCert Global Root G2 (Key Vault's TLS chain) is in the bundle"
     assert files["tmp"][0].mode == 0o1777
