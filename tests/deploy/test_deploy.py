@@ -567,3 +567,24 @@ def test_pod_monitor_is_optional():
     pod_labels = ds["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels.get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
     assert "metrics" in [p["name"] for p in node_container(docs)["ports"]]
+
+
+def test_each_image_takes_its_own_tag_or_digest():
+    digest = "sha256:" + "ab" * 32
+    docs = render(COMBOS[[p.stem for p in COMBOS].index("standalone")],
+                  "--set", "standalone.registration=sidecars", "--set", "image.tag=1.2.3",
+                  "--set", f"image.provider.digest={digest}", "--set", "image.sidecar.tag=1.2.4",
+                  "--set", "webhook.enabled=true", "--set", "webhook.tls.mode=helm",
+                  "--set", f"standalone.registrar.image.digest={digest}",
+                  "--set", "standalone.livenessProbe.image.tag=v9")
+    pod = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+    images = {c["name"]: c["image"] for c in pod["containers"]}
+    assert images["kvmount"] == f"ghcr.io/kvmount/kvmount-provider@{digest}"
+    assert images["node-driver-registrar"] == f"registry.k8s.io/sig-storage/csi-node-driver-registrar@{digest}"
+    assert images["liveness-probe"] == "registry.k8s.io/sig-storage/livenessprobe:v9"
+    (deploy,) = [d for d in by_kind(docs, "Deployment") if "webhook" in d["metadata"]["name"]]
+    webhook = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert webhook["image"] == "ghcr.io/kvmount/kvmount-sidecar:1.2.4"
+    assert "--agent-image=ghcr.io/kvmount/kvmount-sidecar:1.2.4" in webhook["args"], "the agent is the webhook's own image"
+    out = run_helm("template", "kvmount", str(CHART), "--set", "image.sidecar.digest=latest", check=False)
+    assert out.returncode != 0 and "at '/image/sidecar/digest'" in out.stderr

@@ -34,12 +34,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default .Chart.AppVersion .Values.image.tag -}}
 {{- end -}}
 
+{{/* An image reference from {repository, tag, digest} (and a registry prefix when given):
+repository:tag, or repository@digest when a digest pins it (the tag is then only a label). */}}
+{{- define "kvmount.imageRef" -}}
+{{- $repo := .repository -}}
+{{- if .registry }}{{ $repo = printf "%s/%s" .registry .repository }}{{ end -}}
+{{- if .digest -}}
+{{- printf "%s@%s" $repo .digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo .tag -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "kvmount.providerImage" -}}
-{{- printf "%s/%s:%s" .Values.image.registry .Values.image.provider.repository (include "kvmount.tag" .) -}}
+{{- $i := .Values.image.provider -}}
+{{- include "kvmount.imageRef" (dict "registry" .Values.image.registry "repository" $i.repository "tag" (default (include "kvmount.tag" .) $i.tag) "digest" $i.digest) -}}
 {{- end -}}
 
 {{- define "kvmount.sidecarImage" -}}
-{{- printf "%s/%s:%s" .Values.image.registry .Values.image.sidecar.repository (include "kvmount.tag" .) -}}
+{{- $i := .Values.image.sidecar -}}
+{{- include "kvmount.imageRef" (dict "registry" .Values.image.registry "repository" $i.repository "tag" (default (include "kvmount.tag" .) $i.tag) "digest" $i.digest) -}}
 {{- end -}}
 
 {{- define "kvmount.nodeName" -}}{{ include "kvmount.fullname" . }}-node{{- end -}}
