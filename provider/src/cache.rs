@@ -200,6 +200,17 @@ fn format_name(f: ObjectFormat) -> &'static str {
     }
 }
 
+/// Why [`NodeCache::fetch_within`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Key Vault or Entra ID failed for an object.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// The objects were not all fetched within the deadline.
+    #[error("fetching the objects did not finish within {0:?}")]
+    Deadline(Duration),
+}
+
 /// Tuning of the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheConfig {
@@ -523,6 +534,19 @@ impl NodeCache {
             .identity_client(params, fresh, None, valid_until)
             .map_err(vault_failure)?;
         self.read_all(params, &client, &scrub).await
+    }
+
+    /// [`Self::fetch`] within `deadline`: the one fetch rule of both entry points (the
+    /// provider API's Mount and the CSI publish, `--mount-timeout-seconds`).
+    pub async fn fetch_within(
+        &self,
+        params: &MountParams,
+        deadline: Duration,
+    ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>), FetchError> {
+        tokio::time::timeout(deadline, self.fetch(params))
+            .await
+            .map_err(|_| FetchError::Deadline(deadline))?
+            .map_err(FetchError::Object)
     }
 
     /// [`Self::fetch`] for the first pod of an identity (no clients yet), with its unproved

@@ -20,7 +20,7 @@ use crate::grpc::provider::ProviderService;
 use crate::grpc::registration::RegistrationState;
 use crate::hardening;
 use crate::metrics::Metrics;
-use crate::mount::Mounter;
+use crate::provider_api::Mounter;
 use crate::ratelimit::{RateLimiter, VaultPolicies};
 use crate::registration::RegistrationConfig;
 use crate::server::{BoundSocket, MAX_REQUEST_BYTES, serve_provider, shutdown_signal};
@@ -117,6 +117,7 @@ pub async fn run_until(
                 tmpfs_bytes: args.tmpfs_bytes,
                 cloud_env_dir: args.cloud_env_dir.clone(),
                 tmpfs_budget,
+                fetch_deadline: Duration::from_secs(args.mount_timeout_seconds),
             },
         ));
         handle.volumes = Some(Arc::clone(&volumes));
