@@ -22,6 +22,7 @@ pub use kvmount_telemetry::logging;
 pub mod metrics;
 pub mod provider_api;
 pub mod ratelimit;
+pub mod refresh;
 pub mod registration;
 pub mod server;
 pub mod state;

@@ -14,7 +14,7 @@ use kvmount_volume::{AtomicWriter, FileSpec, Ownership, PinnedTarget, TmpfsOptio
 use crate::blocking::Late;
 use zeroize::Zeroize;
 
-use crate::cache::{FetchError, NodeCache, ObjectKey};
+use crate::cache::{FetchError, NodeCache, ObjectKey, RotationError};
 use crate::state::{StateError, StateStore, VolumeFile, VolumeRecord};
 
 /// Volume attribute naming the group that owns the files (fsGroup style).
@@ -528,7 +528,10 @@ impl Volumes {
     /// compared with the cache, not with the pass's list of changes, so one that was busy
     /// (publish or unpublish running) or failed to rewrite is caught by a later pass. A volume
     /// whose rewrite fails keeps its last content. Returns (rewritten, failed, still pending).
-    pub async fn apply_rotation(&self, failed: &[(ObjectKey, String)]) -> (usize, usize, usize) {
+    pub async fn apply_rotation(
+        &self,
+        failed: &[(ObjectKey, RotationError)],
+    ) -> (usize, usize, usize) {
         let records: Vec<VolumeRecord> = self.records().values().cloned().collect();
         let (mut rewritten, mut failures, mut pending) = (0, 0, 0);
         for record in records {
