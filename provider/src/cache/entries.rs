@@ -10,10 +10,10 @@ use std::time::Duration;
 use kvmount_vault::{FetchedObject, ObjectSpec, VaultError};
 use tokio::time::Instant;
 
+use super::config::{CacheConfig, CacheCounters, lock};
 use super::error::RotationError;
 use super::jitter::late_jitter;
 use super::key::{IdentityKey, ObjectKey};
-use super::{CacheConfig, CacheCounters, lock};
 
 /// What reads one object from Key Vault (a client of the entry's identity in production).
 #[async_trait::async_trait]

@@ -14,8 +14,8 @@ use kvmount_vault::params::Auth;
 use kvmount_vault::{Connector, MountParams, VaultError};
 use tokio::time::Instant;
 
+use super::config::lock;
 use super::key::IdentityKey;
-use super::lock;
 
 /// How long before its token expires a proof stops counting.
 const PROOF_MARGIN: Duration = Duration::from_secs(120);

@@ -12,8 +12,10 @@
 //! - [`entries`]: the shared entries, their users, erase and idle sweep, reading through a
 //!   [`entries::Reader`];
 //! - [`rotation`]: one refresh pass, revocation;
+//! - [`config`]: tuning, counters, the lock helper;
 //! - [`error`]: `FetchError`, `RotationError`; `jitter`: read spreading and backoff.
 
+pub mod config;
 pub mod entries;
 pub mod error;
 pub mod identity;
@@ -25,8 +27,7 @@ pub mod rotation;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kvmount_vault::client::VaultClient;
@@ -37,33 +38,12 @@ use kvmount_vault::{
 };
 use tokio::time::Instant;
 
+pub use config::{CacheConfig, CacheCounters};
 use entries::{Entries, Erased, Reader};
 pub use error::{FetchError, RotationError};
 use identity::{Access, Identities};
 pub use key::{IdentityKey, ObjectKey};
 pub use rotation::RotationReport;
-
-/// Tuning of the cache.
-#[derive(Debug, Clone, Copy)]
-pub struct CacheConfig {
-    /// An entry for the newest version is refetched when it is older than this (the rotation
-    /// interval). Pinned versions are never refetched.
-    pub refresh_after: Duration,
-    /// Entries that no published volume uses (the upstream-driver path) are erased after this
-    /// long without use.
-    pub idle_ttl: Duration,
-}
-
-/// Counters for tests, status and metrics.
-#[derive(Debug, Default)]
-pub struct CacheCounters {
-    /// Objects served from the cache.
-    pub hits: AtomicU64,
-    /// Objects read from Key Vault.
-    pub misses: AtomicU64,
-    /// Entries erased.
-    pub erased: AtomicU64,
-}
 
 /// The node cache.
 pub struct NodeCache {
@@ -71,10 +51,6 @@ pub struct NodeCache {
     entries: Entries,
     /// Counters.
     pub counters: Arc<CacheCounters>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reads with one identity's clients, scrubbing `scrub` from errors.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use kvmount_vault::secret::SecretBytes;
 use kvmount_vault::{ErrorKind, FetchedObject, MountParams, ObjectSpec, VaultError};
 
+use super::config::lock;
 use super::entries::{Entries, Reader};
 use super::error::RotationError;
 use super::jitter::backoff;
