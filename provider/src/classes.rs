@@ -3,8 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kvmount_k8s::{ClassResolver, ErrorKind as K8sKind};
-use kvmount_vault::ErrorKind;
+use kvmount_k8s::ClassResolver;
 
 use crate::volumes::{ClassError, ClassLookup, ClassParameters};
 
@@ -20,13 +19,7 @@ impl ClassLookup for KubeClasses {
                 parameters: class.parameters,
             }),
             Err(err) => Err(ClassError {
-                kind: match err.kind() {
-                    K8sKind::NotFound => ErrorKind::NotFound,
-                    K8sKind::PermissionDenied => ErrorKind::PermissionDenied,
-                    K8sKind::InvalidArgument => ErrorKind::InvalidArgument,
-                    K8sKind::Unavailable => ErrorKind::Unavailable,
-                    K8sKind::FailedPrecondition => ErrorKind::InvalidArgument,
-                },
+                kind: err.kind(),
                 message: err.to_string(),
             }),
         }

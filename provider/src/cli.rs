@@ -177,7 +177,8 @@ pub struct ServeArgs {
     /// over it is RESOURCE_EXHAUSTED.
     #[arg(long, default_value = "auto", value_parser = parse_budget)]
     pub tmpfs_budget: Budget,
-    /// Deadline for fetching all objects of one Mount, in seconds.
+    /// Deadline for fetching all objects of one Mount (provider API) or one publish (CSI), in
+    /// seconds.
     #[arg(long, default_value_t = 60)]
     pub mount_timeout_seconds: u64,
     /// Key Vault location.

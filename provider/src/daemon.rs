@@ -20,7 +20,7 @@ use crate::grpc::provider::ProviderService;
 use crate::grpc::registration::RegistrationState;
 use crate::hardening;
 use crate::metrics::Metrics;
-use crate::mount::Mounter;
+use crate::provider_api::Mounter;
 use crate::ratelimit::{RateLimiter, VaultPolicies};
 use crate::registration::RegistrationConfig;
 use crate::server::{BoundSocket, MAX_REQUEST_BYTES, serve_provider, shutdown_signal};
@@ -117,6 +117,7 @@ pub async fn run_until(
                 tmpfs_bytes: args.tmpfs_bytes,
                 cloud_env_dir: args.cloud_env_dir.clone(),
                 tmpfs_budget,
+                fetch_deadline: Duration::from_secs(args.mount_timeout_seconds),
             },
         ));
         handle.volumes = Some(Arc::clone(&volumes));
@@ -166,43 +167,13 @@ pub async fn run_until(
     }
 
     // The rotation loop: one read per object in use per interval, for the whole node.
-    let rotation_cache = Arc::clone(&cache);
-    let rotation_volumes = handle.volumes.clone();
-    let rotation_metrics = Arc::clone(&metrics);
-    let rotation_stop = stopped();
-    tasks.spawn(async move {
-        tokio::pin!(rotation_stop);
-        // Check often; each entry decides whether it is due (interval, or its backoff).
-        let mut tick = tokio::time::interval(
-            (refresh / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)),
-        );
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Volumes that could not be brought up to date in the last pass (busy, or a failed
-        // write): compared with the cache again at the next tick.
-        let mut pending = 0usize;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = &mut rotation_stop => return Ok(()),
-            }
-            let report = rotation_cache.rotate(refresh).await;
-            if report.checked == 0 && pending == 0 {
-                continue;
-            }
-            let unchanged = report.checked - report.changed.len() - report.failed.len();
-            rotation_metrics.rotation_checks("unchanged", unchanged);
-            rotation_metrics.rotation_checks("changed", report.changed.len());
-            rotation_metrics.rotation_checks("failed", report.failed.len());
-            if let Some(volumes) = &rotation_volumes {
-                let (rewritten, failed, still_pending) =
-                    volumes.apply_rotation(&report.failed).await;
-                pending = still_pending;
-                rotation_metrics.rotation_volume_updates("ok", rewritten);
-                rotation_metrics.rotation_volume_updates("failed", failed);
-            }
-            hardening::scrub_stack();
-        }
-    });
+    tasks.spawn(crate::refresh::run(
+        Arc::clone(&cache),
+        handle.volumes.clone(),
+        Arc::clone(&metrics),
+        refresh,
+        stopped(),
+    ));
 
     // Gauges and cache counters, read at each scrape.
     crate::metrics::register_live(

@@ -2,7 +2,7 @@
 //! laptop `dev` life cycle, and the mock vault subcommand (these two only with the `dev`
 //! feature, on by default and off in the images).
 //!
-//! - [`mount`]: the domain (one Mount in, files and versions out), no gRPC types;
+//! - [`provider_api`]: the provider-API domain (one Mount in, files and versions out), no gRPC types;
 //! - [`grpc`]: generated-service wrappers and the one place errors become statuses;
 //! - [`server`]: Unix-socket serving, shutdown and a client channel helper;
 //! - [`registration`]: the CSI driver's registration with the kubelet (no registrar container);
@@ -20,10 +20,11 @@ pub mod grpc;
 pub mod hardening;
 pub use kvmount_telemetry::logging;
 pub mod metrics;
-pub mod mount;
+pub mod provider_api;
 pub mod ratelimit;
+pub mod refresh;
 pub mod registration;
 pub mod server;
 pub mod state;
-pub mod status;
+pub mod status_cmd;
 pub mod volumes;

@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
             Command::MockVault(_) | Command::Dev(_) => {
                 Err(anyhow::anyhow!(kvmount_provider::cli::NO_MOCK_VAULT))
             }
-            Command::Status(args) => kvmount_provider::status::run(&args),
+            Command::Status(args) => kvmount_provider::status_cmd::run(&args),
         }
     });
     match result {

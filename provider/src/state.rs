@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use kvmount_vault::params::{HistorySlot, ObjectEncoding, ObjectFormat, ObjectType};
+
 use crate::cache::ObjectKey;
+use crate::cache::key::{IdentityKey, ObjectId, ObjectKeyFields};
 
 /// The file of releases before per-volume files.
 const LEGACY_FILE_NAME: &str = "volumes.json";
@@ -75,8 +78,154 @@ pub struct VolumeFile {
     pub path: String,
     /// File mode.
     pub mode: u32,
-    /// The cache entry.
+    /// The cache entry (stored as a [`StoredKey`]).
+    #[serde(with = "stored_key")]
     pub key: ObjectKey,
+}
+
+/// A cache key as the state file stores it: the format of every release so far, kept apart
+/// from [`ObjectKey`] so that a change of the cache is not a change of the format on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    /// Vault name.
+    pub vault: String,
+    /// Key Vault DNS suffix of the class's cloud; empty for the daemon's own (and in files of
+    /// releases before clouds were keys).
+    #[serde(default)]
+    pub cloud: String,
+    /// Entra authority of the class's cloud; empty for the daemon's own.
+    #[serde(default)]
+    pub authority: String,
+    /// Entra tenant.
+    pub tenant: String,
+    /// Entra client ID.
+    pub client_id: String,
+    /// `secret`, `key` or `cert`.
+    pub object_type: String,
+    /// Object name.
+    pub name: String,
+    /// Pinned version.
+    pub version: Option<String>,
+    /// `utf-8`, `base64` or `hex`.
+    pub encoding: String,
+    /// `pem` or `pfx`.
+    pub format: String,
+    /// `history=I/N` and `cert-key-files`, comma-separated; empty for a plain object.
+    #[serde(default)]
+    pub variant: String,
+}
+
+impl From<&ObjectKey> for StoredKey {
+    fn from(key: &ObjectKey) -> Self {
+        let (identity, object) = (&key.identity, &key.object);
+        let mut variant: Vec<String> = Vec::new();
+        if let Some(h) = object.history {
+            variant.push(format!("history={}/{}", h.index, h.count));
+        }
+        if object.cert_key_files {
+            variant.push("cert-key-files".to_owned());
+        }
+        Self {
+            vault: identity.vault.clone(),
+            cloud: identity.cloud.clone(),
+            authority: identity.authority.clone(),
+            tenant: identity.tenant.clone(),
+            client_id: identity.client_id.clone(),
+            object_type: object.object_type.as_str().to_owned(),
+            name: object.name.clone(),
+            version: object.version.clone(),
+            encoding: match object.encoding {
+                ObjectEncoding::Utf8 => "utf-8",
+                ObjectEncoding::Base64 => "base64",
+                ObjectEncoding::Hex => "hex",
+            }
+            .to_owned(),
+            format: match object.format {
+                ObjectFormat::Pem => "pem",
+                ObjectFormat::Pfx => "pfx",
+            }
+            .to_owned(),
+            variant: variant.join(","),
+        }
+    }
+}
+
+impl TryFrom<StoredKey> for ObjectKey {
+    type Error = String;
+
+    fn try_from(stored: StoredKey) -> Result<Self, String> {
+        let object_type = match stored.object_type.as_str() {
+            "secret" => ObjectType::Secret,
+            "key" => ObjectType::Key,
+            "cert" => ObjectType::Cert,
+            other => return Err(format!("object_type {other:?}")),
+        };
+        let encoding = match stored.encoding.as_str() {
+            "utf-8" => ObjectEncoding::Utf8,
+            "base64" => ObjectEncoding::Base64,
+            "hex" => ObjectEncoding::Hex,
+            other => return Err(format!("encoding {other:?}")),
+        };
+        let format = match stored.format.as_str() {
+            "pem" => ObjectFormat::Pem,
+            "pfx" => ObjectFormat::Pfx,
+            other => return Err(format!("format {other:?}")),
+        };
+        let mut history = None;
+        let mut cert_key_files = false;
+        for part in stored.variant.split(',').filter(|p| !p.is_empty()) {
+            if part == "cert-key-files" {
+                cert_key_files = true;
+                continue;
+            }
+            let slot = part
+                .strip_prefix("history=")
+                .and_then(|h| h.split_once('/'))
+                .and_then(|(index, count)| {
+                    Some(HistorySlot {
+                        index: index.parse().ok()?,
+                        count: count.parse().ok()?,
+                    })
+                });
+            history = Some(slot.ok_or_else(|| format!("variant {part:?}"))?);
+        }
+        Ok(ObjectKeyFields {
+            identity: IdentityKey {
+                vault: stored.vault,
+                cloud: stored.cloud,
+                authority: stored.authority,
+                tenant: stored.tenant,
+                client_id: stored.client_id,
+            },
+            object: ObjectId {
+                object_type,
+                name: stored.name,
+                version: stored.version,
+                encoding,
+                format,
+                history,
+                cert_key_files,
+            },
+        }
+        .into())
+    }
+}
+
+/// `serde(with)` for [`VolumeFile::key`]: through [`StoredKey`].
+mod stored_key {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ObjectKey, StoredKey};
+
+    pub fn serialize<S: Serializer>(key: &ObjectKey, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredKey::from(key).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectKey, D::Error> {
+        let stored = StoredKey::deserialize(deserializer)?;
+        ObjectKey::try_from(stored)
+            .map_err(|e| serde::de::Error::custom(format!("cache key: unknown {e}")))
+    }
 }
 
 /// One volume's file.
@@ -357,6 +506,77 @@ mod tests {
         std::fs::write(&path, future.to_string()).expect("future");
         let err = store.load().expect_err("newer format");
         assert!(err.to_string().contains("format version 2"), "{err}");
+    }
+
+    /// A volume file as the release before typed cache keys wrote it (one key without the
+    /// cloud fields, as releases before clouds wrote them).
+    const OLD_FILE: &str = r#"{
+  "version": 1,
+  "volume": {
+    "volume_id": "vol", "target_path": "/pods/a/vol", "pod_name": "pod",
+    "pod_namespace": "ns", "pod_uid": "uid", "class": "spc", "attributes_digest": "d",
+    "fs_group": 1000,
+    "files": [
+      {"id": "secret/db", "path": "db", "mode": 420, "key": {
+        "vault": "demo", "tenant": "t", "client_id": "app", "object_type": "secret",
+        "name": "db", "version": null, "encoding": "utf-8", "format": "pem"}},
+      {"id": "secret/tls", "path": "tls/1", "mode": 420, "key": {
+        "vault": "demo", "cloud": "vault.azure.cn", "authority": "https://login.chinacloudapi.cn",
+        "tenant": "t", "client_id": "app", "object_type": "secret", "name": "tls",
+        "version": "v7", "encoding": "base64", "format": "pfx",
+        "variant": "history=1/3,cert-key-files"}}
+    ],
+    "versions": {"secret/db": "v1"}, "refreshed_at": 5
+  }
+}"#;
+
+    #[test]
+    fn a_state_file_of_an_earlier_release_still_recovers() {
+        let dir = shm_dir();
+        let store = StateStore::open(dir.path()).expect("open");
+        std::fs::write(store.file_of("/pods/a/vol"), OLD_FILE).expect("old file");
+        let records = store.load().expect("old file reads");
+        let keys = records[0].keys();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].identity.cloud, "");
+        assert_eq!(keys[0].object.object_type, ObjectType::Secret);
+        assert_eq!(keys[0].object.history, None);
+        let tls = &keys[1].object;
+        assert_eq!(keys[1].identity.authority, "https://login.chinacloudapi.cn");
+        assert_eq!(
+            (tls.encoding, tls.format, tls.version.as_deref()),
+            (ObjectEncoding::Base64, ObjectFormat::Pfx, Some("v7"))
+        );
+        assert_eq!(tls.history, Some(HistorySlot { index: 1, count: 3 }));
+        assert!(tls.cert_key_files);
+        // Written again, the keys read back the same, in the same stored form.
+        store.put(&records[0]).expect("put");
+        let again = store.load().expect("load");
+        assert_eq!(again, records);
+        let old: serde_json::Value = serde_json::from_str(OLD_FILE).expect("json");
+        let new: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.file_of("/pods/a/vol")).expect("read"))
+                .expect("json");
+        assert_eq!(
+            new["volume"]["files"][1]["key"],
+            old["volume"]["files"][1]["key"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_stored_key_is_corrupt() {
+        let dir = shm_dir();
+        let store = StateStore::open(dir.path()).expect("open");
+        let bad = OLD_FILE.replace(
+            r#""object_type": "secret",
+        "name": "db""#,
+            r#""object_type": "blob",
+        "name": "db""#,
+        );
+        assert_ne!(bad, OLD_FILE);
+        std::fs::write(store.file_of("/pods/a/vol"), bad).expect("bad file");
+        let err = store.load().expect_err("unknown type");
+        assert!(err.to_string().contains("object_type \"blob\""), "{err}");
     }
 
     #[test]

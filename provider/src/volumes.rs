@@ -14,8 +14,7 @@ use kvmount_volume::{AtomicWriter, FileSpec, Ownership, PinnedTarget, TmpfsOptio
 use crate::blocking::Late;
 use zeroize::Zeroize;
 
-use crate::cache::NodeCache;
-use crate::cache::ObjectKey;
+use crate::cache::{FetchError, NodeCache, ObjectKey, RotationError};
 use crate::state::{StateError, StateStore, VolumeFile, VolumeRecord};
 
 /// Volume attribute naming the group that owns the files (fsGroup style).
@@ -38,11 +37,16 @@ pub struct ClassParameters {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ClassError {
-    /// Classification.
-    pub kind: kvmount_vault::ErrorKind,
+    /// Classification, as the Kubernetes lookup made it: a class the cluster cannot serve as
+    /// it is (a malformed object, a refused request, a bad client configuration) is
+    /// FAILED_PRECONDITION, not a caller's bad argument.
+    pub kind: ClassErrorKind,
     /// For the user.
     pub message: String,
 }
+
+/// How a class lookup failed (the Kubernetes lookup's own classification).
+pub use kvmount_k8s::ErrorKind as ClassErrorKind;
 
 /// Where SecretProviderClasses come from (the Kubernetes API in production).
 #[tonic::async_trait]
@@ -115,6 +119,15 @@ pub enum VolumeError {
     Internal(String),
 }
 
+impl From<FetchError> for VolumeError {
+    fn from(err: FetchError) -> Self {
+        match err {
+            FetchError::Object(object) => Self::Fetch(object),
+            FetchError::Deadline(_) => Self::Deadline(err.to_string()),
+        }
+    }
+}
+
 /// Tuning of published volumes.
 #[derive(Debug, Clone)]
 pub struct VolumeConfig {
@@ -126,6 +139,9 @@ pub struct VolumeConfig {
     /// kernel charges tmpfs pages to the daemon's memory cgroup, which writes them, so past
     /// its limit the daemon itself would be killed. `None`: no budget.
     pub tmpfs_budget: Option<u64>,
+    /// How long reading a volume's objects may take (`--mount-timeout-seconds`, the provider
+    /// API's Mount deadline too).
+    pub fetch_deadline: Duration,
 }
 
 /// Page size the tmpfs charges in.
@@ -301,52 +317,14 @@ impl Volumes {
         Ok((adopted, cleaned))
     }
 
-    /// NodePublishVolume.
+    /// NodePublishVolume, in named steps: check the request, claim the target, read every
+    /// object (vault -> cache), write the volume, record it.
     pub async fn publish(&self, request: PublishRequest) -> Result<(), VolumeError> {
-        if request.volume_id.is_empty() {
-            return Err(VolumeError::InvalidArgument("volume_id is required".into()));
-        }
-        let target = validate_target(&request.target_path)?;
-        match request.mount_capability {
-            None => {
-                return Err(VolumeError::InvalidArgument(
-                    "volume_capability is required".into(),
-                ));
-            }
-            Some(false) => {
-                return Err(VolumeError::InvalidArgument(
-                    "volume_capability: block volumes are not supported; accepted: a mount volume"
-                        .into(),
-                ));
-            }
-            Some(true) => {}
-        }
-        if !request.readonly {
-            return Err(VolumeError::InvalidArgument(
-                "readonly must be true: secrets volumes are read-only (set readOnly: true on the pod's csi volume)".into(),
-            ));
-        }
-        let fs_group = fs_group(&request)?;
+        let (target, fs_group) = check_publish(&request)?;
         let busy = self.claim(&request.target_path)?;
         let digest = attributes_digest(&request.context, fs_group);
-        let existing = self.records().get(&request.target_path).cloned();
-        if let Some(existing) = &existing
-            && (existing.volume_id != request.volume_id || existing.attributes_digest != digest)
-        {
-            return Err(VolumeError::AlreadyExists(format!(
-                "target_path {}: already published for volume {} with other parameters",
-                request.target_path, existing.volume_id
-            )));
-        }
-        let (attributes, class) = self.attributes(&request).await?;
-        let params = crate::mount::parse_mount_params(
-            &attributes,
-            &request.secrets,
-            0o644,
-            self.config.cloud_env_dir.as_deref(),
-        )
-        .await?;
-        let (objects, keys) = self.cache.fetch(&params).await?;
+        self.refuse_other_parameters(&request, &digest)?;
+        let (objects, keys, class) = self.read_objects(&request).await?;
         let charge = tmpfs_charge(
             objects
                 .iter()
@@ -354,20 +332,7 @@ impl Volumes {
                 .map(|f| f.contents.expose().len()),
         );
         self.check_budget(&request.target_path, charge)?;
-
-        let mut files = Vec::new();
-        let mut versions = BTreeMap::new();
-        for (object, key) in objects.iter().zip(&keys) {
-            versions.insert(object.id.clone(), object.version.clone());
-            for file in &object.files {
-                files.push(VolumeFile {
-                    id: object.id.clone(),
-                    path: file.path.clone(),
-                    mode: file.mode,
-                    key: key.clone(),
-                });
-            }
-        }
+        let (files, versions) = volume_files(&objects, &keys);
         let tmpfs_bytes = self.config.tmpfs_bytes;
         let (outcome, busy) = off_thread("publish", move || {
             let written = write_volume(&target, &objects, fs_group, tmpfs_bytes);
@@ -380,13 +345,9 @@ impl Volumes {
         let record = VolumeRecord {
             volume_id: request.volume_id.clone(),
             target_path: request.target_path.clone(),
-            pod_name: request.context.get(POD_NAME).cloned().unwrap_or_default(),
-            pod_namespace: request
-                .context
-                .get(POD_NAMESPACE)
-                .cloned()
-                .unwrap_or_default(),
-            pod_uid: request.context.get(POD_UID).cloned().unwrap_or_default(),
+            pod_name: context_value(&request, POD_NAME),
+            pod_namespace: context_value(&request, POD_NAMESPACE),
+            pod_uid: context_value(&request, POD_UID),
             class,
             attributes_digest: digest,
             fs_group,
@@ -410,6 +371,50 @@ impl Volumes {
         drop(busy);
         crate::hardening::scrub_stack();
         Ok(())
+    }
+
+    /// Refuses a publish of a target already published with another volume or other
+    /// parameters (a republish with the same ones is idempotent).
+    fn refuse_other_parameters(
+        &self,
+        request: &PublishRequest,
+        digest: &str,
+    ) -> Result<(), VolumeError> {
+        let records = self.records();
+        match records.get(&request.target_path) {
+            Some(existing)
+                if existing.volume_id != request.volume_id
+                    || existing.attributes_digest != digest =>
+            {
+                Err(VolumeError::AlreadyExists(format!(
+                    "target_path {}: already published for volume {} with other parameters",
+                    request.target_path, existing.volume_id
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every object of the volume, rendered, with the cache entries they came from and the
+    /// class named (if any): the class is looked up, the parameters parsed, and the node cache
+    /// reads within the same deadline as a provider-API Mount.
+    async fn read_objects(
+        &self,
+        request: &PublishRequest,
+    ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>, Option<String>), VolumeError> {
+        let (attributes, class) = self.attributes(request).await?;
+        let params = crate::provider_api::parse_mount_params(
+            &attributes,
+            &request.secrets,
+            0o644,
+            self.config.cloud_env_dir.as_deref(),
+        )
+        .await?;
+        let (objects, keys) = self
+            .cache
+            .fetch_within(&params, self.config.fetch_deadline)
+            .await?;
+        Ok((objects, keys, class))
     }
 
     /// The parameter map: the class's parameters (when the volume names one), overwritten
@@ -437,7 +442,7 @@ impl Volumes {
             }
             let Some(classes) = &self.classes else {
                 return Err(VolumeError::Class(ClassError {
-                    kind: kvmount_vault::ErrorKind::Unavailable,
+                    kind: ClassErrorKind::Unavailable,
                     message: format!(
                         "cannot look up {name:?}: the daemon has no Kubernetes API access (run in a cluster or pass --kubeconfig)"
                     ),
@@ -449,7 +454,7 @@ impl Volumes {
                 .any(|p| found.provider.eq_ignore_ascii_case(p))
             {
                 return Err(VolumeError::Class(ClassError {
-                    kind: kvmount_vault::ErrorKind::InvalidArgument,
+                    kind: ClassErrorKind::InvalidArgument,
                     message: format!(
                         "{namespace}/{name}: spec.provider is {:?}; accepted: kvmount or azure",
                         found.provider
@@ -523,7 +528,10 @@ impl Volumes {
     /// compared with the cache, not with the pass's list of changes, so one that was busy
     /// (publish or unpublish running) or failed to rewrite is caught by a later pass. A volume
     /// whose rewrite fails keeps its last content. Returns (rewritten, failed, still pending).
-    pub async fn apply_rotation(&self, failed: &[(ObjectKey, String)]) -> (usize, usize, usize) {
+    pub async fn apply_rotation(
+        &self,
+        failed: &[(ObjectKey, RotationError)],
+    ) -> (usize, usize, usize) {
         let records: Vec<VolumeRecord> = self.records().values().cloned().collect();
         let (mut rewritten, mut failures, mut pending) = (0, 0, 0);
         for record in records {
@@ -744,6 +752,61 @@ fn rewrite_volume(record: &VolumeRecord, values: &[FetchedObject]) -> Result<(),
     Ok(())
 }
 
+/// The request checks that need no I/O: ids, target, capability, read-only, group. Returns
+/// the target path and the files' group.
+fn check_publish(request: &PublishRequest) -> Result<(PathBuf, Option<u32>), VolumeError> {
+    if request.volume_id.is_empty() {
+        return Err(VolumeError::InvalidArgument("volume_id is required".into()));
+    }
+    let target = validate_target(&request.target_path)?;
+    match request.mount_capability {
+        None => {
+            return Err(VolumeError::InvalidArgument(
+                "volume_capability is required".into(),
+            ));
+        }
+        Some(false) => {
+            return Err(VolumeError::InvalidArgument(
+                "volume_capability: block volumes are not supported; accepted: a mount volume"
+                    .into(),
+            ));
+        }
+        Some(true) => {}
+    }
+    if !request.readonly {
+        return Err(VolumeError::InvalidArgument(
+            "readonly must be true: secrets volumes are read-only (set readOnly: true on the pod's csi volume)".into(),
+        ));
+    }
+    Ok((target, fs_group(request)?))
+}
+
+/// The volume's files (each with the entry that fills it) and its object versions.
+fn volume_files(
+    objects: &[RenderedObject],
+    keys: &[ObjectKey],
+) -> (Vec<VolumeFile>, BTreeMap<String, String>) {
+    let mut files = Vec::new();
+    let mut versions = BTreeMap::new();
+    for (object, key) in objects.iter().zip(keys) {
+        versions.insert(object.id.clone(), object.version.clone());
+        for file in &object.files {
+            files.push(VolumeFile {
+                id: object.id.clone(),
+                path: file.path.clone(),
+                mode: file.mode,
+                key: key.clone(),
+            });
+        }
+    }
+    (files, versions)
+}
+
+/// A volume-context value, empty when absent.
+fn context_value(request: &PublishRequest, name: &str) -> String {
+    request.context.get(name).cloned().unwrap_or_default()
+}
+
 /// The files' group: the volume's `fsGroup` attribute when set (an override), else
 /// `volume_capability.mount.volume_mount_group`, which the kubelet fills with the pod's
 /// `securityContext.fsGroup` because kvmount advertises VOLUME_MOUNT_GROUP.
@@ -764,4 +827,177 @@ fn fs_group(request: &PublishRequest) -> Result<Option<u32>, VolumeError> {
             "{field}: {prefix:?} is not a group id; accepted: a number from 0 to 4294967295"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kvmount_vault::{RenderedFile, SecretBytes};
+
+    use super::*;
+    use crate::cache::CacheConfig;
+
+    fn request(target: &str) -> PublishRequest {
+        PublishRequest {
+            volume_id: "vol".into(),
+            target_path: target.into(),
+            readonly: true,
+            mount_capability: Some(true),
+            mount_group: None,
+            context: HashMap::from([(POD_NAME.to_owned(), "pod".to_owned())]),
+            secrets: HashMap::new(),
+        }
+    }
+
+    fn volumes(budget: Option<u64>) -> (Volumes, tempfile::TempDir) {
+        let base =
+            std::env::var_os("KVMOUNT_TEST_SHM").map_or_else(|| "/dev/shm".into(), PathBuf::from);
+        let dir = tempfile::Builder::new()
+            .prefix("kvmount-volumes-test.")
+            .tempdir_in(base)
+            .expect("tempdir on tmpfs");
+        let cache = NodeCache::new(
+            kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig::default())
+                .expect("connector"),
+            CacheConfig {
+                refresh_after: Duration::from_secs(60),
+                idle_ttl: Duration::from_secs(60),
+            },
+        );
+        let volumes = Volumes::new(
+            Arc::new(cache),
+            None,
+            StateStore::open(dir.path()).expect("state"),
+            VolumeConfig {
+                tmpfs_bytes: 1 << 20,
+                cloud_env_dir: None,
+                tmpfs_budget: budget,
+                fetch_deadline: Duration::from_secs(1),
+            },
+        );
+        (volumes, dir)
+    }
+
+    fn message(result: Result<impl std::fmt::Debug, VolumeError>) -> String {
+        match result {
+            Err(VolumeError::InvalidArgument(message)) => message,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_publish_is_checked_before_any_io() {
+        let (target, group) = check_publish(&request("/pods/a/vol")).expect("valid");
+        assert_eq!((target, group), (PathBuf::from("/pods/a/vol"), None));
+        let mut r = request("/pods/a/vol");
+        r.volume_id.clear();
+        assert!(message(check_publish(&r)).contains("volume_id"));
+        assert!(message(check_publish(&request("pods/../x"))).contains("absolute"));
+        let mut r = request("/pods/a/vol");
+        r.mount_capability = Some(false);
+        assert!(message(check_publish(&r)).contains("block volumes"));
+        let mut r = request("/pods/a/vol");
+        r.readonly = false;
+        assert!(message(check_publish(&r)).contains("readonly"));
+        let mut r = request("/pods/a/vol");
+        r.mount_group = Some("1000".into());
+        assert_eq!(check_publish(&r).expect("group").1, Some(1000));
+        r.context
+            .insert(FS_GROUP_ATTRIBUTE.to_owned(), "staff".to_owned());
+        assert!(message(check_publish(&r)).contains("fsGroup"));
+    }
+
+    #[test]
+    fn files_name_the_entries_they_come_from() {
+        let attributes = HashMap::from([
+            ("keyvaultName".to_owned(), "demo".to_owned()),
+            ("tenantID".to_owned(), "t".to_owned()),
+            (
+                "objects".to_owned(),
+                "array:\n  - |\n    objectName: db\n    objectType: secret\n".to_owned(),
+            ),
+        ]);
+        let secrets = HashMap::from([
+            ("clientid".to_owned(), "app".to_owned()),
+            ("clientsecret".to_owned(), "s".to_owned()),
+        ]);
+        let params = kvmount_vault::params::mount_params(&attributes, &secrets, 0o644, None)
+            .expect("params");
+        let key = ObjectKey::new(&params, &params.objects[0]);
+        let objects = vec![RenderedObject {
+            id: "secret/db".into(),
+            version: "v1".into(),
+            files: vec![RenderedFile {
+                path: "db".into(),
+                mode: 0o640,
+                contents: SecretBytes::new(b"x".to_vec()),
+            }],
+        }];
+        let (files, versions) = volume_files(&objects, std::slice::from_ref(&key));
+        assert_eq!(files.len(), 1);
+        assert_eq!((files[0].path.as_str(), files[0].mode), ("db", 0o640));
+        assert_eq!(files[0].key, key);
+        assert_eq!(versions["secret/db"], "v1");
+    }
+
+    #[test]
+    fn a_target_published_with_other_parameters_is_refused() {
+        let (volumes, _dir) = volumes(None);
+        let r = request("/pods/a/vol");
+        volumes.records().insert(
+            r.target_path.clone(),
+            VolumeRecord {
+                volume_id: "vol".into(),
+                target_path: r.target_path.clone(),
+                pod_name: "pod".into(),
+                pod_namespace: String::new(),
+                pod_uid: String::new(),
+                class: None,
+                attributes_digest: "d1".into(),
+                fs_group: None,
+                files: Vec::new(),
+                versions: BTreeMap::new(),
+                refreshed_at: 0,
+                last_error: None,
+                tmpfs_bytes: 3 * PAGE,
+            },
+        );
+        volumes
+            .refuse_other_parameters(&r, "d1")
+            .expect("the same parameters: idempotent");
+        assert!(matches!(
+            volumes.refuse_other_parameters(&r, "d2"),
+            Err(VolumeError::AlreadyExists(_))
+        ));
+        let mut other = request("/pods/a/vol");
+        other.volume_id = "vol2".into();
+        assert!(matches!(
+            volumes.refuse_other_parameters(&other, "d1"),
+            Err(VolumeError::AlreadyExists(_))
+        ));
+        // The budget counts the other volumes, and a republish's new size.
+        let (budgeted, _dir) = volumes_with_record(4 * PAGE, &volumes);
+        budgeted
+            .check_budget("/pods/a/vol", 4 * PAGE)
+            .expect("a republish replaces its own size");
+        assert!(matches!(
+            budgeted.check_budget("/pods/b/vol", 2 * PAGE),
+            Err(VolumeError::ResourceExhausted(_))
+        ));
+        assert_eq!(tmpfs_charge([0, 1, 4096, 4097]), 5 * PAGE);
+    }
+
+    fn volumes_with_record(budget: u64, from: &Volumes) -> (Volumes, tempfile::TempDir) {
+        let (volumes, dir) = self::volumes(Some(budget));
+        *volumes.records() = from.records().clone();
+        (volumes, dir)
+    }
+
+    #[test]
+    fn a_missed_fetch_deadline_is_deadline_exceeded() {
+        let err = VolumeError::from(FetchError::Deadline(Duration::from_secs(60)));
+        assert!(matches!(err, VolumeError::Deadline(_)), "{err:?}");
+        assert!(err.to_string().contains("60s"), "{err}");
+    }
 }

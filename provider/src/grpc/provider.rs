@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::grpc::status::code_name;
 use crate::metrics::{Metrics, MountPath};
-use crate::mount::{MountInput, Mounter};
+use crate::provider_api::{MountInput, Mounter};
 
 /// Name reported by `Version`.
 pub const RUNTIME_NAME: &str = "kvmount";

@@ -3,8 +3,8 @@
 use kvmount_vault::ErrorKind;
 use tonic::{Code, Status};
 
-use crate::mount::MountError;
-use crate::volumes::VolumeError;
+use crate::provider_api::MountError;
+use crate::volumes::{ClassErrorKind, VolumeError};
 
 fn code(kind: ErrorKind) -> Code {
     match kind {
@@ -41,13 +41,25 @@ fn volume_code(kind: kvmount_volume::ErrorKind) -> Code {
     }
 }
 
+fn class_code(kind: ClassErrorKind) -> Code {
+    match kind {
+        ClassErrorKind::NotFound => Code::NotFound,
+        ClassErrorKind::PermissionDenied => Code::PermissionDenied,
+        ClassErrorKind::InvalidArgument => Code::InvalidArgument,
+        ClassErrorKind::Unavailable => Code::Unavailable,
+        // The cluster or the daemon's configuration must be fixed first (a malformed class
+        // object, a refused request): the request itself is fine.
+        ClassErrorKind::FailedPrecondition => Code::FailedPrecondition,
+    }
+}
+
 impl From<VolumeError> for Status {
     fn from(err: VolumeError) -> Self {
         let code = match &err {
             VolumeError::InvalidArgument(_) | VolumeError::Param(_) => Code::InvalidArgument,
             VolumeError::AlreadyExists(_) => Code::AlreadyExists,
             VolumeError::Aborted(_) => Code::Aborted,
-            VolumeError::Class(class) => code(class.kind),
+            VolumeError::Class(class) => class_code(class.kind),
             VolumeError::Fetch(object) => code(object.kind()),
             VolumeError::Volume(volume) => volume_code(volume.kind()),
             VolumeError::State(_) => Code::Internal,

@@ -9,7 +9,7 @@ use kvmount_vault::params::{self, parse_default_mode, parse_string_map};
 use kvmount_vault::{ObjectError, ParamError, RenderedObject};
 
 use crate::blocking::Late;
-use crate::cache::NodeCache;
+use crate::cache::{FetchError, NodeCache};
 use zeroize::Zeroize;
 
 /// What the upstream driver hands us, as plain strings.
@@ -43,6 +43,15 @@ pub enum MountError {
     /// The mount did not finish within its deadline.
     #[error("fetching the objects did not finish within {0:?}")]
     Deadline(Duration),
+}
+
+impl From<FetchError> for MountError {
+    fn from(err: FetchError) -> Self {
+        match err {
+            FetchError::Object(object) => Self::Object(object),
+            FetchError::Deadline(deadline) => Self::Deadline(deadline),
+        }
+    }
 }
 
 /// One successful Mount: the files and the versions read.
@@ -143,9 +152,7 @@ impl Mounter {
         );
         // The upstream driver never tells us when a volume goes away: these reads are not
         // retained by any volume and expire after the cache's idle time.
-        let (objects, _keys) = tokio::time::timeout(self.deadline, self.cache.fetch(&params))
-            .await
-            .map_err(|_| MountError::Deadline(self.deadline))??;
+        let (objects, _keys) = self.cache.fetch_within(&params, self.deadline).await?;
         for object in &objects {
             tracing::info!(object = %object.id, version = %object.version, pod = %params.pod.name, "object ready");
         }
