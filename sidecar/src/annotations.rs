@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{
-    self, MAX_REFRESH, MIN_REFRESH, OBJECT_REF_FORM, ObjectFields, ObjectRef, is_env_name,
-    object_spec, object_yaml, objects_document,
+use crate::config::{self, MAX_REFRESH, MIN_REFRESH, is_env_name};
+use crate::object::{
+    OBJECT_REF_FORM, ObjectFields, ObjectRef, object_spec, object_yaml, objects_document,
 };
 use crate::template::Template;
-use kvmount_vault::params::shown;
+use kvmount_vault::error::shown;
 
 /// Prefix of every kvmount annotation.
 pub const PREFIX: &str = "kvmount.io/";

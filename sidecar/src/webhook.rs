@@ -13,7 +13,7 @@ use crate::annotations::{self, Injection, Mode, STATUS, STATUS_INJECTED};
 use crate::config::{AGENT_CONFIG_ENV, AgentConfig, EXEC_CONFIG_ENV, Plan};
 use crate::patch::Patch;
 use crate::paths;
-use kvmount_vault::params::shown;
+use kvmount_vault::error::shown;
 
 /// Name of the memory volume with the rendered files.
 pub const SECRETS_VOLUME: &str = "kvmount-secrets";

@@ -21,10 +21,10 @@ pub mod render;
 pub mod secret;
 
 pub use client::{Connector, ConnectorConfig, ResolveRule};
-pub use error::{ErrorKind, VaultError};
+pub use error::{ErrorKind, ParamError, VaultError};
 pub use fetch::{
     FetchedObject, ObjectError, RenderedFile, RenderedObject, fetch_all, fetch_object,
     rendered_object,
 };
-pub use params::{Auth, MountParams, ObjectSpec, ParamError};
+pub use params::{Auth, MountParams, ObjectSpec};
 pub use secret::{SecretBytes, SecretString};

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::error::{ParamError, SHOWN_CHARS, shown};
 use crate::secret::SecretString;
 
 /// Audience of the service-account token used for workload identity.
@@ -32,39 +33,6 @@ const MAX_NAME_BYTES: usize = 255;
 /// Most path elements of an objectAlias / objectName: every level is a directory the writer and
 /// teardown walk, and a class author controls it.
 pub const MAX_PATH_ELEMENTS: usize = 16;
-
-/// A parameter that could not be accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct ParamError {
-    /// The parameter, e.g. `keyvaultName` or `objects[1].objectAlias`.
-    pub field: String,
-    /// What is wrong and what is accepted. Never contains a secret.
-    pub problem: String,
-}
-
-/// The longest `problem` an error carries: a backstop behind [`shown`], so that no message
-/// built from input (a parser's own error text among them) can become a megabyte-long status.
-const MAX_PROBLEM_BYTES: usize = 1024;
-
-impl ParamError {
-    /// A new error for `field`; a problem longer than 1 KiB is cut there.
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        let mut problem = problem.into();
-        if problem.len() > MAX_PROBLEM_BYTES {
-            let cut = (0..=MAX_PROBLEM_BYTES - 3)
-                .rev()
-                .find(|&i| problem.is_char_boundary(i))
-                .unwrap_or(0);
-            problem.truncate(cut);
-            problem.push_str("...");
-        }
-        Self {
-            field: field.into(),
-            problem,
-        }
-    }
-}
 
 /// A YAML parser's error for a message: its text can quote the input (`invalid type: string
 /// "..."`), so it is cut like any input.
@@ -423,18 +391,6 @@ pub fn parse_file_permission(field: &str, text: &str) -> Result<u32, ParamError>
         ));
     }
     Ok(mode)
-}
-
-/// Longest piece of an input an error message repeats.
-const SHOWN_CHARS: usize = 64;
-
-/// `value` quoted for an error message, cut after [`SHOWN_CHARS`] characters: a hostile
-/// megabyte-long input must not become a megabyte-long gRPC status and log line.
-pub fn shown(value: &str) -> String {
-    match value.char_indices().nth(SHOWN_CHARS) {
-        None => format!("{value:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
-    }
 }
 
 /// Looks up `key` and trims it, treating empty as absent (the Azure provider does the same).
