@@ -12,7 +12,8 @@ use std::process::Command;
 
 use base64::Engine as _;
 use kvmount_vault::pem::{parse_pem, pkcs12_to_pem};
-use kvmount_vault::render::{FetchedSecret, render_secret};
+use kvmount_vault::read::FetchedSecret;
+use kvmount_vault::render::render_secret;
 use kvmount_vault::{ObjectError, SecretString};
 
 /// Runs `openssl ARGS` in `dir`; panics with its stderr on failure.
