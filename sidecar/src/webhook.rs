@@ -392,15 +392,12 @@ fn deny_message(problem: &str) -> String {
     format!("kvmount: {problem}")
 }
 
-/// The SecretProviderClass parameters the webhook takes (`keyvaultName`, `tenantID`,
-/// `clientID`, `objects`).
-pub type ClassParameters = BTreeMap<String, String>;
-
 /// What the caller looked up in the API for this pod.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lookups<'a> {
-    /// The name and parameters of the pod's `secret-provider-class`.
-    pub class: Option<(&'a str, &'a ClassParameters)>,
+    /// The name and `spec.parameters` of the pod's `secret-provider-class` (the webhook takes
+    /// `keyvaultName`, `tenantID`, `clientID` and `objects` from them).
+    pub class: Option<(&'a str, &'a BTreeMap<String, String>)>,
     /// The service account's `azure.workload.identity/client-id`.
     pub service_account_client_id: Option<&'a str>,
 }
@@ -410,7 +407,7 @@ pub struct Lookups<'a> {
 pub fn client_id_lookup<'a>(
     review: &'a Review,
     injection: &Injection,
-    class: Option<&ClassParameters>,
+    class: Option<&BTreeMap<String, String>>,
 ) -> Option<(&'a str, &'a str)> {
     let pod = review.pod.as_ref()?;
     let class_has = class
@@ -640,7 +637,7 @@ impl Identity {
 }
 
 /// A class parameter, trimmed; empty is absent.
-fn class_parameter(class: Option<(&str, &ClassParameters)>, key: &str) -> Option<String> {
+fn class_parameter(class: Option<(&str, &BTreeMap<String, String>)>, key: &str) -> Option<String> {
     class
         .and_then(|(_, p)| p.get(key))
         .map(|v| v.trim().to_owned())
