@@ -245,6 +245,10 @@ pub fn from_attributes(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 mod tests {
     use super::*;
 

@@ -6,6 +6,10 @@
 //! any certificate outside the chain after them; a file whose key matches no certificate is
 //! refused, naming the object.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 use std::path::Path;
 use std::process::Command;
