@@ -1,5 +1,9 @@
 //! ClassResolver against a local HTTPS server that answers like kube-apiserver.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 mod support;
 

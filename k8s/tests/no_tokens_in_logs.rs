@@ -1,6 +1,10 @@
 //! Every log line, at TRACE and from every crate (kube, hyper, rustls included), during
 //! lookups that succeed and fail: the bearer token never appears, the names do.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 mod support;
 

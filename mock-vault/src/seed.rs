@@ -406,111 +406,14 @@ impl Seed {
         let raw: RawSeed =
             serde_norway::from_str(yaml).map_err(|e| SeedError::Yaml(e.to_string()))?;
         check_guid("tenantId", &raw.tenant_id)?;
-
-        let mut identities = Vec::new();
-        let mut names = BTreeSet::new();
-        let mut client_ids = BTreeSet::new();
-        for (i, id) in raw.identities.into_iter().enumerate() {
-            let at = format!("identities[{i}]");
-            check_name(&format!("{at}.name"), &id.name)?;
-            if !names.insert(id.name.clone()) {
-                return Err(invalid(
-                    format!("{at}.name"),
-                    format!("duplicate identity name {:?}", id.name),
-                ));
-            }
-            check_guid(&format!("{at}.clientId"), &id.client_id)?;
-            if !client_ids.insert(id.client_id.to_ascii_lowercase()) {
-                return Err(invalid(format!("{at}.clientId"), "duplicate clientId"));
-            }
-            if id.client_secret.as_deref() == Some("") {
-                return Err(invalid(
-                    format!("{at}.clientSecret"),
-                    "must not be empty (leave it out instead)",
-                ));
-            }
-            let mut federated = Vec::new();
-            for (j, f) in id.federated.into_iter().enumerate() {
-                let fat = format!("{at}.federated[{j}]");
-                check_https_url(&format!("{fat}.issuer"), &f.issuer)?;
-                if f.subject.is_empty() {
-                    return Err(invalid(format!("{fat}.subject"), "must not be empty"));
-                }
-                let audiences = f
-                    .audiences
-                    .unwrap_or_else(|| vec![FEDERATION_AUDIENCE.to_string()]);
-                if audiences.is_empty() {
-                    return Err(invalid(
-                        format!("{fat}.audiences"),
-                        "must list at least one audience",
-                    ));
-                }
-                federated.push(FederatedCredential {
-                    issuer: f.issuer,
-                    subject: f.subject,
-                    audiences,
-                });
-            }
-            let managed = match id.managed_identity.as_deref() {
-                None => None,
-                Some("system") => {
-                    if identities
-                        .iter()
-                        .any(|i: &Identity| i.managed == Some(ManagedKind::System))
-                    {
-                        return Err(invalid(
-                            format!("{at}.managedIdentity"),
-                            "only one identity can be the node's system-assigned identity",
-                        ));
-                    }
-                    Some(ManagedKind::System)
-                }
-                Some("user") => Some(ManagedKind::User),
-                Some(other) => {
-                    return Err(invalid(
-                        format!("{at}.managedIdentity"),
-                        format!("{other:?}; accepted: system, user"),
-                    ));
-                }
-            };
-            identities.push(Identity {
-                name: id.name,
-                client_id: id.client_id.to_ascii_lowercase(),
-                client_secret: id.client_secret.map(Zeroizing::new),
-                federated,
-                managed,
-            });
-        }
-
-        let mut issuers = Vec::new();
-        for (i, iss) in raw.issuers.into_iter().enumerate() {
-            let at = format!("issuers[{i}]");
-            check_https_url(&format!("{at}.issuer"), &iss.issuer)?;
-            let pem = match (iss.public_key_file, iss.public_key_pem) {
-                (Some(file), None) => {
-                    let path = match base {
-                        Some(base) if file.is_relative() => base.join(&file),
-                        _ => file,
-                    };
-                    std::fs::read_to_string(&path)
-                        .map_err(|source| SeedError::Read { path, source })?
-                }
-                (None, Some(pem)) => pem,
-                _ => {
-                    return Err(invalid(
-                        at,
-                        "give exactly one of publicKeyFile or publicKeyPem",
-                    ));
-                }
-            };
-            let key = VerifyKey::from_pem(&pem)
-                .map_err(|e| invalid(format!("{at}.publicKey"), e.to_string()))?;
-            issuers.push(IssuerSeed {
-                issuer: iss.issuer,
-                key,
-            });
-        }
-
+        let identities = parse_identities(raw.identities)?;
+        let names: BTreeSet<String> = identities.iter().map(|i| i.name.clone()).collect();
+        let issuers = raw
+            .issuers
+            .into_iter()
+            .enumerate()
+            .map(|(i, iss)| parse_issuer(&format!("issuers[{i}]"), iss, base))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut vaults = Vec::new();
         let mut vault_names = BTreeSet::new();
         for (i, v) in raw.vaults.into_iter().enumerate() {
@@ -522,101 +425,7 @@ impl Seed {
                     format!("duplicate vault name {:?}", v.name),
                 ));
             }
-            let access = match v.access {
-                None => None,
-                Some(entries) => {
-                    let mut out = Vec::new();
-                    for (j, a) in entries.into_iter().enumerate() {
-                        let aat = format!("{at}.access[{j}]");
-                        if !names.contains(&a.identity) {
-                            return Err(invalid(
-                                format!("{aat}.identity"),
-                                format!("no identity named {:?} in identities", a.identity),
-                            ));
-                        }
-                        for (k, o) in a.objects.iter().enumerate() {
-                            check_object_pattern(&format!("{aat}.objects[{k}]"), o)?;
-                        }
-                        let mut permissions = BTreeSet::new();
-                        match a.permissions {
-                            None => {
-                                permissions.insert(Permission::Get);
-                                permissions.insert(Permission::List);
-                            }
-                            Some(list) => {
-                                for (k, p) in list.iter().enumerate() {
-                                    let parsed = Permission::parse(p).ok_or_else(|| {
-                                        invalid(
-                                            format!("{aat}.permissions[{k}]"),
-                                            format!("unknown permission {p:?}; accepted: get, list, set, delete, recover, purge, all"),
-                                        )
-                                    })?;
-                                    permissions.extend(parsed);
-                                }
-                            }
-                        }
-                        out.push(AccessEntry {
-                            identity: a.identity,
-                            objects: a.objects,
-                            permissions,
-                        });
-                    }
-                    Some(out)
-                }
-            };
-            let mut secrets = Vec::new();
-            let mut secret_names = BTreeSet::new();
-            for (j, s) in v.secrets.into_iter().enumerate() {
-                let sat = format!("{at}.secrets[{j}]");
-                check_secret_name(&format!("{sat}.name"), &s.name)?;
-                if !secret_names.insert(s.name.to_ascii_lowercase()) {
-                    return Err(invalid(
-                        format!("{sat}.name"),
-                        format!("duplicate secret name {:?}", s.name),
-                    ));
-                }
-                if s.versions.is_empty() {
-                    return Err(invalid(
-                        format!("{sat}.versions"),
-                        "must hold at least one value (oldest first)",
-                    ));
-                }
-                for (k, value) in s.versions.iter().enumerate() {
-                    if value.len() > crate::keyvault::MAX_VALUE_BYTES {
-                        return Err(invalid(
-                            format!("{sat}.versions[{k}]"),
-                            format!(
-                                "value is longer than Key Vault's limit of {} bytes",
-                                crate::keyvault::MAX_VALUE_BYTES
-                            ),
-                        ));
-                    }
-                }
-                if let (Some(nbf), Some(exp)) = (s.nbf, s.exp)
-                    && nbf >= exp
-                {
-                    return Err(invalid(format!("{sat}.exp"), "must be later than nbf"));
-                }
-                secrets.push(SecretSeed {
-                    name: s.name,
-                    versions: s.versions.into_iter().map(Zeroizing::new).collect(),
-                    content_type: s.content_type,
-                    tags: s.tags,
-                    enabled: s.enabled.unwrap_or(true),
-                    nbf: s.nbf,
-                    exp: s.exp,
-                    certificate_backed: s.certificate_backed.unwrap_or(false),
-                });
-            }
-            let keys = parse_keys(&at, v.keys, &mut secret_names)?;
-            let certificates = parse_certs(&at, v.certificates, &secret_names, &keys)?;
-            vaults.push(VaultSeed {
-                name: v.name,
-                access,
-                secrets,
-                keys,
-                certificates,
-            });
+            vaults.push(parse_vault(&at, v, &names)?);
         }
         if vaults.is_empty() {
             return Err(invalid(
@@ -631,6 +440,232 @@ impl Seed {
             vaults,
         })
     }
+}
+
+/// `identities`: names and client IDs each once, at most one system-assigned managed identity.
+fn parse_identities(raw: Vec<RawIdentity>) -> Result<Vec<Identity>, SeedError> {
+    let mut identities: Vec<Identity> = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut client_ids = BTreeSet::new();
+    for (i, id) in raw.into_iter().enumerate() {
+        let at = format!("identities[{i}]");
+        check_name(&format!("{at}.name"), &id.name)?;
+        if !names.insert(id.name.clone()) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("duplicate identity name {:?}", id.name),
+            ));
+        }
+        check_guid(&format!("{at}.clientId"), &id.client_id)?;
+        if !client_ids.insert(id.client_id.to_ascii_lowercase()) {
+            return Err(invalid(format!("{at}.clientId"), "duplicate clientId"));
+        }
+        if id.client_secret.as_deref() == Some("") {
+            return Err(invalid(
+                format!("{at}.clientSecret"),
+                "must not be empty (leave it out instead)",
+            ));
+        }
+        let federated = id
+            .federated
+            .into_iter()
+            .enumerate()
+            .map(|(j, f)| parse_federated(&format!("{at}.federated[{j}]"), f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let managed = match id.managed_identity.as_deref() {
+            None => None,
+            Some("system") => {
+                if identities
+                    .iter()
+                    .any(|i| i.managed == Some(ManagedKind::System))
+                {
+                    return Err(invalid(
+                        format!("{at}.managedIdentity"),
+                        "only one identity can be the node's system-assigned identity",
+                    ));
+                }
+                Some(ManagedKind::System)
+            }
+            Some("user") => Some(ManagedKind::User),
+            Some(other) => {
+                return Err(invalid(
+                    format!("{at}.managedIdentity"),
+                    format!("{other:?}; accepted: system, user"),
+                ));
+            }
+        };
+        identities.push(Identity {
+            name: id.name,
+            client_id: id.client_id.to_ascii_lowercase(),
+            client_secret: id.client_secret.map(Zeroizing::new),
+            federated,
+            managed,
+        });
+    }
+    Ok(identities)
+}
+
+/// One federated credential (`at`) of an identity; the audience defaults to Entra's.
+fn parse_federated(at: &str, f: RawFederated) -> Result<FederatedCredential, SeedError> {
+    check_https_url(&format!("{at}.issuer"), &f.issuer)?;
+    if f.subject.is_empty() {
+        return Err(invalid(format!("{at}.subject"), "must not be empty"));
+    }
+    let audiences = f
+        .audiences
+        .unwrap_or_else(|| vec![FEDERATION_AUDIENCE.to_string()]);
+    if audiences.is_empty() {
+        return Err(invalid(
+            format!("{at}.audiences"),
+            "must list at least one audience",
+        ));
+    }
+    Ok(FederatedCredential {
+        issuer: f.issuer,
+        subject: f.subject,
+        audiences,
+    })
+}
+
+/// One issuer (`at`) and its public key, from a file (relative to `base`) or inline.
+fn parse_issuer(at: &str, iss: RawIssuer, base: Option<&Path>) -> Result<IssuerSeed, SeedError> {
+    check_https_url(&format!("{at}.issuer"), &iss.issuer)?;
+    let pem = match (iss.public_key_file, iss.public_key_pem) {
+        (Some(file), None) => {
+            let path = match base {
+                Some(base) if file.is_relative() => base.join(&file),
+                _ => file,
+            };
+            std::fs::read_to_string(&path).map_err(|source| SeedError::Read { path, source })?
+        }
+        (None, Some(pem)) => pem,
+        _ => {
+            return Err(invalid(
+                at,
+                "give exactly one of publicKeyFile or publicKeyPem",
+            ));
+        }
+    };
+    let key =
+        VerifyKey::from_pem(&pem).map_err(|e| invalid(format!("{at}.publicKey"), e.to_string()))?;
+    Ok(IssuerSeed {
+        issuer: iss.issuer,
+        key,
+    })
+}
+
+/// One vault (`at`): its access list (naming identities of `names`) and its objects.
+fn parse_vault(at: &str, v: RawVault, names: &BTreeSet<String>) -> Result<VaultSeed, SeedError> {
+    let access = match v.access {
+        None => None,
+        Some(entries) => Some(
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(j, a)| parse_access(&format!("{at}.access[{j}]"), a, names))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let (secrets, mut secret_names) = parse_secrets(at, v.secrets)?;
+    let keys = parse_keys(at, v.keys, &mut secret_names)?;
+    let certificates = parse_certs(at, v.certificates, &secret_names, &keys)?;
+    Ok(VaultSeed {
+        name: v.name,
+        access,
+        secrets,
+        keys,
+        certificates,
+    })
+}
+
+/// One access entry (`at`): an identity of `names`, object patterns, permissions (get and
+/// list when left out).
+fn parse_access(
+    at: &str,
+    a: RawAccess,
+    names: &BTreeSet<String>,
+) -> Result<AccessEntry, SeedError> {
+    if !names.contains(&a.identity) {
+        return Err(invalid(
+            format!("{at}.identity"),
+            format!("no identity named {:?} in identities", a.identity),
+        ));
+    }
+    for (k, o) in a.objects.iter().enumerate() {
+        check_object_pattern(&format!("{at}.objects[{k}]"), o)?;
+    }
+    let mut permissions = BTreeSet::new();
+    match a.permissions {
+        None => {
+            permissions.insert(Permission::Get);
+            permissions.insert(Permission::List);
+        }
+        Some(list) => {
+            for (k, p) in list.iter().enumerate() {
+                let parsed = Permission::parse(p).ok_or_else(|| {
+                    invalid(
+                        format!("{at}.permissions[{k}]"),
+                        format!("unknown permission {p:?}; accepted: get, list, set, delete, recover, purge, all"),
+                    )
+                })?;
+                permissions.extend(parsed);
+            }
+        }
+    }
+    Ok(AccessEntry {
+        identity: a.identity,
+        objects: a.objects,
+        permissions,
+    })
+}
+
+/// The secrets of vault `at`, and their names (lowercase), which keys and certificates check
+/// theirs against.
+fn parse_secrets(
+    at: &str,
+    raw: Vec<RawSecret>,
+) -> Result<(Vec<SecretSeed>, BTreeSet<String>), SeedError> {
+    let mut secrets = Vec::new();
+    let mut secret_names = BTreeSet::new();
+    for (j, s) in raw.into_iter().enumerate() {
+        let sat = format!("{at}.secrets[{j}]");
+        check_secret_name(&format!("{sat}.name"), &s.name)?;
+        if !secret_names.insert(s.name.to_ascii_lowercase()) {
+            return Err(invalid(
+                format!("{sat}.name"),
+                format!("duplicate secret name {:?}", s.name),
+            ));
+        }
+        if s.versions.is_empty() {
+            return Err(invalid(
+                format!("{sat}.versions"),
+                "must hold at least one value (oldest first)",
+            ));
+        }
+        for (k, value) in s.versions.iter().enumerate() {
+            if value.len() > crate::keyvault::MAX_VALUE_BYTES {
+                return Err(invalid(
+                    format!("{sat}.versions[{k}]"),
+                    format!(
+                        "value is longer than Key Vault's limit of {} bytes",
+                        crate::keyvault::MAX_VALUE_BYTES
+                    ),
+                ));
+            }
+        }
+        check_times(&sat, s.nbf, s.exp)?;
+        secrets.push(SecretSeed {
+            name: s.name,
+            versions: s.versions.into_iter().map(Zeroizing::new).collect(),
+            content_type: s.content_type,
+            tags: s.tags,
+            enabled: s.enabled.unwrap_or(true),
+            nbf: s.nbf,
+            exp: s.exp,
+            certificate_backed: s.certificate_backed.unwrap_or(false),
+        });
+    }
+    Ok((secrets, secret_names))
 }
 
 fn check_times(field: &str, nbf: Option<i64>, exp: Option<i64>) -> Result<(), SeedError> {

@@ -454,7 +454,11 @@ async fn rotate(
         ..Default::default()
     };
     let body: RequestContent<SetSecretParameters> = parameters.try_into()?;
-    let secret = client.set_secret(name, body, None).await?.into_model()?;
+    let secret = client
+        .secrets()
+        .set_secret(name, body, None)
+        .await?
+        .into_model()?;
     let id = secret.id.unwrap_or_default();
     Ok(id.rsplit('/').next().unwrap_or_default().to_owned())
 }

@@ -25,6 +25,13 @@ pub mod ratelimit;
 pub mod refresh;
 pub mod registration;
 pub mod server;
+#[cfg_attr(
+    test,
+    allow(
+        clippy::disallowed_methods,
+        reason = "state.rs's unit tests write corrupt and future state files on purpose"
+    )
+)]
 pub mod state;
 pub mod status_cmd;
 pub mod volumes;

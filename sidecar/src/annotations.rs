@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{
-    self, MAX_REFRESH, MIN_REFRESH, OBJECT_REF_FORM, ObjectFields, ObjectRef, is_env_name,
-    object_spec, object_yaml, objects_document,
+use crate::config::{self, MAX_REFRESH, MIN_REFRESH, is_env_name};
+use crate::object::{
+    OBJECT_REF_FORM, ObjectFields, ObjectRef, object_spec, object_yaml, objects_document,
 };
 use crate::template::Template;
-use kvmount_vault::params::shown;
+use kvmount_vault::error::shown;
 
 /// Prefix of every kvmount annotation.
 pub const PREFIX: &str = "kvmount.io/";
@@ -254,67 +254,173 @@ pub(crate) fn is_dns_label(text: &str) -> bool {
 
 /// Parses the `kvmount.io/*` annotations of a pod that asked for injection.
 pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, AnnotationError> {
-    let mut plain: BTreeMap<&str, &str> = BTreeMap::new();
-    // name -> (kind -> value) for the named annotations.
-    let mut named: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
-    let mut env = BTreeMap::new();
-    for (key, value) in annotations {
-        let Some(rest) = key.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let value = value.as_str();
-        if PLAIN_KEYS.contains(&rest) {
-            plain.insert(rest, value);
-            continue;
-        }
-        let Some(kind) = NAMED_KEYS.iter().find(|k| rest.starts_with(**k)) else {
-            return Err(AnnotationError::new(
-                rest,
-                format!(
-                    "is not a kvmount annotation; accepted: {}, and {}<name>",
-                    PLAIN_KEYS.join(", "),
-                    NAMED_KEYS.join("<name>, ")
-                ),
-            ));
-        };
-        let name = &rest[kind.len()..];
-        if name.is_empty() {
-            return Err(AnnotationError::new(
-                rest,
-                format!("needs a name after {PREFIX}{kind}"),
-            ));
-        }
-        if *kind == "env-" {
-            if !is_env_name(name) {
-                return Err(AnnotationError::new(
-                    rest,
-                    format!(
-                        "{name:?} is not an environment variable name; accepted: letters, digits and '_', not starting with a digit"
-                    ),
-                ));
-            }
-            ObjectRef::parse(value).map_err(|p| AnnotationError::new(rest, p))?;
-            env.insert(name.to_owned(), value.trim().to_owned());
-            continue;
-        }
-        named.entry(name).or_default().insert(kind, value);
-    }
-
-    let text = |key: &str| {
-        plain
-            .get(key)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
-
-    let keyvault = text("keyvault");
+    let sorted = Sorted::of(annotations)?;
+    let keyvault = sorted.text("keyvault");
     if let Some(k) = &keyvault {
         kvmount_vault::params::validate_vault_name(k)
             .map_err(|e| AnnotationError::new("keyvault", e.problem))?;
     }
+    check_identity(&sorted)?;
+    let secret_provider_class = secret_provider_class(&sorted)?;
+    let (objects, templates) = files(&sorted.named)?;
+    let objects = if objects.is_empty() {
+        None
+    } else {
+        Some(objects_document(&objects))
+    };
+    if secret_provider_class.is_some() {
+        if let Some(file) = sorted.named.keys().next() {
+            return Err(AnnotationError::new(
+                "secret-provider-class",
+                format!(
+                    "takes the objects from the class; remove the per-file annotations (found {PREFIX}*-{file})"
+                ),
+            ));
+        }
+    } else {
+        if keyvault.is_none() {
+            return Err(AnnotationError::new(
+                "keyvault",
+                "is required (or name a SecretProviderClass with kvmount.io/secret-provider-class); accepted: a Key Vault name of 3 to 24 letters, digits and '-'",
+            ));
+        }
+        if objects.is_none() && templates.is_empty() && sorted.env.is_empty() {
+            return Err(AnnotationError::new(
+                "inject",
+                format!(
+                    "the pod names no object; accepted: at least one {PREFIX}secret-<file>: {OBJECT_REF_FORM}, {PREFIX}template-<file> or {PREFIX}env-<VAR>"
+                ),
+            ));
+        }
+    }
+    let mount_path = mount_path(&sorted)?;
+    let containers = sorted
+        .text("containers")
+        .map(|list| parse_containers(&list))
+        .transpose()?;
+    let mode = mode(&sorted)?;
+    let refresh = refresh(&sorted)?;
+    let resources = resources(&sorted)?;
+    let size_limit = sorted
+        .quantity("volume-size-limit", Some(DEFAULT_SIZE_LIMIT))?
+        .unwrap_or_else(|| DEFAULT_SIZE_LIMIT.to_owned());
+    Ok(Injection {
+        keyvault,
+        tenant_id: sorted.text("tenant-id"),
+        client_id: sorted.text("client-id"),
+        secret_provider_class,
+        objects,
+        templates,
+        env: sorted.env,
+        mount_path,
+        containers,
+        mode,
+        refresh,
+        size_limit,
+        resources,
+    })
+}
+
+/// A pod's kvmount annotations by kind, keys without the prefix: the plain ones, the per-file
+/// ones (file name to kind to value) and the `env-<VAR>` references (checked here).
+struct Sorted<'a> {
+    plain: BTreeMap<&'a str, &'a str>,
+    named: BTreeMap<&'a str, BTreeMap<&'a str, &'a str>>,
+    env: BTreeMap<String, String>,
+}
+
+impl<'a> Sorted<'a> {
+    /// Sorts the annotations; an unknown `kvmount.io/` key or a bad `env-` one is an error.
+    fn of(annotations: &'a BTreeMap<String, String>) -> Result<Self, AnnotationError> {
+        let mut sorted = Self {
+            plain: BTreeMap::new(),
+            named: BTreeMap::new(),
+            env: BTreeMap::new(),
+        };
+        for (key, value) in annotations {
+            let Some(rest) = key.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let value = value.as_str();
+            if PLAIN_KEYS.contains(&rest) {
+                sorted.plain.insert(rest, value);
+                continue;
+            }
+            let Some(kind) = NAMED_KEYS.iter().find(|k| rest.starts_with(**k)) else {
+                return Err(AnnotationError::new(
+                    rest,
+                    format!(
+                        "is not a kvmount annotation; accepted: {}, and {}<name>",
+                        PLAIN_KEYS.join(", "),
+                        NAMED_KEYS.join("<name>, ")
+                    ),
+                ));
+            };
+            let name = &rest[kind.len()..];
+            if name.is_empty() {
+                return Err(AnnotationError::new(
+                    rest,
+                    format!("needs a name after {PREFIX}{kind}"),
+                ));
+            }
+            if *kind == "env-" {
+                sorted
+                    .env
+                    .insert(name.to_owned(), env_reference(rest, name, value)?);
+                continue;
+            }
+            sorted.named.entry(name).or_default().insert(kind, value);
+        }
+        Ok(sorted)
+    }
+
+    /// A plain annotation's value, trimmed; empty is absent.
+    fn text(&self, key: &str) -> Option<String> {
+        self.plain
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// A Kubernetes quantity annotation, or `default` when it is absent.
+    fn quantity(
+        &self,
+        key: &str,
+        default: Option<&str>,
+    ) -> Result<Option<String>, AnnotationError> {
+        match self.text(key) {
+            None => Ok(default.map(str::to_owned)),
+            Some(q) if is_quantity(&q) => Ok(Some(q)),
+            Some(q) => Err(AnnotationError::new(
+                key,
+                format!(
+                    "{} is not a Kubernetes quantity; accepted: e.g. 5m, 0.5, 16Mi, 1Gi",
+                    shown(&q)
+                ),
+            )),
+        }
+    }
+}
+
+/// The object reference of `env-<name>` (annotation `key`), trimmed.
+fn env_reference(key: &str, name: &str, value: &str) -> Result<String, AnnotationError> {
+    if !is_env_name(name) {
+        return Err(AnnotationError::new(
+            key,
+            format!(
+                "{name:?} is not an environment variable name; accepted: letters, digits and '_', not starting with a digit"
+            ),
+        ));
+    }
+    ObjectRef::parse(value).map_err(|p| AnnotationError::new(key, p))?;
+    Ok(value.trim().to_owned())
+}
+
+/// `tenant-id` and `client-id`: GUIDs (a tenant also as a domain).
+fn check_identity(sorted: &Sorted<'_>) -> Result<(), AnnotationError> {
     for key in ["tenant-id", "client-id"] {
-        if let Some(v) = text(key)
+        if let Some(v) = sorted.text(key)
             && !is_tenant(&v)
         {
             return Err(AnnotationError::new(
@@ -331,8 +437,13 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
             ));
         }
     }
-    let secret_provider_class = text("secret-provider-class");
-    if let Some(c) = &secret_provider_class
+    Ok(())
+}
+
+/// `secret-provider-class`: a SecretProviderClass name.
+fn secret_provider_class(sorted: &Sorted<'_>) -> Result<Option<String>, AnnotationError> {
+    let class = sorted.text("secret-provider-class");
+    if let Some(c) = &class
         && kvmount_k8s::validate_name(c).is_err()
     {
         return Err(AnnotationError::new(
@@ -343,11 +454,17 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
             ),
         ));
     }
+    Ok(class)
+}
 
-    // Files: secret-<file> and template-<file>, with their options.
+/// The files of the per-file annotations: `secret-<file>` as object YAML, `template-<file>`
+/// as template files, each with its options (`encoding-`, `format-`, `perms-`).
+fn files(
+    named: &BTreeMap<&str, BTreeMap<&str, &str>>,
+) -> Result<(Vec<String>, Vec<config::TemplateFile>), AnnotationError> {
     let mut objects = Vec::new();
     let mut templates = Vec::new();
-    for (file, kinds) in &named {
+    for (file, kinds) in named {
         let secret = kinds.get("secret-");
         let template = kinds.get("template-");
         let key = |kind: &str| format!("{kind}{file}");
@@ -379,88 +496,78 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
                     ),
                 ));
             }
-            (Some(reference), None) => {
-                let reference = ObjectRef::parse(reference)
-                    .map_err(|p| AnnotationError::new(&key("secret-"), p))?;
-                let fields = ObjectFields {
-                    alias: Some((*file).to_owned()),
-                    encoding: kinds.get("encoding-").map(|v| v.trim().to_owned()),
-                    format: kinds.get("format-").map(|v| v.trim().to_owned()),
-                    permission: kinds.get("perms-").map(|v| v.trim().to_owned()),
-                };
-                object_spec(&reference, &fields).map_err(|e| {
-                    let kind = if e.field.ends_with("objectEncoding") {
-                        "encoding-"
-                    } else if e.field.ends_with("objectFormat") {
-                        "format-"
-                    } else if e.field.ends_with("filePermission") {
-                        "perms-"
-                    } else {
-                        "secret-"
-                    };
-                    AnnotationError::new(&key(kind), e.problem)
-                })?;
-                objects.push(object_yaml(&reference, &fields));
-            }
-            (None, Some(text)) => {
-                for kind in ["encoding-", "format-"] {
-                    if kinds.contains_key(kind) {
-                        return Err(AnnotationError::new(
-                            &key(kind),
-                            format!(
-                                "applies to {PREFIX}secret-{file} only; template files are written as rendered"
-                            ),
-                        ));
-                    }
-                }
-                Template::parse(text)
-                    .map_err(|e| AnnotationError::new(&key("template-"), e.to_string()))?;
-                let mode = kinds.get("perms-").map(|v| v.trim().to_owned());
-                if let Some(m) = &mode {
-                    kvmount_vault::params::parse_file_permission(&key("perms-"), m)
-                        .map_err(|e| AnnotationError::new(&key("perms-"), e.problem))?;
-                }
-                templates.push(config::TemplateFile {
-                    path: (*file).to_owned(),
-                    mode,
-                    template: (*text).to_owned(),
-                });
-            }
+            (Some(reference), None) => objects.push(secret_file(file, kinds, reference)?),
+            (None, Some(text)) => templates.push(template_file(file, kinds, text)?),
         }
     }
-    let objects = if objects.is_empty() {
-        None
-    } else {
-        Some(objects_document(&objects))
+    Ok((objects, templates))
+}
+
+/// `secret-<file>` and its options, as one element of an `objects` document.
+fn secret_file(
+    file: &str,
+    kinds: &BTreeMap<&str, &str>,
+    reference: &str,
+) -> Result<String, AnnotationError> {
+    let key = |kind: &str| format!("{kind}{file}");
+    let reference =
+        ObjectRef::parse(reference).map_err(|p| AnnotationError::new(&key("secret-"), p))?;
+    let fields = ObjectFields {
+        alias: Some(file.to_owned()),
+        encoding: kinds.get("encoding-").map(|v| v.trim().to_owned()),
+        format: kinds.get("format-").map(|v| v.trim().to_owned()),
+        permission: kinds.get("perms-").map(|v| v.trim().to_owned()),
     };
+    object_spec(&reference, &fields).map_err(|e| {
+        let kind = if e.field.ends_with("objectEncoding") {
+            "encoding-"
+        } else if e.field.ends_with("objectFormat") {
+            "format-"
+        } else if e.field.ends_with("filePermission") {
+            "perms-"
+        } else {
+            "secret-"
+        };
+        AnnotationError::new(&key(kind), e.problem)
+    })?;
+    Ok(object_yaml(&reference, &fields))
+}
 
-    if secret_provider_class.is_some() {
-        if let Some(file) = named.keys().next() {
+/// `template-<file>` and its mode (`perms-<file>`; encodings and formats do not apply).
+fn template_file(
+    file: &str,
+    kinds: &BTreeMap<&str, &str>,
+    text: &str,
+) -> Result<config::TemplateFile, AnnotationError> {
+    let key = |kind: &str| format!("{kind}{file}");
+    for kind in ["encoding-", "format-"] {
+        if kinds.contains_key(kind) {
             return Err(AnnotationError::new(
-                "secret-provider-class",
+                &key(kind),
                 format!(
-                    "takes the objects from the class; remove the per-file annotations (found {PREFIX}*-{file})"
-                ),
-            ));
-        }
-    } else {
-        if keyvault.is_none() {
-            return Err(AnnotationError::new(
-                "keyvault",
-                "is required (or name a SecretProviderClass with kvmount.io/secret-provider-class); accepted: a Key Vault name of 3 to 24 letters, digits and '-'",
-            ));
-        }
-        if objects.is_none() && templates.is_empty() && env.is_empty() {
-            return Err(AnnotationError::new(
-                "inject",
-                format!(
-                    "the pod names no object; accepted: at least one {PREFIX}secret-<file>: {OBJECT_REF_FORM}, {PREFIX}template-<file> or {PREFIX}env-<VAR>"
+                    "applies to {PREFIX}secret-{file} only; template files are written as rendered"
                 ),
             ));
         }
     }
+    Template::parse(text).map_err(|e| AnnotationError::new(&key("template-"), e.to_string()))?;
+    let mode = kinds.get("perms-").map(|v| v.trim().to_owned());
+    if let Some(m) = &mode {
+        kvmount_vault::params::parse_file_permission(&key("perms-"), m)
+            .map_err(|e| AnnotationError::new(&key("perms-"), e.problem))?;
+    }
+    Ok(config::TemplateFile {
+        path: file.to_owned(),
+        mode,
+        template: text.to_owned(),
+    })
+}
 
-    let mount_path = text("mount-path").unwrap_or_else(|| DEFAULT_MOUNT_PATH.to_owned());
+/// `mount-path`, or the default.
+fn mount_path(sorted: &Sorted<'_>) -> Result<String, AnnotationError> {
+    let mount_path = sorted
+        .text("mount-path")
+        .unwrap_or_else(|| DEFAULT_MOUNT_PATH.to_owned());
     if !is_mount_path(&mount_path) {
         return Err(AnnotationError::new(
             "mount-path",
@@ -470,78 +577,61 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Injection, Annota
             ),
         ));
     }
-    let containers = text("containers")
-        .map(|list| parse_containers(&list))
-        .transpose()?;
-    let mode = match text("mode") {
-        None => None,
-        Some(m) => Some(Mode::parse(&m).ok_or_else(|| {
-            AnnotationError::new(
-                "mode",
-                format!(
-                    "{} is not a mode; accepted: native, sidecar, init-only",
-                    shown(&m)
-                ),
-            )
-        })?),
+    Ok(mount_path)
+}
+
+/// `mode`, when set.
+fn mode(sorted: &Sorted<'_>) -> Result<Option<Mode>, AnnotationError> {
+    let Some(m) = sorted.text("mode") else {
+        return Ok(None);
     };
-    let refresh = match text("refresh-interval") {
-        None => None,
-        Some(r) => {
-            let d = kvmount_vault::duration::parse_duration_within(
-                "refresh-interval",
-                &r,
-                MIN_REFRESH,
-                MAX_REFRESH,
-            );
-            Some(d.map_err(|problem| {
-                let problem = problem.trim_start_matches("refresh-interval: ").to_owned();
-                AnnotationError::new("refresh-interval", problem)
-            })?)
-        }
+    let mode = Mode::parse(&m).ok_or_else(|| {
+        AnnotationError::new(
+            "mode",
+            format!(
+                "{} is not a mode; accepted: native, sidecar, init-only",
+                shown(&m)
+            ),
+        )
+    })?;
+    Ok(Some(mode))
+}
+
+/// `refresh-interval`, when set, within [`MIN_REFRESH`] and [`MAX_REFRESH`].
+fn refresh(sorted: &Sorted<'_>) -> Result<Option<Duration>, AnnotationError> {
+    let Some(r) = sorted.text("refresh-interval") else {
+        return Ok(None);
     };
-    let quantity = |key: &str, default: Option<&str>| -> Result<Option<String>, AnnotationError> {
-        match text(key) {
-            None => Ok(default.map(str::to_owned)),
-            Some(q) if is_quantity(&q) => Ok(Some(q)),
-            Some(q) => Err(AnnotationError::new(
-                key,
-                format!(
-                    "{} is not a Kubernetes quantity; accepted: e.g. 5m, 0.5, 16Mi, 1Gi",
-                    shown(&q)
-                ),
-            )),
-        }
-    };
+    let d = kvmount_vault::duration::parse_duration_within(
+        "refresh-interval",
+        &r,
+        MIN_REFRESH,
+        MAX_REFRESH,
+    );
+    let d = d.map_err(|problem| {
+        let problem = problem.trim_start_matches("refresh-interval: ").to_owned();
+        AnnotationError::new("refresh-interval", problem)
+    })?;
+    Ok(Some(d))
+}
+
+/// The injected containers' requests and limits: the defaults, overridden per annotation.
+fn resources(sorted: &Sorted<'_>) -> Result<Resources, AnnotationError> {
     let defaults = Resources::default();
     let resources = Resources {
-        cpu_request: quantity("cpu-request", Some(&defaults.cpu_request))?
+        cpu_request: sorted
+            .quantity("cpu-request", Some(&defaults.cpu_request))?
             .unwrap_or(defaults.cpu_request.clone()),
-        memory_request: quantity("memory-request", Some(&defaults.memory_request))?
+        memory_request: sorted
+            .quantity("memory-request", Some(&defaults.memory_request))?
             .unwrap_or(defaults.memory_request.clone()),
-        cpu_limit: quantity("cpu-limit", None)?,
-        memory_limit: quantity("memory-limit", Some(&defaults.memory_limit))?
+        cpu_limit: sorted.quantity("cpu-limit", None)?,
+        memory_limit: sorted
+            .quantity("memory-limit", Some(&defaults.memory_limit))?
             .unwrap_or(defaults.memory_limit.clone()),
     };
-    check_requests_within_limits(&resources, |key| text(key).is_some())?;
-    let size_limit = quantity("volume-size-limit", Some(DEFAULT_SIZE_LIMIT))?
-        .unwrap_or_else(|| DEFAULT_SIZE_LIMIT.to_owned());
-
-    Ok(Injection {
-        keyvault,
-        tenant_id: text("tenant-id"),
-        client_id: text("client-id"),
-        secret_provider_class,
-        objects,
-        templates,
-        env,
-        mount_path,
-        containers,
-        mode,
-        refresh,
-        size_limit,
-        resources,
-    })
+    check_requests_within_limits(&resources, |key| sorted.text(key).is_some())?;
+    Ok(resources)
 }
 
 /// The `containers` list: container names, each once.

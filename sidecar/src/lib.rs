@@ -4,6 +4,8 @@
 //! - [`annotations`]: the `kvmount.io/*` pod annotations, parsed once into an [`annotations::Injection`];
 //! - [`config`]: the agent configuration the webhook writes and the agent (and `exec`) read,
 //!   turned into typed object specs through `kvmount_vault::params` (the SecretProviderClass model);
+//! - [`object`]: an object reference (`<type>/<name>[/<version>]`), its file fields and its
+//!   `objects` YAML;
 //! - [`template`]: the small template language of `template-<file>`;
 //! - [`patch`]: RFC 6902 JSON patch operations with RFC 6901 pointers;
 //! - [`paths`]: the container paths a kvmount mount must keep clear of (`mount-path`'s rule);
@@ -23,6 +25,7 @@ pub mod config;
 pub mod exec;
 pub mod kube_api;
 pub use kvmount_telemetry::logging;
+pub mod object;
 pub mod patch;
 pub mod paths;
 pub mod server;

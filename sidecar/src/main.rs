@@ -200,6 +200,10 @@ async fn webhook_main(args: WebhookArgs) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         if let Some(out) = &args.ca_bundle_out {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the public CA certificate, to a path the operator names"
+            )]
             std::fs::write(out, ca.ca_pem())
                 .map_err(|e| format!("--ca-bundle-out {}: {e}", out.display()))?;
         }

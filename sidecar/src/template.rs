@@ -10,7 +10,7 @@
 //! - everything else is copied as is; a `{{` that does not start one of the two forms is an
 //!   error (so a typo never leaks into a file silently).
 
-use crate::config::ObjectRef;
+use crate::object::ObjectRef;
 
 /// Longest template accepted (annotation values are small; this bounds rendering work).
 pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;

@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::annotations::{self, Injection, Mode, STATUS, STATUS_INJECTED};
 use crate::config::{AGENT_CONFIG_ENV, AgentConfig, EXEC_CONFIG_ENV, Plan};
 use crate::patch::Patch;
 use crate::paths;
-use kvmount_vault::params::shown;
+use kvmount_vault::error::shown;
 
 /// Name of the memory volume with the rendered files.
 pub const SECRETS_VOLUME: &str = "kvmount-secrets";
@@ -392,15 +392,12 @@ fn deny_message(problem: &str) -> String {
     format!("kvmount: {problem}")
 }
 
-/// The SecretProviderClass parameters the webhook takes (`keyvaultName`, `tenantID`,
-/// `clientID`, `objects`).
-pub type ClassParameters = BTreeMap<String, String>;
-
 /// What the caller looked up in the API for this pod.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lookups<'a> {
-    /// The name and parameters of the pod's `secret-provider-class`.
-    pub class: Option<(&'a str, &'a ClassParameters)>,
+    /// The name and `spec.parameters` of the pod's `secret-provider-class` (the webhook takes
+    /// `keyvaultName`, `tenantID`, `clientID` and `objects` from them).
+    pub class: Option<(&'a str, &'a BTreeMap<String, String>)>,
     /// The service account's `azure.workload.identity/client-id`.
     pub service_account_client_id: Option<&'a str>,
 }
@@ -410,7 +407,7 @@ pub struct Lookups<'a> {
 pub fn client_id_lookup<'a>(
     review: &'a Review,
     injection: &Injection,
-    class: Option<&ClassParameters>,
+    class: Option<&BTreeMap<String, String>>,
 ) -> Option<(&'a str, &'a str)> {
     let pod = review.pod.as_ref()?;
     let class_has = class
@@ -459,15 +456,87 @@ fn app_env<'a>(containers: &[&'a Container], name: &str) -> Option<&'a str> {
     })
 }
 
+/// The patch for `pod`, in named steps: which containers, the checks the apiserver or the
+/// pod's start would otherwise fail, what is injected ([`Wiring`]), then the patch itself.
 fn build_patch(
     config: &WebhookConfig,
     pod: &Pod,
     injection: &Injection,
     lookups: Lookups<'_>,
 ) -> Result<Patch, String> {
-    let class = lookups.class;
     let spec = &pod.spec;
-    // Which app containers get the volume.
+    let selected = selected_containers(spec, injection)?;
+    check_injected_names(spec)?;
+    check_mount_path(config, &injection.mount_path)?;
+    let wiring = Wiring::new(config, pod, injection, lookups, &selected)?;
+    if let Some(exec) = &wiring.exec {
+        check_exec_containers(&selected, exec)?;
+    }
+    let exec_paths = wiring
+        .exec
+        .as_ref()
+        .map(|exec| (format!("env-{}", first_env(exec)), wiring.token_dir()));
+    check_free_paths(
+        &selected,
+        wiring.has_files.then_some(injection.mount_path.as_str()),
+        exec_paths.as_ref().map(|(key, dir)| (key.as_str(), *dir)),
+        config.agent_ca.is_some(),
+    )?;
+
+    let mut patch = Patch::new();
+    mark_injected(&mut patch, pod);
+    add_volumes(&mut patch, config, spec, injection, &wiring);
+    patch_app_containers(&mut patch, config, injection, &wiring, &selected);
+    add_agent_containers(&mut patch, config, spec, injection, &wiring, &selected);
+    Ok(patch)
+}
+
+/// A volume mount kvmount adds.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Mount<'a> {
+    name: &'a str,
+    mount_path: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    read_only: bool,
+}
+
+impl<'a> Mount<'a> {
+    fn read_only(name: &'a str, mount_path: &'a str) -> Self {
+        Self {
+            name,
+            mount_path,
+            read_only: true,
+        }
+    }
+
+    fn writable(name: &'a str, mount_path: &'a str) -> Self {
+        Self {
+            name,
+            mount_path,
+            read_only: false,
+        }
+    }
+}
+
+/// An environment variable kvmount adds.
+#[derive(Serialize)]
+struct Env<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+/// A typed value of the patch as JSON (plain structs of strings, numbers and booleans always
+/// serialise).
+fn value(item: impl Serialize) -> Value {
+    serde_json::to_value(item).unwrap_or_default()
+}
+
+/// The app containers that get the volume (`containers`, or all), with their index.
+fn selected_containers<'p>(
+    spec: &'p PodSpec,
+    injection: &Injection,
+) -> Result<Vec<(usize, &'p Container)>, String> {
     let selected: Vec<(usize, &Container)> = match &injection.containers {
         None => spec.containers.iter().enumerate().collect(),
         Some(names) => {
@@ -495,161 +564,240 @@ fn build_patch(
             annotation("containers")
         ));
     }
-    let selected_containers: Vec<&Container> = selected.iter().map(|(_, c)| *c).collect();
-    let volumes = spec.volumes.as_deref().unwrap_or(&[]);
-    check_injected_names(spec)?;
-    check_mount_path(config, &injection.mount_path)?;
+    Ok(selected)
+}
 
-    // Vault, tenant, client, objects: annotations, then the class, then Workload Identity.
-    let class_param = |key: &str| {
-        class
-            .and_then(|(_, p)| p.get(key))
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    let keyvault = injection
-        .keyvault
-        .clone()
-        .or_else(|| class_param("keyvaultName"))
-        .ok_or_else(|| {
-            format!(
-                "annotation {}: SecretProviderClass {:?} has no keyvaultName",
-                annotation("secret-provider-class"),
-                class.map(|(n, _)| n).unwrap_or_default()
-            )
-        })?;
-    let uses_workload_identity = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("azure.workload.identity/use"))
-        .is_some_and(|v| v == "true");
-    let reuse_azure_token = volumes.iter().any(|v| v.name == AZURE_TOKEN_VOLUME);
-    let tenant_id = injection
-        .tenant_id
-        .clone()
-        .or_else(|| class_param("tenantID").or_else(|| class_param("tenantId")))
-        .or_else(|| app_env(&selected_containers, "AZURE_TENANT_ID").map(str::to_owned))
-        .or_else(|| config.default_tenant_id.clone());
-    if tenant_id.is_none() && !uses_workload_identity {
-        return Err(format!(
-            "annotation {}: is required (no tenant in the class, the containers' AZURE_TENANT_ID or the webhook's default); accepted: a tenant GUID or domain, or the label azure.workload.identity/use: \"true\"",
-            annotation("tenant-id")
-        ));
-    }
-    let client_id = injection
-        .client_id
-        .clone()
-        .or_else(|| class_param("clientID"))
-        .or_else(|| app_env(&selected_containers, "AZURE_CLIENT_ID").map(str::to_owned))
-        .or_else(|| lookups.service_account_client_id.map(str::to_owned));
-    if client_id.is_none() && !uses_workload_identity {
-        return Err(format!(
-            "annotation {}: is required (no clientID in the class, the containers' AZURE_CLIENT_ID or the service account's azure.workload.identity/client-id); accepted: the application (client) ID, or the label azure.workload.identity/use: \"true\" with the service account annotated azure.workload.identity/client-id",
-            annotation("client-id")
-        ));
-    }
-    let objects = injection.objects.clone().or_else(|| class_param("objects"));
-    let token_file = if reuse_azure_token {
-        format!("{AZURE_TOKEN_DIR}/azure-identity-token")
-    } else {
-        format!("{TOKEN_DIR}/token")
-    };
-    let security = spec.security_context.clone().unwrap_or_default();
-    let fs_group = security.fs_group.and_then(|g| u32::try_from(g).ok());
+/// The vault and the identity the agent reads as.
+struct Identity {
+    keyvault: String,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+}
 
-    let agent_config = AgentConfig {
-        keyvault_name: keyvault.clone(),
-        tenant_id: tenant_id.clone(),
-        client_id: client_id.clone(),
-        token_file: Some(token_file.clone()),
-        mount_path: Some(injection.mount_path.clone()),
-        objects,
-        templates: injection.templates.clone(),
-        env: BTreeMap::new(),
-        refresh_seconds: injection.refresh.map(|d| d.as_secs()),
-        fs_group,
-    };
-    let has_files = agent_config.objects.is_some() || !agent_config.templates.is_empty();
-    if let Err(e) = Plan::new(&agent_config) {
-        let source = match class {
-            Some((name, _)) => format!(
-                "annotation {}: SecretProviderClass {name:?}",
-                annotation("secret-provider-class")
-            ),
-            None => "the agent configuration".to_owned(),
-        };
-        return Err(format!("{source}: {e}"));
-    }
-    let exec_config = (!injection.env.is_empty()).then(|| AgentConfig {
-        keyvault_name: keyvault.clone(),
-        tenant_id: tenant_id.clone(),
-        client_id: client_id.clone(),
-        token_file: Some(token_file.clone()),
-        env: injection.env.clone(),
-        ..Default::default()
-    });
-    if let Some(exec) = &exec_config {
-        for (_, c) in &selected {
-            if c.command.as_ref().is_none_or(|cmd| cmd.is_empty()) {
-                let var = exec
-                    .env
-                    .keys()
-                    .next()
-                    .map(String::as_str)
-                    .unwrap_or_default();
-                return Err(format!(
-                    "annotation {}: container {:?} has no command in its spec, and kvmount does not read image entrypoints from registries; accepted: set the container's command, or select other containers with {}",
-                    annotation(&format!("env-{var}")),
-                    c.name,
-                    annotation("containers")
-                ));
-            }
-            for var in exec.env.keys() {
-                if c.env
-                    .as_ref()
-                    .is_some_and(|env| env.iter().any(|e| &e.name == var))
-                {
-                    return Err(format!(
-                        "annotation {}: container {:?} already sets {var}; accepted: a variable the container does not set",
-                        annotation(&format!("env-{var}")),
-                        c.name
-                    ));
-                }
-            }
+impl Identity {
+    /// From the annotations, then the class, then the containers' Workload Identity variables
+    /// (and the webhook's default tenant, the service account's client ID); both may stay
+    /// unset only for a pod that uses Workload Identity (its webhook sets them).
+    fn new(
+        config: &WebhookConfig,
+        pod: &Pod,
+        injection: &Injection,
+        lookups: Lookups<'_>,
+        selected: &[&Container],
+    ) -> Result<Self, String> {
+        let class = lookups.class;
+        let class_param = |key: &str| class_parameter(class, key);
+        let keyvault = injection
+            .keyvault
+            .clone()
+            .or_else(|| class_param("keyvaultName"))
+            .ok_or_else(|| {
+                format!(
+                    "annotation {}: SecretProviderClass {:?} has no keyvaultName",
+                    annotation("secret-provider-class"),
+                    class.map(|(n, _)| n).unwrap_or_default()
+                )
+            })?;
+        let uses_workload_identity = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("azure.workload.identity/use"))
+            .is_some_and(|v| v == "true");
+        let tenant_id = injection
+            .tenant_id
+            .clone()
+            .or_else(|| class_param("tenantID").or_else(|| class_param("tenantId")))
+            .or_else(|| app_env(selected, "AZURE_TENANT_ID").map(str::to_owned))
+            .or_else(|| config.default_tenant_id.clone());
+        if tenant_id.is_none() && !uses_workload_identity {
+            return Err(format!(
+                "annotation {}: is required (no tenant in the class, the containers' AZURE_TENANT_ID or the webhook's default); accepted: a tenant GUID or domain, or the label azure.workload.identity/use: \"true\"",
+                annotation("tenant-id")
+            ));
         }
+        let client_id = injection
+            .client_id
+            .clone()
+            .or_else(|| class_param("clientID"))
+            .or_else(|| app_env(selected, "AZURE_CLIENT_ID").map(str::to_owned))
+            .or_else(|| lookups.service_account_client_id.map(str::to_owned));
+        if client_id.is_none() && !uses_workload_identity {
+            return Err(format!(
+                "annotation {}: is required (no clientID in the class, the containers' AZURE_CLIENT_ID or the service account's azure.workload.identity/client-id); accepted: the application (client) ID, or the label azure.workload.identity/use: \"true\" with the service account annotated azure.workload.identity/client-id",
+                annotation("client-id")
+            ));
+        }
+        Ok(Self {
+            keyvault,
+            tenant_id,
+            client_id,
+        })
+    }
+}
+
+/// A class parameter, trimmed; empty is absent.
+fn class_parameter(class: Option<(&str, &BTreeMap<String, String>)>, key: &str) -> Option<String> {
+    class
+        .and_then(|(_, p)| p.get(key))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// What a pod gets, decided before the patch is written.
+struct Wiring {
+    /// The agent's configuration (its files).
+    agent: AgentConfig,
+    /// `exec`'s configuration, when the pod has `env-` references.
+    exec: Option<AgentConfig>,
+    /// The pod has files to write (objects or templates), not only `env-` references.
+    has_files: bool,
+    /// The pod has Azure Workload Identity's token volume: kvmount reads that token.
+    reuse_azure_token: bool,
+    /// How the agent runs.
+    mode: Mode,
+    /// The pod's security context (the agent runs as its user and group, not root).
+    security: PodSecurityContext,
+}
+
+impl Wiring {
+    fn new(
+        config: &WebhookConfig,
+        pod: &Pod,
+        injection: &Injection,
+        lookups: Lookups<'_>,
+        selected: &[(usize, &Container)],
+    ) -> Result<Self, String> {
+        let spec = &pod.spec;
+        let selected: Vec<&Container> = selected.iter().map(|(_, c)| *c).collect();
+        let Identity {
+            keyvault,
+            tenant_id,
+            client_id,
+        } = Identity::new(config, pod, injection, lookups, &selected)?;
+        let reuse_azure_token = spec
+            .volumes
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .any(|v| v.name == AZURE_TOKEN_VOLUME);
+        let token_file = if reuse_azure_token {
+            format!("{AZURE_TOKEN_DIR}/azure-identity-token")
+        } else {
+            format!("{TOKEN_DIR}/token")
+        };
+        let security = spec.security_context.clone().unwrap_or_default();
+        let agent = AgentConfig {
+            keyvault_name: keyvault.clone(),
+            tenant_id: tenant_id.clone(),
+            client_id: client_id.clone(),
+            token_file: Some(token_file.clone()),
+            mount_path: Some(injection.mount_path.clone()),
+            objects: injection
+                .objects
+                .clone()
+                .or_else(|| class_parameter(lookups.class, "objects")),
+            templates: injection.templates.clone(),
+            env: BTreeMap::new(),
+            refresh_seconds: injection.refresh.map(|d| d.as_secs()),
+            fs_group: security.fs_group.and_then(|g| u32::try_from(g).ok()),
+        };
+        if let Err(e) = Plan::new(&agent) {
+            let source = match lookups.class {
+                Some((name, _)) => format!(
+                    "annotation {}: SecretProviderClass {name:?}",
+                    annotation("secret-provider-class")
+                ),
+                None => "the agent configuration".to_owned(),
+            };
+            return Err(format!("{source}: {e}"));
+        }
+        let exec = (!injection.env.is_empty()).then(|| AgentConfig {
+            keyvault_name: keyvault,
+            tenant_id,
+            client_id,
+            token_file: Some(token_file),
+            env: injection.env.clone(),
+            ..Default::default()
+        });
+        let has_files = agent.objects.is_some() || !agent.templates.is_empty();
+        let mode = if has_files {
+            injection.mode.unwrap_or(config.default_mode)
+        } else {
+            // Only env references: nothing to keep fresh on disk.
+            Mode::InitOnly
+        };
+        Ok(Self {
+            agent,
+            exec,
+            has_files,
+            reuse_azure_token,
+            mode,
+            security,
+        })
     }
 
-    let exec_paths = exec_config.as_ref().map(|exec| {
-        let var = exec
-            .env
-            .keys()
-            .next()
-            .map(String::as_str)
-            .unwrap_or_default();
-        let token_dir = if reuse_azure_token {
+    /// Where the token kvmount reads is mounted.
+    fn token_dir(&self) -> &'static str {
+        if self.reuse_azure_token {
             AZURE_TOKEN_DIR
         } else {
             TOKEN_DIR
-        };
-        (format!("env-{var}"), token_dir)
-    });
-    check_free_paths(
-        &selected,
-        has_files.then_some(injection.mount_path.as_str()),
-        exec_paths.as_ref().map(|(key, dir)| (key.as_str(), *dir)),
-        config.agent_ca.is_some(),
-    )?;
+        }
+    }
 
-    let mode = if has_files {
-        injection.mode.unwrap_or(config.default_mode)
-    } else {
-        // Only env references: nothing to keep fresh on disk.
-        Mode::InitOnly
-    };
+    /// The mount of the token kvmount reads.
+    fn token_mount(&self) -> Mount<'static> {
+        if self.reuse_azure_token {
+            Mount::read_only(AZURE_TOKEN_VOLUME, AZURE_TOKEN_DIR)
+        } else {
+            Mount::read_only(TOKEN_VOLUME, TOKEN_DIR)
+        }
+    }
+}
 
-    let mut patch = Patch::new();
-    // 1. The status annotation (blocks a second mutation).
+/// The first `env-<VAR>` of `exec`, to name in messages.
+fn first_env(exec: &AgentConfig) -> &str {
+    exec.env
+        .keys()
+        .next()
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+/// `exec` runs the container's command: each selected container needs one in its spec, and
+/// must not set the variables `exec` sets.
+fn check_exec_containers(
+    selected: &[(usize, &Container)],
+    exec: &AgentConfig,
+) -> Result<(), String> {
+    for (_, c) in selected {
+        if c.command.as_ref().is_none_or(|cmd| cmd.is_empty()) {
+            return Err(format!(
+                "annotation {}: container {:?} has no command in its spec, and kvmount does not read image entrypoints from registries; accepted: set the container's command, or select other containers with {}",
+                annotation(&format!("env-{}", first_env(exec))),
+                c.name,
+                annotation("containers")
+            ));
+        }
+        for var in exec.env.keys() {
+            if c.env
+                .as_ref()
+                .is_some_and(|env| env.iter().any(|e| &e.name == var))
+            {
+                return Err(format!(
+                    "annotation {}: container {:?} already sets {var}; accepted: a variable the container does not set",
+                    annotation(&format!("env-{var}")),
+                    c.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 1. The status annotation (blocks a second mutation).
+fn mark_injected(patch: &mut Patch, pod: &Pod) {
     match &pod.metadata.annotations {
         None => patch.add(
             &["metadata", "annotations"],
@@ -657,16 +805,25 @@ fn build_patch(
         ),
         Some(_) => patch.add(&["metadata", "annotations", STATUS], json!(STATUS_INJECTED)),
     }
+}
 
-    // 2. Volumes.
+/// 2. The volumes: the secrets (memory), the token (unless the pod has Workload Identity's),
+///    `exec`'s binary, the extra trusted roots.
+fn add_volumes(
+    patch: &mut Patch,
+    config: &WebhookConfig,
+    spec: &PodSpec,
+    injection: &Injection,
+    wiring: &Wiring,
+) {
     let mut new_volumes = Vec::new();
-    if has_files {
+    if wiring.has_files {
         new_volumes.push(json!({
             "name": SECRETS_VOLUME,
             "emptyDir": { "medium": "Memory", "sizeLimit": injection.size_limit },
         }));
     }
-    if !reuse_azure_token {
+    if !wiring.reuse_azure_token {
         new_volumes.push(json!({
             "name": TOKEN_VOLUME,
             "projected": { "sources": [ { "serviceAccountToken": {
@@ -676,7 +833,7 @@ fn build_patch(
             } } ] },
         }));
     }
-    if exec_config.is_some() {
+    if wiring.exec.is_some() {
         new_volumes.push(json!({
             "name": BIN_VOLUME,
             "emptyDir": { "medium": "Memory", "sizeLimit": "64Mi" },
@@ -688,38 +845,47 @@ fn build_patch(
             "configMap": { "name": ca.config_map, "items": [ { "key": ca.key, "path": "ca.crt" } ] },
         }));
     }
-    let ca_mount = json!({ "name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true });
     patch.append(&["spec", "volumes"], spec.volumes.is_some(), new_volumes);
+}
 
-    // 3. App containers: mounts, and for exec the env, token, binary and command.
-    let token_mount = if reuse_azure_token {
-        json!({ "name": AZURE_TOKEN_VOLUME, "mountPath": AZURE_TOKEN_DIR, "readOnly": true })
-    } else {
-        json!({ "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true })
-    };
-    for (index, container) in &selected {
+/// 3. The app containers: the secrets mount, and for `exec` the env, token, binary and command.
+fn patch_app_containers(
+    patch: &mut Patch,
+    config: &WebhookConfig,
+    injection: &Injection,
+    wiring: &Wiring,
+    selected: &[(usize, &Container)],
+) {
+    for (index, container) in selected {
         let index = index.to_string();
         let base = ["spec", "containers", index.as_str()];
         let mut mounts = Vec::new();
-        if has_files {
-            mounts.push(json!({ "name": SECRETS_VOLUME, "mountPath": injection.mount_path, "readOnly": true }));
+        if wiring.has_files {
+            mounts.push(value(Mount::read_only(
+                SECRETS_VOLUME,
+                &injection.mount_path,
+            )));
         }
-        if let Some(exec) = &exec_config {
+        if let Some(exec) = &wiring.exec {
             let has_token = container
                 .volume_mounts
                 .as_ref()
                 .is_some_and(|ms| ms.iter().any(|m| m.name == AZURE_TOKEN_VOLUME));
             if !has_token {
-                mounts.push(token_mount.clone());
+                mounts.push(value(wiring.token_mount()));
             }
-            mounts.push(json!({ "name": BIN_VOLUME, "mountPath": BIN_DIR, "readOnly": true }));
+            mounts.push(value(Mount::read_only(BIN_VOLUME, BIN_DIR)));
             if config.agent_ca.is_some() {
-                mounts.push(ca_mount.clone());
+                mounts.push(value(Mount::read_only(CA_VOLUME, CA_DIR)));
             }
+            let exec_json = exec.to_json();
             patch.append(
                 &[base[0], base[1], base[2], "env"],
                 container.env.is_some(),
-                vec![json!({ "name": EXEC_CONFIG_ENV, "value": exec.to_json() })],
+                vec![value(Env {
+                    name: EXEC_CONFIG_ENV,
+                    value: &exec_json,
+                })],
             );
             // The webhook's --agent-arg flags that exec takes (cloud, --resolve, --ca-file, ...).
             let mut command = vec![format!("{BIN_DIR}/kvmount-agent"), "exec".to_owned()];
@@ -734,74 +900,32 @@ fn build_patch(
             mounts,
         );
     }
+}
 
-    // 4. The agent containers.
-    let mut agent_env = vec![json!({ "name": AGENT_CONFIG_ENV, "value": agent_config.to_json() })];
-    if reuse_azure_token {
-        for name in AZURE_ENV {
-            if let Some(value) = app_env(&selected_containers, name) {
-                agent_env.push(json!({ "name": name, "value": value }));
-            }
-        }
-    }
-    let run_as_user = security
-        .run_as_user
-        .filter(|u| *u != 0)
-        .unwrap_or(AGENT_UID);
-    let run_as_group = security
-        .run_as_group
-        .filter(|g| *g != 0)
-        .unwrap_or(AGENT_UID);
-    let security_context = json!({
-        "runAsNonRoot": true,
-        "runAsUser": run_as_user,
-        "runAsGroup": run_as_group,
-        "readOnlyRootFilesystem": true,
-        "allowPrivilegeEscalation": false,
-        "privileged": false,
-        "capabilities": { "drop": ["ALL"] },
-        "seccompProfile": { "type": "RuntimeDefault" },
-    });
-    let r = &injection.resources;
-    let mut limits = json!({ "memory": r.memory_limit });
-    if let Some(cpu) = &r.cpu_limit {
-        limits["cpu"] = json!(cpu);
-    }
-    let resources = json!({
-        "requests": { "cpu": r.cpu_request, "memory": r.memory_request },
-        "limits": limits,
-    });
-    let mut agent_mounts = vec![
-        json!({ "name": SECRETS_VOLUME, "mountPath": injection.mount_path }),
-        token_mount.clone(),
-    ];
-    if config.agent_ca.is_some() {
-        agent_mounts.push(ca_mount);
-    }
-    let agent = |name: &str, init_only: bool| {
-        let mut args = vec!["agent".to_owned()];
-        if init_only {
-            args.push("--init-only".to_owned());
-        }
-        args.extend(config.agent_args.iter().cloned());
-        json!({
-            "name": name,
-            "image": config.agent_image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": [config.agent_command],
-            "args": args,
-            "env": agent_env,
-            "volumeMounts": agent_mounts,
-            "resources": resources,
-            "securityContext": security_context,
-        })
+/// 4. The agent containers (per [`Mode`]) and `exec`'s installer.
+fn add_agent_containers(
+    patch: &mut Patch,
+    config: &WebhookConfig,
+    spec: &PodSpec,
+    injection: &Injection,
+    wiring: &Wiring,
+    selected: &[(usize, &Container)],
+) {
+    let security_context = agent_security_context(&wiring.security);
+    let resources = agent_resources(injection);
+    let agent = AgentContainer {
+        config,
+        env: agent_env(wiring, selected),
+        mounts: agent_mounts(config, injection, wiring),
+        resources: &resources,
+        security_context: &security_context,
     };
     let mut init = Vec::new();
     let mut sidecars = Vec::new();
-    if has_files {
-        match mode {
+    if wiring.has_files {
+        match wiring.mode {
             Mode::Native => {
-                let mut c = agent(AGENT_CONTAINER, false);
+                let mut c = agent.container(AGENT_CONTAINER, false);
                 c["restartPolicy"] = json!("Always");
                 c["startupProbe"] = json!({
                     "exec": { "command": [config.agent_command, "probe"] },
@@ -812,20 +936,20 @@ fn build_patch(
                 init.push(c);
             }
             Mode::Sidecar => {
-                init.push(agent(AGENT_INIT_CONTAINER, true));
-                sidecars.push(agent(AGENT_CONTAINER, false));
+                init.push(agent.container(AGENT_INIT_CONTAINER, true));
+                sidecars.push(agent.container(AGENT_CONTAINER, false));
             }
-            Mode::InitOnly => init.push(agent(AGENT_INIT_CONTAINER, true)),
+            Mode::InitOnly => init.push(agent.container(AGENT_INIT_CONTAINER, true)),
         }
     }
-    if exec_config.is_some() {
+    if wiring.exec.is_some() {
         init.push(json!({
             "name": INSTALL_CONTAINER,
             "image": config.agent_image,
             "imagePullPolicy": "IfNotPresent",
             "command": [config.agent_command],
             "args": ["install", BIN_DIR],
-            "volumeMounts": [ { "name": BIN_VOLUME, "mountPath": BIN_DIR } ],
+            "volumeMounts": [ value(Mount::writable(BIN_VOLUME, BIN_DIR)) ],
             "resources": resources,
             "securityContext": security_context,
         }));
@@ -836,7 +960,107 @@ fn build_patch(
         init,
     );
     patch.append(&["spec", "containers"], true, sidecars);
-    Ok(patch)
+}
+
+/// What every agent container of a pod shares.
+struct AgentContainer<'a> {
+    config: &'a WebhookConfig,
+    env: Vec<Value>,
+    mounts: Vec<Value>,
+    resources: &'a Value,
+    security_context: &'a Value,
+}
+
+impl AgentContainer<'_> {
+    /// The agent container `name`; `init_only` writes the files once and exits.
+    fn container(&self, name: &str, init_only: bool) -> Value {
+        let mut args = vec!["agent".to_owned()];
+        if init_only {
+            args.push("--init-only".to_owned());
+        }
+        args.extend(self.config.agent_args.iter().cloned());
+        json!({
+            "name": name,
+            "image": self.config.agent_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": [self.config.agent_command],
+            "args": args,
+            "env": self.env,
+            "volumeMounts": self.mounts,
+            "resources": self.resources,
+            "securityContext": self.security_context,
+        })
+    }
+}
+
+/// The agent's environment: its configuration, and with Workload Identity's token the
+/// Azure variables the app containers have.
+fn agent_env(wiring: &Wiring, selected: &[(usize, &Container)]) -> Vec<Value> {
+    let config = wiring.agent.to_json();
+    let mut env = vec![value(Env {
+        name: AGENT_CONFIG_ENV,
+        value: &config,
+    })];
+    if wiring.reuse_azure_token {
+        let selected: Vec<&Container> = selected.iter().map(|(_, c)| *c).collect();
+        for name in AZURE_ENV {
+            if let Some(value_of) = app_env(&selected, name) {
+                env.push(value(Env {
+                    name,
+                    value: value_of,
+                }));
+            }
+        }
+    }
+    env
+}
+
+/// The agent's mounts: the secrets volume (writable), the token, the extra trusted roots.
+fn agent_mounts(config: &WebhookConfig, injection: &Injection, wiring: &Wiring) -> Vec<Value> {
+    let mut mounts = vec![
+        value(Mount::writable(SECRETS_VOLUME, &injection.mount_path)),
+        value(wiring.token_mount()),
+    ];
+    if config.agent_ca.is_some() {
+        mounts.push(value(Mount::read_only(CA_VOLUME, CA_DIR)));
+    }
+    mounts
+}
+
+/// The agent runs as the pod's user and group (never root; [`AGENT_UID`] otherwise), with
+/// nothing it does not need.
+fn agent_security_context(security: &PodSecurityContext) -> Value {
+    let run_as_user = security
+        .run_as_user
+        .filter(|u| *u != 0)
+        .unwrap_or(AGENT_UID);
+    let run_as_group = security
+        .run_as_group
+        .filter(|g| *g != 0)
+        .unwrap_or(AGENT_UID);
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": run_as_user,
+        "runAsGroup": run_as_group,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+/// The agent containers' requests and limits (`cpu-limit` only when set).
+fn agent_resources(injection: &Injection) -> Value {
+    let r = &injection.resources;
+    let mut limits = json!({ "memory": r.memory_limit });
+    if let Some(cpu) = &r.cpu_limit {
+        limits["cpu"] = json!(cpu);
+    }
+    json!({
+        "requests": { "cpu": r.cpu_request, "memory": r.memory_request },
+        "limits": limits,
+    })
 }
 
 /// Refuses a pod that already uses a volume or container name kvmount injects (the apiserver

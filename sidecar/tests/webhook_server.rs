@@ -2,6 +2,10 @@
 //! (with reload), `/healthz`, `/readyz`, `/metrics`, AdmissionReviews over the wire, latency,
 //! SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

@@ -143,6 +143,7 @@ impl Vault {
         .try_into()
         .expect("body");
         client
+            .secrets()
             .set_secret(name, body, None)
             .await
             .expect("set secret");

@@ -675,7 +675,7 @@ async fn a_revoked_pinned_version_stops_being_served() {
         }
         .try_into()
         .expect("body");
-    sdk.update_secret_properties(
+    sdk.secrets().update_secret_properties(
         "db-password",
         disable,
         Some(

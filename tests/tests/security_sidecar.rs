@@ -125,6 +125,7 @@ async fn the_agent_keeps_no_secret_between_rounds_and_logs_none() {
     connector
         .secret_client("demo", credential)
         .unwrap()
+        .secrets()
         .delete_secret("canary", None)
         .await
         .expect("delete");

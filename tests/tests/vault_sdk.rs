@@ -125,8 +125,6 @@ async fn an_untrusted_certificate_is_refused() {
 #[tokio::test]
 async fn a_new_clients_reads_share_one_connection_and_do_not_wait_for_the_challenge() {
     use futures::FutureExt as _;
-    use kvmount_vault::client::get_secret;
-
     let vault = Vault::start(None).await;
     // Everything about the first object takes a second, the challenge to its copy too; the
     // others are quick.
@@ -150,7 +148,7 @@ async fn a_new_clients_reads_share_one_connection_and_do_not_wait_for_the_challe
     let client = &client;
     // Each read reports whether Key Vault had answered the challenge when it ended.
     let read = |name: &'static str| async move {
-        let read = get_secret(client, name, None, &[]).await;
+        let read = client.read_secret(name, None, &[]).await;
         read.map(|_| challenges() > 0)
     };
     let after_challenge = futures::future::try_join_all(vec![
@@ -193,8 +191,6 @@ async fn a_new_clients_reads_share_one_connection_and_do_not_wait_for_the_challe
 /// connection itself, with its token, and the other waits for it; no unauthorized copy.
 #[tokio::test]
 async fn with_the_token_at_hand_the_first_read_opens_the_connection_itself() {
-    use kvmount_vault::client::get_secret;
-
     let vault = Vault::start(None).await;
     let connector = vault.connector();
     let params = app_a_db_password(&vault);
@@ -202,7 +198,8 @@ async fn with_the_token_at_hand_the_first_read_opens_the_connection_itself() {
     let first = connector
         .vault_client_for(&params, std::sync::Arc::clone(&credential))
         .expect("client");
-    get_secret(&first, "db-password", None, &[])
+    first
+        .read_secret("db-password", None, &[])
         .await
         .expect("first read");
     drop(first);
@@ -213,8 +210,8 @@ async fn with_the_token_at_hand_the_first_read_opens_the_connection_itself() {
         .vault_client_for(&params, credential)
         .expect("client");
     let (a, b) = futures::join!(
-        get_secret(&client, "db-password", None, &[]),
-        get_secret(&client, "api-key", None, &[])
+        client.read_secret("db-password", None, &[]),
+        client.read_secret("api-key", None, &[])
     );
     a.expect("db-password");
     b.expect("api-key");

@@ -10,7 +10,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use serde::Deserialize;
 
-use crate::params::{ParamError, shown};
+use crate::error::{ParamError, shown};
 
 /// Largest environment file read.
 const MAX_ENV_FILE_BYTES: u64 = 64 * 1024;
@@ -245,6 +245,10 @@ pub fn from_attributes(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,6 @@
-//! Errors from talking to Key Vault and Entra ID, classified for the gRPC layer.
+//! The crate's errors: Key Vault and Entra ID failures, classified for the gRPC layer
+//! ([`VaultError`]), and parameters that could not be accepted ([`ParamError`], with [`shown`]
+//! for the pieces of input a message repeats).
 
 use azure_core::error::ErrorKind as SdkKind;
 
@@ -128,4 +130,49 @@ fn sdk_message(err: &azure_core::Error) -> String {
         source = s.source();
     }
     text.replace('\n', " ").chars().take(600).collect()
+}
+
+/// A parameter that could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ParamError {
+    /// The parameter, e.g. `keyvaultName` or `objects[1].objectAlias`.
+    pub field: String,
+    /// What is wrong and what is accepted. Never contains a secret.
+    pub problem: String,
+}
+
+/// The longest `problem` an error carries: a backstop behind [`shown`], so that no message
+/// built from input (a parser's own error text among them) can become a megabyte-long status.
+const MAX_PROBLEM_BYTES: usize = 1024;
+
+impl ParamError {
+    /// A new error for `field`; a problem longer than 1 KiB is cut there.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        let mut problem = problem.into();
+        if problem.len() > MAX_PROBLEM_BYTES {
+            let cut = (0..=MAX_PROBLEM_BYTES - 3)
+                .rev()
+                .find(|&i| problem.is_char_boundary(i))
+                .unwrap_or(0);
+            problem.truncate(cut);
+            problem.push_str("...");
+        }
+        Self {
+            field: field.into(),
+            problem,
+        }
+    }
+}
+
+/// Longest piece of an input an error message repeats.
+pub(crate) const SHOWN_CHARS: usize = 64;
+
+/// `value` quoted for an error message, cut after [`SHOWN_CHARS`] characters: a hostile
+/// megabyte-long input must not become a megabyte-long gRPC status and log line.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
 }

@@ -2,11 +2,10 @@
 
 use futures::future::try_join_all;
 
-use crate::client::{
-    Connector, VaultClient, VersionInfo, get_certificate, get_key, get_secret, list_versions,
-};
+use crate::client::Connector;
 use crate::error::{ErrorKind, VaultError};
 use crate::params::{Auth, MountParams, ObjectSpec, ObjectType};
+use crate::read::{VaultClient, VersionInfo};
 use crate::render::{RenderedParts, render_secret};
 use crate::secret::SecretBytes;
 
@@ -139,7 +138,9 @@ pub async fn fetch_object(
     let version = match spec.history {
         None => spec.version.clone(),
         Some(slot) => {
-            let versions = list_versions(client, spec.object_type, &spec.name, scrub).await?;
+            let versions = client
+                .list_versions(spec.object_type, &spec.name, scrub)
+                .await?;
             let picked =
                 history_version(versions, spec.version.as_deref(), slot.index).map_err(|m| {
                     VaultError::new(
@@ -164,13 +165,13 @@ pub async fn fetch_object(
     let version = version.as_deref();
     let (read_version, parts) = match spec.object_type {
         ObjectType::Secret => {
-            let fetched = get_secret(client, &spec.name, version, scrub).await?;
+            let fetched = client.read_secret(&spec.name, version, scrub).await?;
             fetched.validity.check(&fetched.version)?;
             let v = fetched.version.clone();
             (v, render_secret(spec, fetched)?)
         }
         ObjectType::Key => {
-            let key = get_key(&client.keys, &spec.name, version, scrub).await?;
+            let key = client.read_key(&spec.name, version, scrub).await?;
             key.validity.check(&key.version)?;
             (
                 key.version,
@@ -181,7 +182,7 @@ pub async fn fetch_object(
             )
         }
         ObjectType::Cert => {
-            let cert = get_certificate(&client.certificates, &spec.name, version, scrub).await?;
+            let cert = client.read_certificate(&spec.name, version, scrub).await?;
             cert.validity.check(&cert.version)?;
             let pem = crate::pem::pem_encode("CERTIFICATE", &cert.der);
             (

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::error::{ParamError, SHOWN_CHARS, shown};
 use crate::secret::SecretString;
 
 /// Audience of the service-account token used for workload identity.
@@ -32,39 +33,6 @@ const MAX_NAME_BYTES: usize = 255;
 /// Most path elements of an objectAlias / objectName: every level is a directory the writer and
 /// teardown walk, and a class author controls it.
 pub const MAX_PATH_ELEMENTS: usize = 16;
-
-/// A parameter that could not be accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct ParamError {
-    /// The parameter, e.g. `keyvaultName` or `objects[1].objectAlias`.
-    pub field: String,
-    /// What is wrong and what is accepted. Never contains a secret.
-    pub problem: String,
-}
-
-/// The longest `problem` an error carries: a backstop behind [`shown`], so that no message
-/// built from input (a parser's own error text among them) can become a megabyte-long status.
-const MAX_PROBLEM_BYTES: usize = 1024;
-
-impl ParamError {
-    /// A new error for `field`; a problem longer than 1 KiB is cut there.
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        let mut problem = problem.into();
-        if problem.len() > MAX_PROBLEM_BYTES {
-            let cut = (0..=MAX_PROBLEM_BYTES - 3)
-                .rev()
-                .find(|&i| problem.is_char_boundary(i))
-                .unwrap_or(0);
-            problem.truncate(cut);
-            problem.push_str("...");
-        }
-        Self {
-            field: field.into(),
-            problem,
-        }
-    }
-}
 
 /// A YAML parser's error for a message: its text can quote the input (`invalid type: string
 /// "..."`), so it is cut like any input.
@@ -425,18 +393,6 @@ pub fn parse_file_permission(field: &str, text: &str) -> Result<u32, ParamError>
     Ok(mode)
 }
 
-/// Longest piece of an input an error message repeats.
-const SHOWN_CHARS: usize = 64;
-
-/// `value` quoted for an error message, cut after [`SHOWN_CHARS`] characters: a hostile
-/// megabyte-long input must not become a megabyte-long gRPC status and log line.
-pub fn shown(value: &str) -> String {
-    match value.char_indices().nth(SHOWN_CHARS) {
-        None => format!("{value:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
-    }
-}
-
 /// Looks up `key` and trims it, treating empty as absent (the Azure provider does the same).
 fn get<'a>(map: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
     map.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
@@ -661,157 +617,32 @@ pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
     Ok(specs)
 }
 
+/// One element of the `objects` array: each field parsed on its own, then the checks that
+/// span fields.
 fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
     let field = |key: &str| format!("objects[{index}].{key}");
-    let raw: RawObject = if text.trim().is_empty() {
-        RawObject::default()
-    } else {
-        serde_norway::from_str(text).map_err(|err| {
-            ParamError::new(
-                format!("objects[{index}]"),
-                format!("is not a YAML mapping of object fields ({}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission, certKeyFiles", yaml_problem(&err)),
-            )
-        })?
-    };
+    let raw = raw_object(index, text)?;
     let name = trimmed(raw.object_name)
         .ok_or_else(|| ParamError::new(field("objectName"), "is required"))?;
     validate_object_name(&field("objectName"), &name)?;
-    let object_type = match trimmed(raw.object_type).as_deref() {
-        Some("secret") => ObjectType::Secret,
-        Some("key") => ObjectType::Key,
-        Some("cert") => ObjectType::Cert,
-        Some(other) => {
-            return Err(ParamError::new(
-                field("objectType"),
-                format!(
-                    "{} is not an object type; accepted: secret, key, cert",
-                    shown(other)
-                ),
-            ));
-        }
-        None => {
-            return Err(ParamError::new(
-                field("objectType"),
-                "is required; accepted: secret, key, cert",
-            ));
-        }
-    };
+    let object_type = object_type(&field("objectType"), raw.object_type)?;
     let version = trimmed(raw.object_version).filter(|v| !v.eq_ignore_ascii_case("latest"));
     if let Some(v) = &version {
         validate_version(&field("objectVersion"), v)?;
     }
-    let mut history = None;
-    if let Some(value) = raw.object_version_history {
-        let n = match &value {
-            serde_norway::Value::Number(n) => n.as_u64(),
-            serde_norway::Value::String(s) if s.trim().is_empty() => Some(0),
-            serde_norway::Value::String(s) => s.trim().parse::<u64>().ok(),
-            _ => None,
-        };
-        match n {
-            Some(0 | 1) => {}
-            Some(n) if n as usize <= MAX_VERSION_HISTORY => {
-                history = Some(HistorySlot {
-                    index: 0,
-                    count: n as usize,
-                });
-            }
-            _ => {
-                return Err(ParamError::new(
-                    field("objectVersionHistory"),
-                    format!(
-                        "{} is not accepted; accepted: a whole number from 0 to {MAX_VERSION_HISTORY} (0 and 1 write one file)",
-                        shown(serde_norway::to_string(&value).unwrap_or_default().trim())
-                    ),
-                ));
-            }
-        }
-    }
-    let alias = trimmed(raw.object_alias);
-    let encoding = match trimmed(raw.object_encoding).map(|e| e.to_ascii_lowercase()) {
-        None => ObjectEncoding::Utf8,
-        Some(e) if object_type != ObjectType::Secret => {
-            return Err(ParamError::new(
-                field("objectEncoding"),
-                format!("{} is only supported for objectType secret", shown(&e)),
-            ));
-        }
-        Some(e) => match e.as_str() {
-            "utf-8" | "utf8" => ObjectEncoding::Utf8,
-            "base64" => ObjectEncoding::Base64,
-            "hex" => ObjectEncoding::Hex,
-            _ => {
-                return Err(ParamError::new(
-                    field("objectEncoding"),
-                    format!(
-                        "{} is not an encoding; accepted: utf-8, base64, hex",
-                        shown(&e)
-                    ),
-                ));
-            }
-        },
-    };
-    let format = match trimmed(raw.object_format).map(|f| f.to_ascii_lowercase()) {
-        None => ObjectFormat::Pem,
-        Some(f) => match f.as_str() {
-            "pem" => ObjectFormat::Pem,
-            "pfx" if object_type == ObjectType::Secret => ObjectFormat::Pfx,
-            "pfx" => {
-                return Err(ParamError::new(
-                    field("objectFormat"),
-                    "pfx is only supported for objectType secret",
-                ));
-            }
-            _ => {
-                return Err(ParamError::new(
-                    field("objectFormat"),
-                    format!("{} is not a format; accepted: pem, pfx", shown(&f)),
-                ));
-            }
-        },
-    };
-    let file_mode = match raw.file_permission {
+    let history = match raw.object_version_history {
+        Some(value) => version_history(&field("objectVersionHistory"), &value)?,
         None => None,
-        Some(serde_norway::Value::String(s)) if s.trim().is_empty() => None,
-        Some(serde_norway::Value::String(s)) => {
-            Some(parse_file_permission(&field("filePermission"), &s)?)
-        }
-        Some(serde_norway::Value::Number(n)) => {
-            // An unquoted 0600 is read by YAML 1.1 as octal and by YAML 1.2 as 600: take the digits.
-            Some(parse_file_permission(
-                &field("filePermission"),
-                &n.to_string(),
-            )?)
-        }
-        Some(_) => {
-            return Err(ParamError::new(
-                field("filePermission"),
-                "is not an octal file mode; accepted: a string such as \"0600\"",
-            ));
-        }
+    };
+    let encoding = object_encoding(&field("objectEncoding"), raw.object_encoding, object_type)?;
+    let format = object_format(&field("objectFormat"), raw.object_format, object_type)?;
+    let file_mode = match raw.file_permission {
+        Some(value) => yaml_file_mode(&field("filePermission"), value)?,
+        None => None,
     };
     let cert_key_files = match raw.cert_key_files {
+        Some(value) => yaml_bool(&field("certKeyFiles"), value)?,
         None => false,
-        Some(serde_norway::Value::Bool(b)) => b,
-        Some(serde_norway::Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" => true,
-            "false" | "" => false,
-            _ => {
-                return Err(ParamError::new(
-                    field("certKeyFiles"),
-                    format!(
-                        "{} is not a boolean; accepted: \"true\" or \"false\"",
-                        shown(&s)
-                    ),
-                ));
-            }
-        },
-        Some(_) => {
-            return Err(ParamError::new(
-                field("certKeyFiles"),
-                "is not a boolean; accepted: \"true\" or \"false\"",
-            ));
-        }
     };
     if cert_key_files && (object_type != ObjectType::Secret || format != ObjectFormat::Pem) {
         return Err(ParamError::new(
@@ -824,7 +655,7 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
         name,
         object_type,
         version,
-        alias,
+        alias: trimmed(raw.object_alias),
         encoding,
         format,
         file_mode,
@@ -836,13 +667,168 @@ fn parse_object(index: usize, text: &str) -> Result<ObjectSpec, ParamError> {
     } else {
         field("objectName")
     };
-    validate_file_path(&path_field, spec.file_name())?;
+    check_object_files(&path_field, &spec)?;
+    Ok(spec)
+}
+
+/// The YAML of `objects[index]` as its fields, unchecked; empty text is an object with none.
+fn raw_object(index: usize, text: &str) -> Result<RawObject, ParamError> {
+    if text.trim().is_empty() {
+        return Ok(RawObject::default());
+    }
+    serde_norway::from_str(text).map_err(|err| {
+        ParamError::new(
+            format!("objects[{index}]"),
+            format!("is not a YAML mapping of object fields ({}); accepted keys: objectName, objectType, objectVersion, objectVersionHistory, objectAlias, objectFormat, objectEncoding, filePermission, certKeyFiles", yaml_problem(&err)),
+        )
+    })
+}
+
+/// `objectType`: required.
+fn object_type(field: &str, raw: Option<String>) -> Result<ObjectType, ParamError> {
+    match trimmed(raw).as_deref() {
+        Some("secret") => Ok(ObjectType::Secret),
+        Some("key") => Ok(ObjectType::Key),
+        Some("cert") => Ok(ObjectType::Cert),
+        Some(other) => Err(ParamError::new(
+            field,
+            format!(
+                "{} is not an object type; accepted: secret, key, cert",
+                shown(other)
+            ),
+        )),
+        None => Err(ParamError::new(
+            field,
+            "is required; accepted: secret, key, cert",
+        )),
+    }
+}
+
+/// `objectVersionHistory`: a number or a string of one; 0 and 1 are no history.
+fn version_history(
+    field: &str,
+    value: &serde_norway::Value,
+) -> Result<Option<HistorySlot>, ParamError> {
+    let n = match value {
+        serde_norway::Value::Number(n) => n.as_u64(),
+        serde_norway::Value::String(s) if s.trim().is_empty() => Some(0),
+        serde_norway::Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(0 | 1) => Ok(None),
+        Some(n) if n as usize <= MAX_VERSION_HISTORY => Ok(Some(HistorySlot {
+            index: 0,
+            count: n as usize,
+        })),
+        _ => Err(ParamError::new(
+            field,
+            format!(
+                "{} is not accepted; accepted: a whole number from 0 to {MAX_VERSION_HISTORY} (0 and 1 write one file)",
+                shown(serde_norway::to_string(value).unwrap_or_default().trim())
+            ),
+        )),
+    }
+}
+
+/// `objectEncoding`: secrets only.
+fn object_encoding(
+    field: &str,
+    raw: Option<String>,
+    object_type: ObjectType,
+) -> Result<ObjectEncoding, ParamError> {
+    let Some(e) = trimmed(raw).map(|e| e.to_ascii_lowercase()) else {
+        return Ok(ObjectEncoding::Utf8);
+    };
+    if object_type != ObjectType::Secret {
+        return Err(ParamError::new(
+            field,
+            format!("{} is only supported for objectType secret", shown(&e)),
+        ));
+    }
+    match e.as_str() {
+        "utf-8" | "utf8" => Ok(ObjectEncoding::Utf8),
+        "base64" => Ok(ObjectEncoding::Base64),
+        "hex" => Ok(ObjectEncoding::Hex),
+        _ => Err(ParamError::new(
+            field,
+            format!(
+                "{} is not an encoding; accepted: utf-8, base64, hex",
+                shown(&e)
+            ),
+        )),
+    }
+}
+
+/// `objectFormat`: `pfx` for secrets only.
+fn object_format(
+    field: &str,
+    raw: Option<String>,
+    object_type: ObjectType,
+) -> Result<ObjectFormat, ParamError> {
+    let Some(f) = trimmed(raw).map(|f| f.to_ascii_lowercase()) else {
+        return Ok(ObjectFormat::Pem);
+    };
+    match f.as_str() {
+        "pem" => Ok(ObjectFormat::Pem),
+        "pfx" if object_type == ObjectType::Secret => Ok(ObjectFormat::Pfx),
+        "pfx" => Err(ParamError::new(
+            field,
+            "pfx is only supported for objectType secret",
+        )),
+        _ => Err(ParamError::new(
+            field,
+            format!("{} is not a format; accepted: pem, pfx", shown(&f)),
+        )),
+    }
+}
+
+/// `filePermission` as YAML gives it: a string, or a number; empty is none.
+fn yaml_file_mode(field: &str, value: serde_norway::Value) -> Result<Option<u32>, ParamError> {
+    match value {
+        serde_norway::Value::String(s) if s.trim().is_empty() => Ok(None),
+        serde_norway::Value::String(s) => Ok(Some(parse_file_permission(field, &s)?)),
+        // An unquoted 0600 is read by YAML 1.1 as octal and by YAML 1.2 as 600: take the digits.
+        serde_norway::Value::Number(n) => Ok(Some(parse_file_permission(field, &n.to_string())?)),
+        _ => Err(ParamError::new(
+            field,
+            "is not an octal file mode; accepted: a string such as \"0600\"",
+        )),
+    }
+}
+
+/// A boolean as YAML gives it: a bool, or the string `true`/`false` (empty is false).
+fn yaml_bool(field: &str, value: serde_norway::Value) -> Result<bool, ParamError> {
+    match value {
+        serde_norway::Value::Bool(b) => Ok(b),
+        serde_norway::Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" | "" => Ok(false),
+            _ => Err(ParamError::new(
+                field,
+                format!(
+                    "{} is not a boolean; accepted: \"true\" or \"false\"",
+                    shown(&s)
+                ),
+            )),
+        },
+        _ => Err(ParamError::new(
+            field,
+            "is not a boolean; accepted: \"true\" or \"false\"",
+        )),
+    }
+}
+
+/// The files `spec` writes (its alias or name, and the `certKeyFiles` side files) are valid
+/// paths; `field` is the one that names them.
+fn check_object_files(field: &str, spec: &ObjectSpec) -> Result<(), ParamError> {
+    validate_file_path(field, spec.file_name())?;
     if spec.cert_key_files {
         for ext in [".crt", ".key"] {
-            validate_file_path(&path_field, &format!("{}{ext}", spec.file_name()))?;
+            validate_file_path(field, &format!("{}{ext}", spec.file_name()))?;
         }
     }
-    Ok(spec)
+    Ok(())
 }
 
 /// Refuses two objects that write the same file, or one file that another needs as a directory.

@@ -37,7 +37,7 @@ use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Method, Request};
 use futures::future::Either;
 
-use crate::client::next_policy;
+use crate::pipeline::next_policy;
 use tokio::sync::watch;
 
 /// How long a vault's HTTP client keeps a connection that has no requests.

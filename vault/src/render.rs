@@ -4,25 +4,11 @@ use base64::Engine;
 
 use crate::error::{ErrorKind, VaultError};
 use crate::params::{ObjectEncoding, ObjectFormat, ObjectSpec};
+use crate::read::FetchedSecret;
 use crate::secret::{SecretBytes, SecretString};
 
 /// Content type Key Vault gives secrets that back PKCS#12 certificates.
 pub const CONTENT_TYPE_PKCS12: &str = "application/x-pkcs12";
-
-/// A secret as fetched: value and the metadata rendering needs.
-#[derive(Debug)]
-pub struct FetchedSecret {
-    /// The value as Key Vault returned it.
-    pub value: SecretString,
-    /// The version id (last segment of the Key Vault id).
-    pub version: String,
-    /// `contentType`, if set.
-    pub content_type: Option<String>,
-    /// True when the secret backs a certificate (it has a `kid`).
-    pub backs_certificate: bool,
-    /// enabled / nbf / exp.
-    pub validity: crate::client::Validity,
-}
 
 /// The bytes of an object's file, and of the side files `certKeyFiles` adds (`.crt`, `.key`).
 #[derive(Debug, Default)]

@@ -6,13 +6,18 @@
 //! any certificate outside the chain after them; a file whose key matches no certificate is
 //! refused, naming the object.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
 use kvmount_vault::pem::{parse_pem, pkcs12_to_pem};
-use kvmount_vault::render::{FetchedSecret, render_secret};
+use kvmount_vault::read::FetchedSecret;
+use kvmount_vault::render::render_secret;
 use kvmount_vault::{ObjectError, SecretString};
 
 /// Runs `openssl ARGS` in `dir`; panics with its stderr on failure.

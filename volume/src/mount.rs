@@ -4,12 +4,12 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self, AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{self, AtFlags, FileType, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, UnmountFlags};
 
+use crate::dir::{memory_fs_kind, open_dir_nofollow, remove_contents};
 use crate::error::VolumeError;
-use crate::{memory_fs_kind, remove_contents};
 
 /// Source name shown for kvmount's tmpfs mounts in `/proc/self/mountinfo`.
 pub const MOUNT_SOURCE: &str = "kvmount";
@@ -67,19 +67,7 @@ pub fn mount_tmpfs(target: &Path, opts: &TmpfsOptions) -> Result<(), VolumeError
             accepted: "a mode from 0 to 0o777",
         });
     }
-    let fd = fs::openat(
-        fs::CWD,
-        target,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        Errno::LOOP | Errno::NOTDIR => VolumeError::NotADirectory {
-            operation: OP,
-            path: target.to_path_buf(),
-        },
-        e => VolumeError::io(OP, target, e),
-    })?;
+    let fd = open_dir_nofollow(OP, target, OFlags::PATH)?;
     if is_mount_point(target)? {
         return Err(VolumeError::AlreadyMounted {
             operation: OP,

@@ -84,6 +84,10 @@ impl PinnedTarget {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 mod tests {
     use super::*;
 

@@ -30,10 +30,10 @@ use rustix::fs::{self, AtFlags, FileType, Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
 use zeroize::Zeroizing;
 
+use crate::dir::{FsKind, open_memory_dir};
 use crate::error::VolumeError;
 use crate::fsops::{self, WriteClaim};
 use crate::path::validate_relative_path;
-use crate::{FsKind, fs_kind_from_magic};
 
 /// Name of the symlink that points at the published payload directory.
 pub const DATA_DIR_NAME: &str = "..data";
@@ -243,27 +243,7 @@ impl AtomicWriter {
     /// Opens `target`, which must exist, be a real directory (not a symlink) and be on tmpfs or
     /// ramfs.
     pub fn open(target: &Path) -> Result<Self, VolumeError> {
-        const OP: &str = "open volume target";
-        let dir = fs::openat(
-            fs::CWD,
-            target,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::LOOP | Errno::NOTDIR => VolumeError::NotADirectory {
-                operation: OP,
-                path: target.to_path_buf(),
-            },
-            e => VolumeError::io(OP, target, e),
-        })?;
-        let magic =
-            fsops::fs_magic(dir.as_fd()).map_err(|e| VolumeError::io("fstatfs", target, e))?;
-        let kind = fs_kind_from_magic(magic).ok_or_else(|| VolumeError::NotMemoryBacked {
-            operation: OP,
-            path: target.to_path_buf(),
-            fs_magic: magic,
-        })?;
+        let (dir, kind) = open_memory_dir("open volume target", target)?;
         Ok(Self {
             dir,
             target: target.to_path_buf(),

@@ -1,6 +1,10 @@
 //! Symlink hostility: things planted in the target must never make the writer or the removal
 //! read, write or delete anything outside it.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! tmpfs mount, mount-point detection and teardown.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 mod common;
 

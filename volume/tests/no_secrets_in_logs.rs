@@ -1,6 +1,10 @@
 //! Every path of the crate at TRACE level, with a canary secret as file contents: the canary
 //! never appears in a log line, an error message or an error's `Debug`.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! A concurrent attacker keeps swapping links in the target for links to a canary outside
 //! while the writer publishes 200 times and the volume is torn down.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! The atomic writer on a real tmpfs.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a test writes its own fixtures (test directories, never secrets)"
+)]
 
 mod common;
 
