@@ -92,7 +92,10 @@ KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
     KVMOUNT_SIDECAR_BIN="$root/target/debug/kvmount-sidecar" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
-echo "== deploy: helm lint + template of every values combination, Kubernetes schemas, manifest drift"
+echo "== deploy: helm lint + template of every values combination, Kubernetes schemas, manifest drift; the images (deploy/images/build.sh twice, both platforms)"
+# The images' binaries are compiled in /var/cache/kvmount/tools/images-target (per machine, like
+# the tools): the first build on a machine is long (see deploy/README.md, "Images"), later
+# ones recompile only what changed.
 helm=$(tests/deploy/install-helm.sh)   # cached per machine under /var/cache/kvmount/tools; the first build took ~12 min here
 KVMOUNT_HELM="$helm" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/deploy
 

@@ -23,14 +23,27 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// One value, parsed once at start: its size does not matter (without the `dev` feature
+// `serve`'s flags are by far the largest variant, and clippy says so).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the Secrets Store CSI Driver provider API on a Unix socket.
     Serve(ServeArgs),
     /// Run a local Azure Key Vault (TLS, challenge auth, token endpoint) for dev and tests.
+    #[cfg(feature = "dev")]
     MockVault(kvmount_mock_vault::MockVaultArgs),
     /// Show the whole life cycle of a secret on this machine (mock vault, real tmpfs mounts).
+    #[cfg(feature = "dev")]
     Dev(DevArgs),
+    /// `mock-vault` in a build without the `dev` feature (the images): refused, saying so.
+    #[cfg(not(feature = "dev"))]
+    #[command(hide = true, disable_help_flag = true)]
+    MockVault(AbsentArgs),
+    /// `dev` in a build without the `dev` feature (the images): refused, saying so.
+    #[cfg(not(feature = "dev"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Dev(AbsentArgs),
     /// Show the published volumes of this node: pod, class, objects and versions, last
     /// refresh, last error.
     Status(StatusArgs),
@@ -237,7 +250,21 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Whatever follows a subcommand this build does not have (`dev`, `mock-vault` without the
+/// `dev` feature): taken, so the refusal names the build rather than a flag.
+#[cfg(not(feature = "dev"))]
+#[derive(Debug, Clone, Args)]
+pub struct AbsentArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+/// Why `dev` and `mock-vault` fail in a build without the `dev` feature.
+#[cfg(not(feature = "dev"))]
+pub const NO_MOCK_VAULT: &str = "this build has no mock vault (`dev` and `mock-vault` are left out of the images); build with --features dev";
+
 /// `dev` flags (none are needed).
+#[cfg(feature = "dev")]
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
     /// Logging (quiet by default: the narration goes to stdout).

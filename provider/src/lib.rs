@@ -1,5 +1,6 @@
 //! kvmount's node daemon: the provider API for the upstream Secrets Store CSI Driver, the
-//! laptop `dev` life cycle, and the mock vault subcommand.
+//! laptop `dev` life cycle, and the mock vault subcommand (these two only with the `dev`
+//! feature, on by default and off in the images).
 //!
 //! - [`mount`]: the domain (one Mount in, files and versions out), no gRPC types;
 //! - [`grpc`]: generated-service wrappers and the one place errors become statuses;
@@ -13,6 +14,7 @@ pub mod cache;
 pub mod classes;
 pub mod cli;
 pub mod daemon;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod grpc;
 pub mod hardening;

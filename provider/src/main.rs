@@ -33,8 +33,14 @@ fn main() -> std::process::ExitCode {
                     Err(err) => Err(err),
                 }
             }
+            #[cfg(feature = "dev")]
             Command::MockVault(args) => kvmount_mock_vault::run_cli(args).await,
+            #[cfg(feature = "dev")]
             Command::Dev(args) => kvmount_provider::dev::run(args).await,
+            #[cfg(not(feature = "dev"))]
+            Command::MockVault(_) | Command::Dev(_) => {
+                Err(anyhow::anyhow!(kvmount_provider::cli::NO_MOCK_VAULT))
+            }
             Command::Status(args) => kvmount_provider::status::run(&args),
         }
     });
