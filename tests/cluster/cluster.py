@@ -735,7 +735,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                 "podLogsDir": os.path.join(run, "pod-logs"),
                 "failSwapOn": False,
                 "resolvConf": "/etc/resolv.conf",
-                "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+                # Absolute disk thresholds: the machines this runs on share one disk with builds,
+                # often above 99% full, where a percentage sets DiskPressure (pods evicted,
+                # the node tainted) mid-run.
+                "evictionHard": {"memory.available": "50Mi", "nodefs.available": "100Mi", "imagefs.available": "100Mi"},
                 "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
                 "serializeImagePulls": False,
                 "syncFrequency": "10s",
