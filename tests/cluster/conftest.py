@@ -232,7 +232,9 @@ def kvmount_images(cluster):
             print(f"\nkvmount images built in {time.monotonic() - t0:.0f}s", file=sys.stderr)
         with open(os.path.join(image_dir, "images.json")) as f:
             built = json.load(f)
-        archives = [entry["platforms"][arch]["docker_archive"] for entry in built["images"].values()]
+        # build.sh resolves a relative --out from the clone's root; the archives are in docker/.
+        archives = [a if os.path.isabs(a) else os.path.join(image_dir, "docker", os.path.basename(a))
+                    for a in (entry["platforms"][arch]["docker_archive"] for entry in built["images"].values())]
     names = {}
     for a in archives:
         cluster.import_image(a)
