@@ -99,11 +99,12 @@ echo "== deploy: helm lint + template of every values combination, Kubernetes sc
 helm=$(tests/deploy/install-helm.sh)   # cached per machine under /var/cache/kvmount/tools; the first build took ~12 min here
 KVMOUNT_HELM="$helm" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/deploy
 
-echo "== real cluster: Kubernetes v1.34.4 (apiserver, kubelet, containerd) on this machine: native Secret volumes; the upstream driver v1.6.0 and v1.5.4 on the node, kvmount its provider; kvmount standalone"
+echo "== real cluster: Kubernetes v1.34.4 (apiserver, kubelet, containerd) on this machine: native Secret volumes; the upstream driver v1.6.0 and v1.5.4 on the node, kvmount its provider; kvmount standalone; kvmount's Helm chart from its images (standalone + webhook)"
 # The cluster's parts are built once per machine under /var/cache/kvmount/tools/cluster; the first
 # build took about 35 min here (Kubernetes 23 min of it; tests/cluster/install.sh has each part's
-# time), then 4 s. The cluster is Ready 12-15 s after start, the suite about 2 min. Read
-# through a variable: a failed build fails the run.
+# time), then 4 s. The cluster is Ready 12-15 s after start, the suite about 3 min (the chart
+# test builds the images for this machine's platform first: about 15 s once the section above
+# compiled them). Read through a variable: a failed build fails the run.
 cluster_env=$(tests/cluster/install.sh)
 while IFS='=' read -r name path; do export "$name=$path"; done <<<"$cluster_env"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/cluster

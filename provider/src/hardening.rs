@@ -53,8 +53,28 @@ pub use kvmount_alloc::scrub_stack;
 pub fn memory_limit() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let (file, path) = memory_cgroup(&cgroups)?;
-    let text = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/{file}")).ok()?;
+    let text = limit_files(file, &path)
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())?;
     parse_limit(&text)
+}
+
+/// Where the limit file may be, in order: under the cgroup's full path (a process on the host,
+/// or a container whose cgroup namespace makes `/proc/self/cgroup` relative), else at the top
+/// of the mount. In a pod on a cgroup v1 node the runtime mounts the container's own cgroup at
+/// `/sys/fs/cgroup/memory` while `/proc/self/cgroup` still names the host's path (no cgroup
+/// namespace), so only the top holds the pod's limit. On the host the top is the root cgroup,
+/// which has no limit (v1: a page-rounded 2^63; v2: no `memory.max` there).
+fn limit_files(file: &str, path: &str) -> [String; 2] {
+    let top = if file == "memory.limit_in_bytes" {
+        "/memory"
+    } else {
+        ""
+    };
+    [
+        format!("/sys/fs/cgroup{path}/{file}"),
+        format!("/sys/fs/cgroup{top}/{file}"),
+    ]
 }
 
 /// Which file holds the limit and under which path, from `/proc/self/cgroup`: the v1 memory
@@ -105,6 +125,26 @@ mod tests {
             Some(("memory.max", "/kubepods.slice/x".to_owned()))
         );
         assert_eq!(memory_cgroup("0::/\n"), Some(("memory.max", String::new())));
+        // A pod on a cgroup v1 node (seen under kubelet 1.34 and containerd 1.6): the host's
+        // path in /proc/self/cgroup, the container's own cgroup mounted at the top.
+        assert_eq!(
+            limit_files(
+                "memory.limit_in_bytes",
+                "/memory/kubepods/burstable/pod1/abc"
+            ),
+            [
+                "/sys/fs/cgroup/memory/kubepods/burstable/pod1/abc/memory.limit_in_bytes"
+                    .to_owned(),
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes".to_owned()
+            ]
+        );
+        assert_eq!(
+            limit_files("memory.max", "/kubepods.slice/x"),
+            [
+                "/sys/fs/cgroup/kubepods.slice/x/memory.max".to_owned(),
+                "/sys/fs/cgroup/memory.max".to_owned()
+            ]
+        );
         assert_eq!(parse_limit("134217728\n"), Some(128 << 20));
         assert_eq!(parse_limit("max\n"), None);
         assert_eq!(parse_limit("9223372036854771712\n"), None);

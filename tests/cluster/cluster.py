@@ -496,6 +496,14 @@ class Cluster:
         if p.returncode != 0:
             raise ClusterError(f"ctr images import {tarball}: {p.stderr.strip()}")
 
+    def ctr(self, *args):
+        """`ctr -n k8s.io ARGS` against the cluster's containerd (the kubelet's images); returns stdout."""
+        p = subprocess.run([os.path.join(self.debian, "bin", "ctr"), "--address", self.containerd_sock, "-n", "k8s.io", *args],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise ClusterError(f"ctr {' '.join(args)}: {p.stderr.strip()}")
+        return p.stdout
+
     def log_of(self, name, tail=200):
         """The last `tail` lines of a component's log (kubelet, kube-apiserver, containerd, ...)."""
         text = _read(os.path.join(self.logs, name + ".log")) or ""
@@ -727,7 +735,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                 "podLogsDir": os.path.join(run, "pod-logs"),
                 "failSwapOn": False,
                 "resolvConf": "/etc/resolv.conf",
-                "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+                # Absolute disk thresholds: the machines this runs on share one disk with builds,
+                # often above 99% full, where a percentage sets DiskPressure (pods evicted,
+                # the node tainted) mid-run.
+                "evictionHard": {"memory.available": "50Mi", "nodefs.available": "100Mi", "imagefs.available": "100Mi"},
                 "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
                 "serializeImagePulls": False,
                 "syncFrequency": "10s",

@@ -8,7 +8,8 @@
     mock_vault       kvmount's mock vault in the cluster's network namespace, trusting the
                      cluster's service-account issuer (workload identity); the binary is
                      target/debug/kvmount-provider, or KVMOUNT_PROVIDER_BIN
-    kvmount_images   kvmount's images (deploy/images/build.sh) imported into containerd
+    kvmount_images   kvmount's images (deploy/images/build.sh) imported into containerd: their
+                     names ({"provider": ..., "sidecar": ...})
     upstream_driver  upstream_driver("v1.6.0") runs the Secrets Store CSI Driver as a process on
                      the node, registered with the kubelet by the test registrar
 
@@ -37,8 +38,10 @@ import cluster as cl  # noqa: E402
 from kvmount_support import Proc  # noqa: E402
 
 
-# The namespace whose service account `app` the mock vault's identity is federated with.
+# The namespaces whose service account `app` the mock vault's identity is federated with
+# (test_chart.py's pods live in CHART_APP_NAMESPACE, the others' in WI_NAMESPACE).
 WI_NAMESPACE = "kvmount-wi"
+CHART_APP_NAMESPACE = "kvmount-chart-app"
 WI_CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
 
 
@@ -91,15 +94,19 @@ def namespace(request, cluster):
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def dump(cluster, namespace):
-    """What a failed test shows: the namespace's pods and events, each container's log, the
+def dump(cluster, *namespaces):
+    """What a failed test shows: each namespace's pods and events, each container's log, the
     kubelet's and containerd's logs."""
-    out = ["", f"===== pods in {namespace}", cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout,
-           cluster.kubectl("describe", "pods", "-n", namespace, check=False).stdout]
-    pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "name", check=False).stdout.split()
-    for pod in pods:
-        out += [f"===== logs of {pod}",
-                cluster.kubectl("logs", "-n", namespace, pod, "--all-containers", "--tail=100", check=False).stdout]
+    out = []
+    for namespace in namespaces:
+        out += ["", f"===== pods in {namespace}", cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout,
+                cluster.kubectl("describe", "pods", "-n", namespace, check=False).stdout,
+                f"===== events in {namespace}",
+                cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout]
+        pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "name", check=False).stdout.split()
+        for pod in pods:
+            out += [f"===== logs of {namespace}/{pod}",
+                    cluster.kubectl("logs", "-n", namespace, pod, "--all-containers", "--tail=100", check=False).stdout]
     out += ["===== kubelet (last 150 lines)", cluster.log_of("kubelet", 150),
             "===== containerd (last 40 lines)", cluster.log_of("containerd", 40)]
     # Processes tests started on the node (drivers, registrars, kvmount): their logs too.
@@ -149,11 +156,13 @@ def helm(cluster):
 @pytest.fixture(scope="session")
 def mock_vault(cluster, tmp_path_factory):
     """kvmount's mock vault on port 8443 of every address of the cluster's network namespace
-    (hostNetwork pods reach it at 127.0.0.1:8443 or the node IP), trusting the cluster's
+    (hostNetwork pods reach it at 127.0.0.1:8443, every pod at the node IP through the CNI
+    bridge's gateway; its certificate covers the node IP too), trusting the cluster's
     service-account issuer: a pod's projected token is a valid federated client assertion for
-    identity `cluster-app` (client id WI_CLIENT_ID; subjects system:serviceaccount:default:app
-    and system:serviceaccount:WI_NAMESPACE:app), which may read and write the secrets of vault
-    `cluster`. Returns the ready line's fields (url, ca, tenant, ...) plus `tls_dir`."""
+    identity `cluster-app` (client id WI_CLIENT_ID; subjects system:serviceaccount:default:app,
+    system:serviceaccount:WI_NAMESPACE:app and system:serviceaccount:CHART_APP_NAMESPACE:app),
+    which may read and write the secrets of vault `cluster`. Returns the ready line's fields
+    (url, ca, tenant, ...) plus `tls_dir`."""
     binary = os.environ.get("KVMOUNT_PROVIDER_BIN", os.path.join(ROOT, "target", "debug", "kvmount-provider"))
     if not os.path.exists(binary):
         pytest.skip(f"{binary} is not built (cargo build --workspace --bins)")
@@ -168,6 +177,7 @@ identities:
     federated:
       - {{ issuer: "{cluster.sa_issuer}", subject: "system:serviceaccount:default:app" }}
       - {{ issuer: "{cluster.sa_issuer}", subject: "system:serviceaccount:{WI_NAMESPACE}:app" }}
+      - {{ issuer: "{cluster.sa_issuer}", subject: "system:serviceaccount:{CHART_APP_NAMESPACE}:app" }}
 vaults:
   - name: cluster
     access:
@@ -176,28 +186,65 @@ vaults:
       - {{ name: db-password, versions: ["cluster-secret-1"] }}
 """)
     proc = Proc(cluster.ns([binary, "mock-vault", "--listen", "0.0.0.0:8443", "--seed", str(seed),
-                            "--tls-dir", str(d / "tls")]))
+                            "--tls-dir", str(d / "tls"), "--tls-san", cluster.node_ip]))
     fields = dict(kv.split("=", 1) for kv in proc.ready_line(re.compile(r"^kvmount mock vault ready (.*)$")).group(1).split())
     fields["tls_dir"] = str(d / "tls")
     yield fields
     proc.stop()
 
 
+def _host_arch():
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+def _archive_tags(path):
+    """The RepoTags of a docker-archive tarball (its manifest.json)."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    return [t for entry in manifest for t in entry.get("RepoTags") or []]
+
+
 @pytest.fixture(scope="session")
 def kvmount_images(cluster):
-    """Builds kvmount's images with deploy/images/build.sh (docker-archive tarballs, one path
-    per stdout line ending in .tar) and imports them; the paths can also be given in
-    KVMOUNT_IMAGE_ARCHIVES (space-separated)."""
+    """kvmount's two images imported into containerd, as
+    {"provider": "<registry>/<repo>/kvmount-provider:<tag>", "sidecar": ..., "archives": [...]}.
+    From KVMOUNT_IMAGE_DIR (the --out directory of an earlier `deploy/images/build.sh`: its
+    images.json names the docker-archive of each image for this machine's architecture), or
+    KVMOUNT_IMAGE_ARCHIVES (docker-archive paths, space-separated), or else built now with
+    `deploy/images/build.sh --arch <this machine's> --out target/images` (its cargo builds are
+    cached per machine, outside the clone). Names come from the archives' own RepoTags.
+    KVMOUNT_IMAGES=skip (as in tests/deploy) skips what needs them."""
+    if os.environ.get("KVMOUNT_IMAGES") == "skip":
+        pytest.skip("KVMOUNT_IMAGES=skip")
+    arch = _host_arch()
     archives = os.environ.get("KVMOUNT_IMAGE_ARCHIVES", "").split()
+    image_dir = os.environ.get("KVMOUNT_IMAGE_DIR")
     if not archives:
-        build = os.path.join(ROOT, "deploy", "images", "build.sh")
-        if not os.path.exists(build):
-            pytest.skip("deploy/images/build.sh does not exist yet")
-        out = subprocess.run([build], check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
-        archives = [line.strip() for line in out.splitlines() if line.strip().endswith(".tar")]
+        if not image_dir:
+            build = os.path.join(ROOT, "deploy", "images", "build.sh")
+            if not os.path.exists(build):
+                pytest.skip("deploy/images/build.sh does not exist yet")
+            image_dir = os.path.join(ROOT, "target", "images")
+            t0 = time.monotonic()
+            subprocess.run([build, "--arch", arch, "--out", image_dir], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            print(f"\nkvmount images built in {time.monotonic() - t0:.0f}s", file=sys.stderr)
+        with open(os.path.join(image_dir, "images.json")) as f:
+            built = json.load(f)
+        # build.sh resolves a relative --out from the clone's root; the archives are in docker/.
+        archives = [a if os.path.isabs(a) else os.path.join(image_dir, "docker", os.path.basename(a))
+                    for a in (entry["platforms"][arch]["docker_archive"] for entry in built["images"].values())]
+    names = {}
     for a in archives:
         cluster.import_image(a)
-    return archives
+        for tag in _archive_tags(a):
+            image = tag.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+            if image in ("kvmount-provider", "kvmount-sidecar"):
+                names[image.split("-", 1)[1]] = tag
+    missing = {"provider", "sidecar"} - set(names)
+    assert not missing, f"no kvmount-{'/'.join(sorted(missing))} image among {archives}"
+    return dict(names, archives=archives)
 
 
 class UpstreamDriver:
