@@ -169,23 +169,6 @@ build_arch() {
     fi
     # The very cargo commands the Dockerfiles run (assemble.py holds them).
     commands=$(python3 deploy/images/assemble.py cargo-commands --arch "$arch" --target-dir "$target_dir")
-    # The target dir is shared by every clone on the machine, and cargo judges a workspace
-    # crate fresh by its sources' relative paths and mtimes: another clone's build of
-    # kvmount's own crates could pass for this clone's. So, holding the dir's lock for the whole
-    # build (two clones never interleave), kvmount's crates are removed first and always
-    # compiled from this clone's sources; only third-party crates are reused. (The fat-LTO link
-    # recompiles all of them anyway, so this costs little.)
-    mkdir -p "$target_dir"
-    exec {lock}>"$target_dir.lock"
-    flock "$lock"
-    local members=()
-    mapfile -t members < <(cargo metadata --no-deps --format-version 1 \
-        | python3 -c 'import json, sys; print("\n".join(p["name"] for p in json.load(sys.stdin)["packages"]))')
-    local profile
-    for profile in dist dist-agent; do
-        CARGO_TARGET_DIR=$target_dir cargo clean --quiet --target "$target" --profile "$profile" \
-            $(printf -- '-p %s ' "${members[@]}")
-    done
     while IFS=$'\t' read -r outputs cmd; do
         read -r -a cmd <<<"$cmd"
         echo "${cmd[*]}"
