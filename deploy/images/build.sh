@@ -57,7 +57,10 @@ fi
 epoch=${SOURCE_DATE_EPOCH:-0}
 
 # Per machine, outside any clone (like the tests' tools): CI's fresh clones reuse the
-# compiled dependencies, and cargo rebuilds only what changed. One target dir per platform.
+# compiled dependencies, and cargo rebuilds only what changed (a clone at another path than the
+# last build's recompiles kvmount's own crates and relinks: 10-11 min on the loaded 2-core
+# development machine). One target dir per platform. Its path is part of the daemon's binary
+# (see "Reproducible" in deploy/README.md): the same path gives the same digests.
 tools=${KVMOUNT_TOOLS:-/var/cache/kvmount/tools}
 target_root=$tools/images-target
 
