@@ -310,7 +310,8 @@ def assemble(args) -> dict:
                 "diff_ids": diff_ids,
                 "docker_archive": str(archive),
                 "docker_archive_sha256": sha256(archive.read_bytes()),
-                "binaries": {path: binaries[f"{arch}/{b}"] for path, b in spec["binaries"].items()},
+                "binaries": {path: sha256(pathlib.Path(binaries[f"{arch}/{b}"]).read_bytes())
+                             for path, b in spec["binaries"].items()},
             }
         index = canonical_json({
             "schemaVersion": 2,

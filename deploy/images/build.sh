@@ -57,7 +57,10 @@ fi
 epoch=${SOURCE_DATE_EPOCH:-0}
 
 # Per machine, outside any clone (like the tests' tools): CI's fresh clones reuse the
-# compiled dependencies, and cargo rebuilds only what changed. One target dir per platform.
+# compiled dependencies, and cargo rebuilds only what changed (a clone at another path than the
+# last build's recompiles kvmount's own crates and relinks: 10-11 min on the loaded 2-core
+# development machine). One target dir per platform. Its path is part of the daemon's binary
+# (see "Reproducible" in deploy/README.md): the same path gives the same digests.
 tools=${KVMOUNT_TOOLS:-/var/cache/kvmount/tools}
 target_root=$tools/images-target
 
@@ -155,13 +158,53 @@ ca_dir=$(ca_bundle)
 work=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-images.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# Builds one platform's binaries; writes ARCH/BIN=FILE lines to $work/ARCH.binaries.
+# The target dirs are shared by every clone on the machine, and cargo decides what is fresh by
+# mtime: a clone whose files are older than the artifacts another clone's different sources
+# left would get that clone's binaries. So each target dir records the content of the sources
+# it was last built from (sha256 per file), and before building, every file whose content
+# differs from that record is touched (cargo then rebuilds what depends on it, and only that).
+# One build per target dir at a time (flock), and the binaries are copied out under the lock.
+#   freshen STAMP NEW_STAMP: touches the files that differ from STAMP, writes the current
+#   hashes to NEW_STAMP (moved over STAMP once the build succeeded).
+freshen() {
+    python3 - "$1" "$2" <<'PY'
+import hashlib, os, subprocess, sys
+stamp, new = sys.argv[1], sys.argv[2]
+try:
+    names = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], check=True,
+                           capture_output=True).stdout.decode().split("\0")
+except (OSError, subprocess.CalledProcessError):
+    names = [os.path.relpath(os.path.join(d, f)) for d, dirs, files in os.walk(".")
+             for f in files if not d.startswith(("./target", "./.git"))]
+current = {}
+for name in sorted(n for n in names if n and os.path.isfile(n)):
+    with open(name, "rb") as f:
+        current[name] = hashlib.sha256(f.read()).hexdigest()
+recorded = {}
+if os.path.exists(stamp):
+    with open(stamp) as f:
+        recorded = dict(line.rstrip("\n").split("  ", 1)[::-1] for line in f if "  " in line)
+changed = [n for n, h in current.items() if recorded.get(n) != h]
+for name in changed:
+    os.utime(name)
+with open(new, "w") as f:
+    f.writelines(f"{h}  {n}\n" for n, h in current.items())
+print(f"{len(changed)} of {len(current)} source files differ from the last build in this target dir")
+PY
+}
+
+# Builds one platform's binaries into $work/bin/ARCH/; writes ARCH/BIN=FILE lines to
+# $work/ARCH.binaries.
 build_arch() {
-    local arch=$1 target cc target_env target_dir commands outputs cmd start
+    local arch=$1 target cc target_env target_dir commands outputs output cmd start lock bin file
     target=$(rust_target "$arch")
     cc=$(c_compiler "$arch")
     target_env=$(echo "$target" | tr - _)
     target_dir=$target_root/$arch
+    mkdir -p "$target_root" "$work/bin/$arch"
+    exec {lock}>"$target_dir.lock"
+    flock "$lock"
+    freshen "$target_dir.sources" "$work/$arch.sources"
     export "CC_$target_env=$cc"
     if [ "$arch" != "$host_arch" ]; then
         export "AR_$target_env=$(gnu_triple "$arch")-ar"
@@ -175,8 +218,13 @@ build_arch() {
         start=$(date +%s)
         CARGO_TARGET_DIR=$target_dir nice -n 10 "${cmd[@]}"
         echo "built in $(( $(date +%s) - start ))s: $outputs"
-        tr , '\n' <<<"$outputs" | sed "s|^|$arch/|" >>"$work/$arch.binaries"
+        for output in ${outputs//,/ }; do
+            bin=${output%%=*} file=${output#*=}
+            cp "$file" "$work/bin/$arch/$bin"
+            echo "$arch/$bin=$work/bin/$arch/$bin" >>"$work/$arch.binaries"
+        done
     done <<<"$commands"
+    mv "$work/$arch.sources" "$target_dir.sources"
 }
 
 # The platforms build side by side (one target dir each): a fat-LTO link runs on one core, and
