@@ -247,6 +247,19 @@ def kvmount_images(cluster):
     return dict(names, archives=archives)
 
 
+def stop_process(p, grace=10):
+    """SIGTERM, then SIGKILL after `grace` seconds: how every process a test started on the node
+    is stopped."""
+    if p is None or p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(10)
+
+
 class UpstreamDriver:
     """The Secrets Store CSI Driver running as a process on the node (in the cluster's network
     namespace, the host's mount namespace), with its own service account's token, registered
@@ -328,13 +341,7 @@ current-context: c
 
     def stop(self):
         for p in (self.registrar, self.driver):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(10)
+            stop_process(p)
 
 
 @pytest.fixture
@@ -366,17 +373,17 @@ def kvmount_provider(cluster, mock_vault):
     import tempfile
 
     binary = os.environ.get("KVMOUNT_PROVIDER_BIN", os.path.join(ROOT, "target", "debug", "kvmount-provider"))
-    started = []
+    procs, states = [], []
 
     def start(socket, *args):
         state = tempfile.mkdtemp(dir="/dev/shm", prefix="kvmount-cluster-state.")
-        started.append(state)
+        states.append(state)
         port = mock_vault["url"].rsplit(":", 1)[1].strip("/")
         p = cluster.spawn("kvmount-provider", [
             binary, "serve", "--provider-socket", socket, "--state-dir", state,
             "--keyvault-dns-suffix", "vault.localhost", "--authority-host", mock_vault["url"],
             "--ca-file", mock_vault["ca"], "--resolve", f"*.vault.localhost=127.0.0.1:{port}", *args])
-        started.append(p)
+        procs.append(p)
         deadline = time.monotonic() + 30
         while not os.path.exists(socket):
             if p.poll() is not None or time.monotonic() > deadline:
@@ -385,19 +392,10 @@ def kvmount_provider(cluster, mock_vault):
         return p
 
     yield start
-    for x in started:
-        if isinstance(x, str):
-            continue
-        if x.poll() is None:
-            x.terminate()
-            try:
-                x.wait(10)
-            except subprocess.TimeoutExpired:
-                x.kill()
-                x.wait(10)
-    for x in started:
-        if isinstance(x, str):
-            shutil.rmtree(x, ignore_errors=True)
+    for p in procs:
+        stop_process(p)
+    for state in states:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 # Run inside the cluster's network namespace by vault_call(): a token exchange at the mock vault

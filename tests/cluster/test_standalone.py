@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, WI_CLIENT_ID, WI_NAMESPACE, dump
+from conftest import ROOT, WI_CLIENT_ID, WI_NAMESPACE, dump, stop_process
 
 DRIVER = "secrets.kvmount.io"
 
@@ -50,12 +50,7 @@ def standalone(request, cluster, mock_vault):
     if rep is not None and rep.failed:
         dump(cluster, WI_NAMESPACE)
     cluster.kubectl("delete", "namespace", WI_NAMESPACE, "--wait=true", "--timeout=90s", check=False)
-    p.terminate()
-    try:
-        p.wait(15)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(10)
+    stop_process(p, grace=15)
     shutil.rmtree(state, ignore_errors=True)
     # The chart (test_chart.py) owns this object when it installs; leave none behind.
     cluster.kubectl("delete", "csidriver", DRIVER, "--ignore-not-found", check=False)
