@@ -33,6 +33,7 @@ in /run/netns; removes the cgroups (deepest first) and the host paths kubelet an
 write outside any configured path; then the run dir.
 """
 
+import fcntl
 import hashlib
 import io
 import json
@@ -442,6 +443,22 @@ def teardown(run_dir):
     return problems
 
 
+# The node's host paths (/var/lib/kubelet, /run/containerd, the kubepods cgroups...) are fixed,
+# so one cluster runs on a machine at a time: a second run (another clone's test command, a
+# benchmark) waits for this lock. The kernel drops it when its holder dies, however it dies.
+MACHINE_LOCK = "/run/kvmount-cluster.lock"
+
+
+def _machine_lock():
+    f = open(MACHINE_LOCK, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"another run's cluster holds {MACHINE_LOCK}; waiting for it to finish")
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
 # ------------------------------------------------------------------------------------------
 # The cluster
 
@@ -468,6 +485,7 @@ class Cluster:
         self.cgroup_root = "/kvmount-" + os.path.basename(run_dir)
         self.state = {"pids": {}, "cgroup_root": self.cgroup_root}
         self.procs = {}
+        self._lock = None
         self.timings = {}
 
     # --- helpers the tests use ---
@@ -546,12 +564,14 @@ class Cluster:
     def start(cls, env, parent=None):
         """A fresh run dir under `parent` (TMPDIR by default) and the whole cluster in it, the
         node Ready; tears down what it started if starting fails."""
+        lock = _machine_lock()
         run_dir = tempfile.mkdtemp(prefix="kc-", dir=parent)  # short: socket paths in it have at most 107 bytes
         if len(run_dir) > 50:
             os.rmdir(run_dir)
             # <run dir>/kubelet/plugins_registry/secrets-store.csi.k8s.io-reg.sock must fit in 107 bytes
             raise ClusterError(f"the run dir {run_dir} is too long for the Unix sockets in it: use a shorter TMPDIR")
         c = cls(env, run_dir)
+        c._lock = lock
         try:
             c._start()
         except BaseException:
@@ -564,6 +584,9 @@ class Cluster:
         problems = teardown(self.run_dir)
         if problems:
             log("teardown left: " + "; ".join(problems))
+        if self._lock is not None:
+            self._lock.close()  # the next run may start
+            self._lock = None
         return problems
 
     def _start(self):
