@@ -27,6 +27,8 @@ sweep() {
     pkill -f "$root/target/debug/kvmount-provider" 2>/dev/null || true
     pkill -f "$root/target/debug/kvmount-sidecar" 2>/dev/null || true
     pkill -f "$root/target/debug/examples/" 2>/dev/null || true
+    # The background builds (tests/prefetch.sh, its own process group), if still running.
+    [ -n "${prefetch_pid:-}" ] && kill -- "-$prefetch_pid" 2>/dev/null || true
     rm -rf "$run_tmp" "$run_shm" 2>/dev/null || true
 }
 summary_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-summary.XXXXXX")
@@ -38,6 +40,32 @@ if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: the tests mount tmpfs and need root" >&2
     exit 1
 fi
+
+# The per-machine tools and kvmount's images build in the background from the start, at the
+# lowest CPU priority (tests/prefetch.sh): on a cold machine their compiles fill the CPU the
+# tests leave idle. Warm, every step takes seconds. A section takes a step's output with
+# `prefetched NAME`, which waits for the step and fails the run, with its log, if it failed.
+prefetch_dir=$run_tmp/prefetch
+setsid nice -n 19 tests/prefetch.sh "$prefetch_dir" &
+prefetch_pid=$!
+prefetched() {
+    local name=$1 waited=0
+    while [ ! -e "$prefetch_dir/$name.rc" ]; do
+        if ! kill -0 "$prefetch_pid" 2>/dev/null && [ ! -e "$prefetch_dir/$name.rc" ]; then
+            echo "tests/prefetch.sh ended before its step $name" >&2
+            return 1
+        fi
+        [ "$waited" = 0 ] && echo "(waiting for the background build of $name)" >&2
+        waited=1
+        sleep 1
+    done
+    if [ "$(cat "$prefetch_dir/$name.rc")" != 0 ]; then
+        tail -n 200 "$prefetch_dir/$name.log" >&2
+        return 1
+    fi
+    grep -h "built\|took" "$prefetch_dir/$name.log" >&2 || true   # each build's time
+    cat "$prefetch_dir/$name.out"
+}
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -61,7 +89,7 @@ if [ "${KVMOUNT_FUZZ:-0}" = 1 ]; then
 fi
 
 echo "== csi-sanity (CSI conformance) against the node plugin"
-tests/csi-sanity/install.sh >/dev/null   # cached per machine under /var/cache/kvmount/tools; the first build takes ~3 min
+prefetched csi-sanity >/dev/null   # cached per machine under /var/cache/kvmount/tools; the first build takes ~3 min
 csi_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-csi.XXXXXX")
 state_dir=$(mktemp -d "$run_shm/csi-state.XXXXXX")
 "$root/target/debug/kvmount-provider" serve \
@@ -82,12 +110,12 @@ rm -rf "$csi_dir" "$state_dir"
 echo "== interop clients: the Secrets Store CSI Driver's own client (v1.5.4, v1.6.0) and a kubelet 1.34 CSI client, built once per machine"
 # Cached per machine under /var/cache/kvmount/tools/interop; the first build takes 6-9 min here.
 # Read through a variable: a failed build then fails the run.
-interop_env=$(tests/interop/install.sh)
+interop_env=$(prefetched interop)
 while IFS='=' read -r name path; do export "$name=$path"; done <<<"$interop_env"
 
 echo "== Python: Key Vault SDK against the mock vault; the driver's clients, grpcio and CSI clients against both sockets; sidecar webhook patches against the Kubernetes schemas"
 # One venv per machine and requirements file, outside the clone, like the built tools.
-venv=$(tests/python/venv.sh)
+venv=$(prefetched venv)
 KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
     KVMOUNT_SIDECAR_BIN="$root/target/debug/kvmount-sidecar" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
@@ -96,16 +124,20 @@ echo "== deploy: helm lint + template of every values combination, Kubernetes sc
 # The images' binaries are compiled in /var/cache/kvmount/tools/images-target (per machine, like
 # the tools): the first build on a machine is long (see deploy/README.md, "Images"), later
 # ones recompile only what changed.
-helm=$(tests/deploy/install-helm.sh)   # cached per machine under /var/cache/kvmount/tools; the first build took ~12 min here
+helm=$(prefetched helm)   # cached per machine under /var/cache/kvmount/tools; the first build took ~12 min here
+# The background build of both images is the reproducibility check's first build, and the
+# cluster section imports it.
+prefetched images >/dev/null
+[ "${KVMOUNT_IMAGES:-}" = skip ] || export KVMOUNT_IMAGE_DIR=$prefetch_dir/images
 KVMOUNT_HELM="$helm" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/deploy
 
 echo "== real cluster: Kubernetes v1.34.4 (apiserver, kubelet, containerd) on this machine: native Secret volumes; the upstream driver v1.6.0 and v1.5.4 on the node, kvmount its provider; kvmount standalone; kvmount's Helm chart from its images (standalone + webhook)"
 # The cluster's parts are built once per machine under /var/cache/kvmount/tools/cluster; the first
 # build took about 35 min here (Kubernetes 23 min of it; tests/cluster/install.sh has each part's
 # time), then 4 s. The cluster is Ready 12-15 s after start, the suite about 3 min (the chart
-# test builds the images for this machine's platform first: about 15 s once the section above
-# compiled them). Read through a variable: a failed build fails the run.
-cluster_env=$(tests/cluster/install.sh)
+# test imports the images tests/prefetch.sh built). Read through a variable: a failed build
+# fails the run.
+cluster_env=$(prefetched cluster)
 while IFS='=' read -r name path; do export "$name=$path"; done <<<"$cluster_env"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/cluster
 
@@ -113,7 +145,7 @@ echo "== benchmark harness: bench/run.sh --quick (kvmount and the Azure provider
 # The Azure provider is built first (cached per machine under /var/cache/kvmount/tools; the first build takes ~1.5 min), so the
 # quick run itself stays under 3 minutes; if it cannot be built, the quick run says so and runs
 # kvmount's side only. A crash of the harness fails the suite; slow numbers never do.
-bench/azure-provider/install.sh >/dev/null || echo "(the Azure provider did not build; see above)"
+prefetched azure-provider >/dev/null || echo "(the Azure provider did not build; see above)"
 bench/run.sh --quick
 
 echo "== summary"

@@ -182,7 +182,13 @@ def built(tmp_path_factory):
     if os.environ.get("KVMOUNT_IMAGES") == "skip":
         pytest.skip("KVMOUNT_IMAGES=skip")
     outs = []
-    for run in ("first", "second"):
+    # tests/run.sh's background build of both platforms (KVMOUNT_IMAGE_DIR) is the first build
+    # when there is one: the second then compiles nothing and must give the same bytes.
+    earlier = os.environ.get("KVMOUNT_IMAGE_DIR")
+    if earlier and all(set(e["platforms"]) >= {"amd64", "arm64"}
+                       for e in json.loads((pathlib.Path(earlier) / "images.json").read_text())["images"].values()):
+        outs.append(pathlib.Path(earlier))
+    for run in ("first", "second")[len(outs):]:
         out = tmp_path_factory.mktemp(f"images-{run}")
         env = {**os.environ, "KVMOUNT_IMAGE_OUT": str(out)}
         for var in ("KVMOUNT_IMAGE_REPOSITORY", "KVMOUNT_IMAGE_TAG", "KVMOUNT_IMAGE_ARCH", "SOURCE_DATE_EPOCH"):
