@@ -35,6 +35,11 @@ summary_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-summary.XXXXXX")
 export KVMOUNT_SUMMARY_DIR=$summary_dir
 trap 'sweep; rm -rf "$summary_dir"' EXIT
 suite_start=$(date +%s)
+# A section's header says when it starts (minutes into the run) and the machine's load.
+section() {
+    local t=$(($(date +%s) - suite_start))
+    printf '== [%dm%02ds, load %s] %s\n' $((t / 60)) $((t % 60)) "$(cut -d' ' -f1 /proc/loadavg)" "$*"
+}
 
 if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: the tests mount tmpfs and need root" >&2
@@ -67,28 +72,28 @@ prefetched() {
     cat "$prefetch_dir/$name.out"
 }
 
-echo "== cargo fmt --check"
+section "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+section "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo build (binaries the process tests start)"
+section "cargo build (binaries the process tests start)"
 cargo build --workspace --bins
 
 # Includes the fuzz smoke run on the stable toolchain (tests/tests/fuzz_smoke.rs): every
 # cargo-fuzz target's own harness on its seeds and a few thousand mutated and random inputs.
-echo "== cargo test"
+section "cargo test"
 cargo test --workspace --no-fail-fast
 
 # The coverage-guided run (cargo-fuzz, nightly) needs an ASAN build of the whole dependency tree
 # (over 30 min on 2 loaded cores the first time), so it is opt-in: KVMOUNT_FUZZ=1.
 if [ "${KVMOUNT_FUZZ:-0}" = 1 ]; then
-    echo "== coverage-guided fuzz run (each cargo-fuzz target ${KVMOUNT_FUZZ_SECONDS:-10}s; tests/fuzz.sh)"
+    section "coverage-guided fuzz run (each cargo-fuzz target ${KVMOUNT_FUZZ_SECONDS:-10}s; tests/fuzz.sh)"
     tests/fuzz.sh
 fi
 
-echo "== csi-sanity (CSI conformance) against the node plugin"
+section "csi-sanity (CSI conformance) against the node plugin"
 prefetched csi-sanity >/dev/null   # cached per machine under /var/cache/kvmount/tools; the first build takes ~3 min
 csi_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmount-csi.XXXXXX")
 state_dir=$(mktemp -d "$run_shm/csi-state.XXXXXX")
@@ -107,20 +112,20 @@ fi
 rm -rf "$csi_dir" "$state_dir"
 [ "$rc" = 0 ] || exit "$rc"
 
-echo "== interop clients: the Secrets Store CSI Driver's own client (v1.5.4, v1.6.0) and a kubelet 1.34 CSI client, built once per machine"
+section "interop clients: the Secrets Store CSI Driver's own client (v1.5.4, v1.6.0) and a kubelet 1.34 CSI client, built once per machine"
 # Cached per machine under /var/cache/kvmount/tools/interop; the first build takes 6-9 min here.
 # Read through a variable: a failed build then fails the run.
 interop_env=$(prefetched interop)
 while IFS='=' read -r name path; do export "$name=$path"; done <<<"$interop_env"
 
-echo "== Python: Key Vault SDK against the mock vault; the driver's clients, grpcio and CSI clients against both sockets; sidecar webhook patches against the Kubernetes schemas"
+section "Python: Key Vault SDK against the mock vault; the driver's clients, grpcio and CSI clients against both sockets; sidecar webhook patches against the Kubernetes schemas"
 # One venv per machine and requirements file, outside the clone, like the built tools.
 venv=$(prefetched venv)
 KVMOUNT_MOCK_VAULT_CMD="$root/target/debug/kvmount-provider mock-vault" \
     KVMOUNT_SIDECAR_BIN="$root/target/debug/kvmount-sidecar" \
     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
-echo "== deploy: helm lint + template of every values combination, Kubernetes schemas, manifest drift; the images (deploy/images/build.sh twice, both platforms)"
+section "deploy: helm lint + template of every values combination, Kubernetes schemas, manifest drift; the images (deploy/images/build.sh twice, both platforms)"
 # The images' binaries are compiled in /var/cache/kvmount/tools/images-target (per machine, like
 # the tools): the first build on a machine is long (see deploy/README.md, "Images"), later
 # ones recompile only what changed.
@@ -131,7 +136,7 @@ prefetched images >/dev/null
 [ "${KVMOUNT_IMAGES:-}" = skip ] || export KVMOUNT_IMAGE_DIR=$prefetch_dir/images
 KVMOUNT_HELM="$helm" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/deploy
 
-echo "== real cluster: Kubernetes v1.34.4 (apiserver, kubelet, containerd) on this machine: native Secret volumes; the upstream driver v1.6.0 and v1.5.4 on the node, kvmount its provider; kvmount standalone; kvmount's Helm chart from its images (standalone + webhook)"
+section "real cluster: Kubernetes v1.34.4 (apiserver, kubelet, containerd) on this machine: native Secret volumes; the upstream driver v1.6.0 and v1.5.4 on the node, kvmount its provider; kvmount standalone; kvmount's Helm chart from its images (standalone + webhook)"
 # The cluster's parts are built once per machine under /var/cache/kvmount/tools/cluster; the first
 # build took about 35 min here (Kubernetes 23 min of it; tests/cluster/install.sh has each part's
 # time), then 4 s. The cluster is Ready 12-15 s after start, the suite about 3 min (the chart
@@ -141,14 +146,14 @@ cluster_env=$(prefetched cluster)
 while IFS='=' read -r name path; do export "$name=$path"; done <<<"$cluster_env"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/cluster
 
-echo "== benchmark harness: bench/run.sh --quick (kvmount and the Azure provider side by side; numbers are printed, never checked)"
+section "benchmark harness: bench/run.sh --quick (kvmount and the Azure provider side by side; numbers are printed, never checked)"
 # The Azure provider is built first (cached per machine under /var/cache/kvmount/tools; the first build takes ~1.5 min), so the
 # quick run itself stays under 3 minutes; if it cannot be built, the quick run says so and runs
 # kvmount's side only. A crash of the harness fails the suite; slow numbers never do.
 prefetched azure-provider >/dev/null || echo "(the Azure provider did not build; see above)"
 bench/run.sh --quick
 
-echo "== summary"
+section "summary"
 python3 - "$summary_dir" "$(( $(date +%s) - suite_start ))" <<'PY'
 import json, os, sys
 d, seconds = sys.argv[1], int(sys.argv[2])

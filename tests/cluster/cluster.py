@@ -455,7 +455,9 @@ def _machine_lock():
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         log(f"another run's cluster holds {MACHINE_LOCK}; waiting for it to finish")
+        t0 = time.monotonic()
         fcntl.flock(f, fcntl.LOCK_EX)
+        log(f"waited {time.monotonic() - t0:.0f}s for {MACHINE_LOCK}")
     return f
 
 
