@@ -81,9 +81,10 @@ impl Drop for PublishRequest {
     }
 }
 
-/// Why a publish or unpublish failed.
+/// Why a node volume operation (publish, unpublish) failed; the file-system errors inside it are
+/// [`kvmount_volume::VolumeError`].
 #[derive(Debug, thiserror::Error)]
-pub enum VolumeError {
+pub enum NodeVolumeError {
     /// A required field is missing or wrong.
     #[error("{0}")]
     InvalidArgument(String),
@@ -119,7 +120,7 @@ pub enum VolumeError {
     Internal(String),
 }
 
-impl From<FetchError> for VolumeError {
+impl From<FetchError> for NodeVolumeError {
     fn from(err: FetchError) -> Self {
         match err {
             FetchError::Object(object) => Self::Fetch(object),
@@ -192,10 +193,10 @@ fn now_secs() -> u64 {
 }
 
 /// Checks a target path: absolute, no `..`, not `/`.
-fn validate_target(target: &str) -> Result<PathBuf, VolumeError> {
+fn validate_target(target: &str) -> Result<PathBuf, NodeVolumeError> {
     let path = Path::new(target);
     if target.is_empty() {
-        return Err(VolumeError::InvalidArgument(
+        return Err(NodeVolumeError::InvalidArgument(
             "target_path is required".into(),
         ));
     }
@@ -203,7 +204,7 @@ fn validate_target(target: &str) -> Result<PathBuf, VolumeError> {
         || path.components().any(|c| matches!(c, Component::ParentDir))
         || path.parent().is_none()
     {
-        return Err(VolumeError::InvalidArgument(format!(
+        return Err(NodeVolumeError::InvalidArgument(format!(
             "target_path {target:?}: must be an absolute path without '..' elements"
         )));
     }
@@ -266,10 +267,10 @@ impl Volumes {
         }
     }
 
-    fn claim(&self, target: &str) -> Result<Busy, VolumeError> {
+    fn claim(&self, target: &str) -> Result<Busy, NodeVolumeError> {
         let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         if !busy.insert(target.to_owned()) {
-            return Err(VolumeError::Aborted(target.to_owned()));
+            return Err(NodeVolumeError::Aborted(target.to_owned()));
         }
         Ok(Busy {
             set: Arc::clone(&self.busy),
@@ -281,7 +282,7 @@ impl Volumes {
     /// keep their files and get their cache references back (the entries fill again on the
     /// next publish, which brings fresh credentials); targets that are gone or no longer
     /// mounted are cleaned up. Returns (adopted, cleaned).
-    pub fn recover(&self) -> Result<(usize, usize), VolumeError> {
+    pub fn recover(&self) -> Result<(usize, usize), NodeVolumeError> {
         let mut adopted = 0;
         let mut cleaned = 0;
         for record in self.state.load()? {
@@ -319,7 +320,7 @@ impl Volumes {
 
     /// NodePublishVolume, in named steps: check the request, claim the target, read every
     /// object (vault -> cache), write the volume, record it.
-    pub async fn publish(&self, request: PublishRequest) -> Result<(), VolumeError> {
+    pub async fn publish(&self, request: PublishRequest) -> Result<(), NodeVolumeError> {
         let (target, fs_group) = check_publish(&request)?;
         let busy = self.claim(&request.target_path)?;
         let digest = attributes_digest(&request.context, fs_group);
@@ -379,14 +380,14 @@ impl Volumes {
         &self,
         request: &PublishRequest,
         digest: &str,
-    ) -> Result<(), VolumeError> {
+    ) -> Result<(), NodeVolumeError> {
         let records = self.records();
         match records.get(&request.target_path) {
             Some(existing)
                 if existing.volume_id != request.volume_id
                     || existing.attributes_digest != digest =>
             {
-                Err(VolumeError::AlreadyExists(format!(
+                Err(NodeVolumeError::AlreadyExists(format!(
                     "target_path {}: already published for volume {} with other parameters",
                     request.target_path, existing.volume_id
                 )))
@@ -401,7 +402,7 @@ impl Volumes {
     async fn read_objects(
         &self,
         request: &PublishRequest,
-    ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>, Option<String>), VolumeError> {
+    ) -> Result<(Vec<RenderedObject>, Vec<ObjectKey>, Option<String>), NodeVolumeError> {
         let (attributes, class) = self.attributes(request).await?;
         let params = crate::provider_api::parse_mount_params(
             &attributes,
@@ -422,7 +423,7 @@ impl Volumes {
     async fn attributes(
         &self,
         request: &PublishRequest,
-    ) -> Result<(HashMap<String, String>, Option<String>), VolumeError> {
+    ) -> Result<(HashMap<String, String>, Option<String>), NodeVolumeError> {
         let mut attributes = HashMap::new();
         let class = request
             .context
@@ -436,12 +437,12 @@ impl Volumes {
                 .map(String::as_str)
                 .unwrap_or("");
             if namespace.is_empty() {
-                return Err(VolumeError::InvalidArgument(format!(
+                return Err(NodeVolumeError::InvalidArgument(format!(
                     "{POD_NAMESPACE} is required to look up secretProviderClass {name:?} (set podInfoOnMount: true on the CSIDriver)"
                 )));
             }
             let Some(classes) = &self.classes else {
-                return Err(VolumeError::Class(ClassError {
+                return Err(NodeVolumeError::Class(ClassError {
                     kind: ClassErrorKind::Unavailable,
                     message: format!(
                         "cannot look up {name:?}: the daemon has no Kubernetes API access (run in a cluster or pass --kubeconfig)"
@@ -453,7 +454,7 @@ impl Volumes {
                 .iter()
                 .any(|p| found.provider.eq_ignore_ascii_case(p))
             {
-                return Err(VolumeError::Class(ClassError {
+                return Err(NodeVolumeError::Class(ClassError {
                     kind: ClassErrorKind::InvalidArgument,
                     message: format!(
                         "{namespace}/{name}: spec.provider is {:?}; accepted: kvmount or azure",
@@ -471,9 +472,15 @@ impl Volumes {
 
     /// NodeUnpublishVolume: remove the files, unmount, remove the directory; OK for a target
     /// that is unknown, already gone, or left from before a restart.
-    pub async fn unpublish(&self, volume_id: &str, target_path: &str) -> Result<(), VolumeError> {
+    pub async fn unpublish(
+        &self,
+        volume_id: &str,
+        target_path: &str,
+    ) -> Result<(), NodeVolumeError> {
         if volume_id.is_empty() {
-            return Err(VolumeError::InvalidArgument("volume_id is required".into()));
+            return Err(NodeVolumeError::InvalidArgument(
+                "volume_id is required".into(),
+            ));
         }
         let target = validate_target(target_path)?;
         let busy = self.claim(target_path)?;
@@ -500,7 +507,7 @@ impl Volumes {
 
     /// Refuses a volume whose files (`charge` bytes of tmpfs) would take the node's volumes
     /// past the daemon's budget; a republish counts its new size instead of its old one.
-    fn check_budget(&self, target_path: &str, charge: u64) -> Result<(), VolumeError> {
+    fn check_budget(&self, target_path: &str, charge: u64) -> Result<(), NodeVolumeError> {
         let Some(budget) = self.config.tmpfs_budget else {
             return Ok(());
         };
@@ -511,7 +518,7 @@ impl Volumes {
             .map(|r| r.tmpfs_bytes)
             .sum();
         if others.saturating_add(charge) > budget {
-            return Err(VolumeError::ResourceExhausted(format!(
+            return Err(NodeVolumeError::ResourceExhausted(format!(
                 "the volume's files take {charge} bytes of memory and the node's published volumes {others}; together over the daemon's --tmpfs-budget of {budget} bytes (tmpfs pages count against the daemon's memory limit)"
             )));
         }
@@ -596,12 +603,12 @@ impl Volumes {
         &self,
         record: &VolumeRecord,
         busy: Busy,
-    ) -> Result<(BTreeMap<String, String>, u64), VolumeError> {
+    ) -> Result<(BTreeMap<String, String>, u64), NodeVolumeError> {
         let mut values = Vec::with_capacity(record.files.len());
         let mut versions = BTreeMap::new();
         for file in &record.files {
             let Some(value) = self.cache.peek(&file.key).await else {
-                return Err(VolumeError::InvalidArgument(format!(
+                return Err(NodeVolumeError::InvalidArgument(format!(
                     "{}: not cached",
                     file.id
                 )));
@@ -638,14 +645,14 @@ const FS_DEADLINE: Duration = Duration::from_secs(20);
 async fn off_thread<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, VolumeError> {
+) -> Result<T, NodeVolumeError> {
     crate::blocking::within(FS_DEADLINE, work)
         .await
         .map_err(|late| match late {
             Late::Panicked => {
-                VolumeError::Internal(format!("{what}: the file-system work failed"))
+                NodeVolumeError::Internal(format!("{what}: the file-system work failed"))
             }
-            Late::TimedOut => VolumeError::Deadline(format!(
+            Late::TimedOut => NodeVolumeError::Deadline(format!(
                 "{what}: the file-system work did not finish within {FS_DEADLINE:?}; it goes on, retry later"
             )),
         })
@@ -660,21 +667,21 @@ fn write_volume(
     objects: &[RenderedObject],
     fs_group: Option<u32>,
     tmpfs_bytes: u64,
-) -> Result<kvmount_volume::WriteOutcome, VolumeError> {
+) -> Result<kvmount_volume::WriteOutcome, NodeVolumeError> {
     let Some(pinned) = PinnedTarget::open(target)? else {
-        return Err(VolumeError::InvalidArgument(format!(
+        return Err(NodeVolumeError::InvalidArgument(format!(
             "target_path {}: its parent directory does not exist (kubelet creates it)",
             target.display()
         )));
     };
     let path = pinned.path();
-    let explain = |e| VolumeError::from(pinned.explain(e));
+    let explain = |e| NodeVolumeError::from(pinned.explain(e));
     let mounted_here = !kvmount_volume::is_mount_point(path).map_err(explain)?;
     if mounted_here {
         if let Err(e) = std::fs::create_dir(path)
             && e.kind() != std::io::ErrorKind::AlreadyExists
         {
-            return Err(VolumeError::InvalidArgument(format!(
+            return Err(NodeVolumeError::InvalidArgument(format!(
                 "target_path {}: cannot create: {e}",
                 target.display()
             )));
@@ -714,7 +721,7 @@ fn write_volume(
 
 /// The node-side work of an unpublish: the volume's files, its tmpfs and its directory go,
 /// through its parent held open; nothing to do when the parent is gone.
-fn teardown_volume(target: &Path) -> Result<(), VolumeError> {
+fn teardown_volume(target: &Path) -> Result<(), NodeVolumeError> {
     if let Some(pinned) = PinnedTarget::open(target)? {
         kvmount_volume::teardown(pinned.path()).map_err(|e| pinned.explain(e))?;
     }
@@ -723,13 +730,13 @@ fn teardown_volume(target: &Path) -> Result<(), VolumeError> {
 
 /// The node-side work of a rotation: writes `values` (one per file of `record`, in order) into
 /// the volume, which must still be a mount, through its parent held open.
-fn rewrite_volume(record: &VolumeRecord, values: &[FetchedObject]) -> Result<(), VolumeError> {
+fn rewrite_volume(record: &VolumeRecord, values: &[FetchedObject]) -> Result<(), NodeVolumeError> {
     let no_longer =
-        || VolumeError::InvalidArgument(format!("{}: no longer mounted", record.target_path));
+        || NodeVolumeError::InvalidArgument(format!("{}: no longer mounted", record.target_path));
     let Some(pinned) = PinnedTarget::open(Path::new(&record.target_path))? else {
         return Err(no_longer());
     };
-    let explain = |e| VolumeError::from(pinned.explain(e));
+    let explain = |e| NodeVolumeError::from(pinned.explain(e));
     if !kvmount_volume::is_mount_point(pinned.path()).map_err(explain)? {
         return Err(no_longer());
     }
@@ -754,19 +761,21 @@ fn rewrite_volume(record: &VolumeRecord, values: &[FetchedObject]) -> Result<(),
 
 /// The request checks that need no I/O: ids, target, capability, read-only, group. Returns
 /// the target path and the files' group.
-fn check_publish(request: &PublishRequest) -> Result<(PathBuf, Option<u32>), VolumeError> {
+fn check_publish(request: &PublishRequest) -> Result<(PathBuf, Option<u32>), NodeVolumeError> {
     if request.volume_id.is_empty() {
-        return Err(VolumeError::InvalidArgument("volume_id is required".into()));
+        return Err(NodeVolumeError::InvalidArgument(
+            "volume_id is required".into(),
+        ));
     }
     let target = validate_target(&request.target_path)?;
     match request.mount_capability {
         None => {
-            return Err(VolumeError::InvalidArgument(
+            return Err(NodeVolumeError::InvalidArgument(
                 "volume_capability is required".into(),
             ));
         }
         Some(false) => {
-            return Err(VolumeError::InvalidArgument(
+            return Err(NodeVolumeError::InvalidArgument(
                 "volume_capability: block volumes are not supported; accepted: a mount volume"
                     .into(),
             ));
@@ -774,7 +783,7 @@ fn check_publish(request: &PublishRequest) -> Result<(PathBuf, Option<u32>), Vol
         Some(true) => {}
     }
     if !request.readonly {
-        return Err(VolumeError::InvalidArgument(
+        return Err(NodeVolumeError::InvalidArgument(
             "readonly must be true: secrets volumes are read-only (set readOnly: true on the pod's csi volume)".into(),
         ));
     }
@@ -810,7 +819,7 @@ fn context_value(request: &PublishRequest, name: &str) -> String {
 /// The files' group: the volume's `fsGroup` attribute when set (an override), else
 /// `volume_capability.mount.volume_mount_group`, which the kubelet fills with the pod's
 /// `securityContext.fsGroup` because kvmount advertises VOLUME_MOUNT_GROUP.
-fn fs_group(request: &PublishRequest) -> Result<Option<u32>, VolumeError> {
+fn fs_group(request: &PublishRequest) -> Result<Option<u32>, NodeVolumeError> {
     let (field, text) = match (
         request.context.get(FS_GROUP_ATTRIBUTE),
         &request.mount_group,
@@ -823,7 +832,7 @@ fn fs_group(request: &PublishRequest) -> Result<Option<u32>, VolumeError> {
     };
     let prefix: String = text.chars().take(24).collect();
     text.trim().parse::<u32>().map(Some).map_err(|_| {
-        VolumeError::InvalidArgument(format!(
+        NodeVolumeError::InvalidArgument(format!(
             "{field}: {prefix:?} is not a group id; accepted: a number from 0 to 4294967295"
         ))
     })
@@ -879,9 +888,9 @@ mod tests {
         (volumes, dir)
     }
 
-    fn message(result: Result<impl std::fmt::Debug, VolumeError>) -> String {
+    fn message(result: Result<impl std::fmt::Debug, NodeVolumeError>) -> String {
         match result {
-            Err(VolumeError::InvalidArgument(message)) => message,
+            Err(NodeVolumeError::InvalidArgument(message)) => message,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
@@ -968,13 +977,13 @@ mod tests {
             .expect("the same parameters: idempotent");
         assert!(matches!(
             volumes.refuse_other_parameters(&r, "d2"),
-            Err(VolumeError::AlreadyExists(_))
+            Err(NodeVolumeError::AlreadyExists(_))
         ));
         let mut other = request("/pods/a/vol");
         other.volume_id = "vol2".into();
         assert!(matches!(
             volumes.refuse_other_parameters(&other, "d1"),
-            Err(VolumeError::AlreadyExists(_))
+            Err(NodeVolumeError::AlreadyExists(_))
         ));
         // The budget counts the other volumes, and a republish's new size.
         let (budgeted, _dir) = volumes_with_record(4 * PAGE, &volumes);
@@ -983,7 +992,7 @@ mod tests {
             .expect("a republish replaces its own size");
         assert!(matches!(
             budgeted.check_budget("/pods/b/vol", 2 * PAGE),
-            Err(VolumeError::ResourceExhausted(_))
+            Err(NodeVolumeError::ResourceExhausted(_))
         ));
         assert_eq!(tmpfs_charge([0, 1, 4096, 4097]), 5 * PAGE);
     }
@@ -996,8 +1005,8 @@ mod tests {
 
     #[test]
     fn a_missed_fetch_deadline_is_deadline_exceeded() {
-        let err = VolumeError::from(FetchError::Deadline(Duration::from_secs(60)));
-        assert!(matches!(err, VolumeError::Deadline(_)), "{err:?}");
+        let err = NodeVolumeError::from(FetchError::Deadline(Duration::from_secs(60)));
+        assert!(matches!(err, NodeVolumeError::Deadline(_)), "{err:?}");
         assert!(err.to_string().contains("60s"), "{err}");
     }
 }

@@ -4,7 +4,7 @@ use kvmount_vault::ErrorKind;
 use tonic::{Code, Status};
 
 use crate::provider_api::MountError;
-use crate::volumes::{ClassErrorKind, VolumeError};
+use crate::volumes::{ClassErrorKind, NodeVolumeError};
 
 fn code(kind: ErrorKind) -> Code {
     match kind {
@@ -53,19 +53,21 @@ fn class_code(kind: ClassErrorKind) -> Code {
     }
 }
 
-impl From<VolumeError> for Status {
-    fn from(err: VolumeError) -> Self {
+impl From<NodeVolumeError> for Status {
+    fn from(err: NodeVolumeError) -> Self {
         let code = match &err {
-            VolumeError::InvalidArgument(_) | VolumeError::Param(_) => Code::InvalidArgument,
-            VolumeError::AlreadyExists(_) => Code::AlreadyExists,
-            VolumeError::Aborted(_) => Code::Aborted,
-            VolumeError::Class(class) => class_code(class.kind),
-            VolumeError::Fetch(object) => code(object.kind()),
-            VolumeError::Volume(volume) => volume_code(volume.kind()),
-            VolumeError::State(_) => Code::Internal,
-            VolumeError::ResourceExhausted(_) => Code::ResourceExhausted,
-            VolumeError::Deadline(_) => Code::DeadlineExceeded,
-            VolumeError::Internal(_) => Code::Internal,
+            NodeVolumeError::InvalidArgument(_) | NodeVolumeError::Param(_) => {
+                Code::InvalidArgument
+            }
+            NodeVolumeError::AlreadyExists(_) => Code::AlreadyExists,
+            NodeVolumeError::Aborted(_) => Code::Aborted,
+            NodeVolumeError::Class(class) => class_code(class.kind),
+            NodeVolumeError::Fetch(object) => code(object.kind()),
+            NodeVolumeError::Volume(volume) => volume_code(volume.kind()),
+            NodeVolumeError::State(_) => Code::Internal,
+            NodeVolumeError::ResourceExhausted(_) => Code::ResourceExhausted,
+            NodeVolumeError::Deadline(_) => Code::DeadlineExceeded,
+            NodeVolumeError::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
     }
