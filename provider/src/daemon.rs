@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use kvmount_proto::csi::identity_server::IdentityServer;
 use kvmount_proto::csi::node_server::NodeServer;
 use kvmount_telemetry::metrics::{Exposition, Registry};
@@ -58,31 +59,12 @@ pub async fn run_until(
     );
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let limiter = Arc::new(RateLimiter::new(args.vault_qps, args.vault_burst));
-    let connector = Connector::new(args.vault.connector_config()?)?.with_vault_policies(Arc::new(
-        VaultPolicies {
-            limiter,
-            metrics: Arc::clone(&metrics),
-        },
-    ));
-    let refresh = args.rotation_interval.max(Duration::from_millis(200));
-    let idle = args.cache_idle.unwrap_or(refresh);
-    let cache = Arc::new(NodeCache::new(
-        connector,
-        CacheConfig {
-            refresh_after: refresh,
-            idle_ttl: idle,
-        },
-    ));
+    let config = cache_config(&args);
+    let cache = node_cache(&args, config, &metrics)?;
     let ready = Arc::new(AtomicBool::new(false));
     let registration = Arc::new(RegistrationState::default());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let stop = Stop::new();
+    let mut tasks = Tasks::new();
 
     let mounter = Mounter::new(
         Arc::clone(&cache),
@@ -90,11 +72,10 @@ pub async fn run_until(
         args.cloud_env_dir.clone(),
     );
     let provider_socket = BoundSocket::bind(&args.provider_socket)?;
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve_provider(
         provider_socket,
         ProviderService::new(mounter, Arc::clone(&metrics)),
-        stopped(),
+        stop.stopped(),
     ));
 
     let mut handle = DaemonHandle {
@@ -102,68 +83,21 @@ pub async fn run_until(
         volumes: None,
     };
     if let Some(csi_path) = &args.csi_socket {
-        let node_id = args
-            .node_id
-            .clone()
-            .filter(|n| !n.is_empty())
-            .context("--node-id (or NODE_NAME) is required with --csi-socket")?;
-        let state = StateStore::open(&args.state_dir)?;
-        let tmpfs_budget = args.tmpfs_budget.resolve();
-        let volumes = Arc::new(Volumes::new(
-            Arc::clone(&cache),
-            classes,
-            state,
-            VolumeConfig {
-                tmpfs_bytes: args.tmpfs_bytes,
-                cloud_env_dir: args.cloud_env_dir.clone(),
-                tmpfs_budget,
-                fetch_deadline: Duration::from_secs(args.mount_timeout_seconds),
-            },
-        ));
+        let volumes = node_volumes(&args, &cache, classes)?;
         handle.volumes = Some(Arc::clone(&volumes));
-        match tmpfs_budget {
-            Some(budget) => tracing::info!(
-                budget,
-                "volumes' files may take this many bytes of memory (--tmpfs-budget)"
-            ),
-            None => tracing::info!("no --tmpfs-budget: no memory limit found for the daemon"),
-        }
-        let (adopted, cleaned) = volumes.recover()?;
-        tracing::info!(
-            adopted,
-            cleaned,
-            "recovered published volumes from the state file"
-        );
-        let mut csi_socket = BoundSocket::bind(csi_path)?;
-        let listener = csi_socket.take_listener().context("CSI socket listener")?;
+        let node = NodeService::new(node_id(&args)?, Arc::clone(&volumes), Arc::clone(&metrics));
+        let identity = IdentityService::new(args.driver_name.clone(), Arc::clone(&ready));
+        spawn_csi(csi_path, identity, node, &stop, &mut tasks)?;
+        // After the CSI socket: a registration directory the daemon cannot write to stops it
+        // at start, naming the path.
         if let Some(config) = registration_config(&args, csi_path)? {
-            // Bound here, after the CSI socket: a directory the daemon cannot write to stops
-            // it at start, naming the path.
             let first = BoundSocket::bind(&config.socket_path())
                 .with_context(|| format!("--plugin-registration-dir {}", config.dir.display()))?;
-            tasks.spawn(crate::registration::keep_registered(
-                config,
-                Arc::clone(&registration),
-                first,
-                stopped.clone(),
-            ));
+            let registered = Arc::clone(&registration);
+            let keep =
+                crate::registration::keep_registered(config, registered, first, stop.stopped_fn());
+            tasks.spawn(keep);
         }
-        let identity = IdentityService::new(args.driver_name.clone(), Arc::clone(&ready));
-        let node = NodeService::new(node_id, Arc::clone(&volumes), Arc::clone(&metrics));
-        let shutdown = stopped();
-        tasks.spawn(async move {
-            tracing::info!(socket = %csi_socket.path().display(), "serving CSI Identity and Node");
-            Server::builder()
-                .add_service(
-                    IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST_BYTES),
-                )
-                .add_service(NodeServer::new(node).max_decoding_message_size(MAX_REQUEST_BYTES))
-                .serve_with_incoming_shutdown(kvmount_unix_h2::incoming(listener), shutdown)
-                .await?;
-            tracing::info!(socket = %csi_socket.path().display(), "CSI services stopped");
-            drop(csi_socket);
-            Ok(())
-        });
     }
 
     // The rotation loop: one read per object in use per interval, for the whole node.
@@ -171,9 +105,11 @@ pub async fn run_until(
         Arc::clone(&cache),
         handle.volumes.clone(),
         Arc::clone(&metrics),
-        refresh,
-        stopped(),
+        config.refresh_after,
+        stop.stopped(),
     ));
+    // Idle entries of the upstream-driver path are erased on a timer.
+    tasks.spawn(sweep(Arc::clone(&cache), config.idle_ttl, stop.stopped()));
 
     // Gauges and cache counters, read at each scrape.
     crate::metrics::register_live(
@@ -190,50 +126,193 @@ pub async fn run_until(
             listener,
             Exposition::new(registry),
             Arc::clone(&ready),
-            stopped(),
+            stop.stopped(),
         );
         tasks.spawn(async move { Ok(serve.await?) });
     }
-
-    // Idle entries of the upstream-driver path are erased on a timer.
-    let sweeper_cache = Arc::clone(&cache);
-    let sweep_every = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
-    let sweeper_stop = stopped();
-    tasks.spawn(async move {
-        tokio::pin!(sweeper_stop);
-        let mut tick = tokio::time::interval(sweep_every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if sweeper_cache.sweep() > 0 {
-                        hardening::scrub_stack();
-                    }
-                }
-                _ = &mut sweeper_stop => return Ok(()),
-            }
-        }
-    });
 
     ready.store(true, Ordering::Release);
     tracing::info!("ready");
     if let Some(started) = started {
         let _ = started.send(handle);
     }
-    tokio::select! {
-        _ = shutdown => {}
-        Some(result) = tasks.join_next() => {
-            // A server ended on its own: that is a failure; stop the others.
-            let _ = stop_tx.send(true);
-            result??;
-            anyhow::bail!("a server stopped unexpectedly");
-        }
-    }
+    serve_until(shutdown, tasks, &stop, &ready).await
+}
+
+/// Serves until `shutdown` resolves, then stops every part and waits for it; or stops the
+/// others when one ends on its own (a failure).
+async fn serve_until(
+    shutdown: impl Future<Output = ()>,
+    mut tasks: Tasks,
+    stop: &Stop,
+    ready: &AtomicBool,
+) -> anyhow::Result<()> {
+    let ended = tokio::select! {
+        _ = shutdown => None,
+        Some(result) = tasks.join_next() => Some(result),
+    };
     ready.store(false, Ordering::Release);
-    let _ = stop_tx.send(true);
+    stop.now();
+    if let Some(result) = ended {
+        // A server ended on its own: that is a failure; the others are stopped.
+        result??;
+        anyhow::bail!("a server stopped unexpectedly");
+    }
     while let Some(result) = tasks.join_next().await {
         result??;
     }
     Ok(())
+}
+
+/// The daemon's long-running parts: servers, rotation, the sweeper.
+type Tasks = tokio::task::JoinSet<anyhow::Result<()>>;
+
+/// Tells every part of the daemon to stop.
+struct Stop {
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Stop {
+    fn new() -> Self {
+        Self {
+            tx: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Resolves once the daemon stops.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.stopped_fn()()
+    }
+
+    /// Makes [`Stop::stopped`] futures, for a part that waits for the stop more than once.
+    fn stopped_fn(&self) -> impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static {
+        let rx = self.tx.subscribe();
+        move || {
+            let mut rx = rx.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+        }
+    }
+
+    fn now(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// The node cache, reading Key Vault through a connector whose requests pass the node's rate
+/// limit and metrics.
+fn node_cache(
+    args: &ServeArgs,
+    config: CacheConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<NodeCache>> {
+    let limiter = Arc::new(RateLimiter::new(args.vault_qps, args.vault_burst));
+    let connector = Connector::new(args.vault.connector_config()?)?.with_vault_policies(Arc::new(
+        VaultPolicies {
+            limiter,
+            metrics: Arc::clone(metrics),
+        },
+    ));
+    Ok(Arc::new(NodeCache::new(connector, config)))
+}
+
+/// The rotation interval (at least 200 ms) and how long an unused entry stays.
+fn cache_config(args: &ServeArgs) -> CacheConfig {
+    let refresh = args.rotation_interval.max(Duration::from_millis(200));
+    CacheConfig {
+        refresh_after: refresh,
+        idle_ttl: args.cache_idle.unwrap_or(refresh),
+    }
+}
+
+fn node_id(args: &ServeArgs) -> anyhow::Result<String> {
+    args.node_id
+        .clone()
+        .filter(|n| !n.is_empty())
+        .context("--node-id (or NODE_NAME) is required with --csi-socket")
+}
+
+/// The CSI node plugin's volumes, with those published before a restart adopted (or cleaned
+/// up) from the state file.
+fn node_volumes(
+    args: &ServeArgs,
+    cache: &Arc<NodeCache>,
+    classes: Option<Arc<dyn ClassLookup>>,
+) -> anyhow::Result<Arc<Volumes>> {
+    let state = StateStore::open(&args.state_dir)?;
+    let tmpfs_budget = args.tmpfs_budget.resolve();
+    match tmpfs_budget {
+        Some(budget) => tracing::info!(
+            budget,
+            "volumes' files may take this many bytes of memory (--tmpfs-budget)"
+        ),
+        None => tracing::info!("no --tmpfs-budget: no memory limit found for the daemon"),
+    }
+    let volumes = Arc::new(Volumes::new(
+        Arc::clone(cache),
+        classes,
+        state,
+        VolumeConfig {
+            tmpfs_bytes: args.tmpfs_bytes,
+            cloud_env_dir: args.cloud_env_dir.clone(),
+            tmpfs_budget,
+            fetch_deadline: Duration::from_secs(args.mount_timeout_seconds),
+        },
+    ));
+    let (adopted, cleaned) = volumes.recover()?;
+    tracing::info!(
+        adopted,
+        cleaned,
+        "recovered published volumes from the state file"
+    );
+    Ok(volumes)
+}
+
+/// Serves CSI Identity and Node on `path` until the daemon stops.
+fn spawn_csi(
+    path: &std::path::Path,
+    identity: IdentityService,
+    node: NodeService,
+    stop: &Stop,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    let mut socket = BoundSocket::bind(path)?;
+    let listener = socket.take_listener().context("CSI socket listener")?;
+    let shutdown = stop.stopped();
+    tasks.spawn(async move {
+        tracing::info!(socket = %socket.path().display(), "serving CSI Identity and Node");
+        Server::builder()
+            .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .add_service(NodeServer::new(node).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .serve_with_incoming_shutdown(kvmount_unix_h2::incoming(listener), shutdown)
+            .await?;
+        tracing::info!(socket = %socket.path().display(), "CSI services stopped");
+        drop(socket);
+        Ok(())
+    });
+    Ok(())
+}
+
+/// Erases idle entries of the upstream-driver path, a few times per idle period.
+async fn sweep(
+    cache: Arc<NodeCache>,
+    idle: Duration,
+    stopped: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let every = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if cache.sweep() > 0 {
+                    hardening::scrub_stack();
+                }
+            }
+            _ = &mut stopped => return Ok(()),
+        }
+    }
 }
 
 /// The registration with the kubelet the flags ask for, checked before anything is served.
