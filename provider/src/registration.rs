@@ -85,8 +85,16 @@ where
     loop {
         let mut bound = match socket.take() {
             Some(bound) => bound,
-            None => match BoundSocket::bind(&path) {
+            // Never `bind`: it would remove a socket another daemon put there meanwhile.
+            None => match BoundSocket::bind_new(&path) {
                 Ok(bound) => bound,
+                // Another daemon's socket appeared between ours going and this bind.
+                Err(_) if file_identity(&path).is_some() => {
+                    if yield_to_other_file(&path, &stopped).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 Err(error) => {
                     tracing::error!(%error, "cannot offer the registration socket; retrying");
                     if pause_or_stop(CHECK_EVERY, stopped()).await {
@@ -142,11 +150,8 @@ where
                 tracing::warn!(socket = %path.display(), "the registration socket was {why}; offering it again");
             }
             Next::Yield => {
-                tracing::warn!(socket = %path.display(), "another file took the registration socket's place; offering it again once that file is gone");
-                while file_identity(&path).is_some() {
-                    if pause_or_stop(CHECK_EVERY, stopped()).await {
-                        return Ok(());
-                    }
+                if yield_to_other_file(&path, &stopped).await {
+                    return Ok(());
                 }
             }
         }
@@ -180,6 +185,22 @@ async fn watch(
             return Next::Offer("refused");
         }
     }
+}
+
+/// Waits until the file another daemon put at `path` is gone (it is never removed from here).
+/// True if the daemon stopped first.
+async fn yield_to_other_file<F, S>(path: &std::path::Path, stopped: &S) -> bool
+where
+    S: Fn() -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    tracing::warn!(socket = %path.display(), "another file took the registration socket's place; offering it again once that file is gone");
+    while file_identity(path).is_some() {
+        if pause_or_stop(CHECK_EVERY, stopped()).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// True if `stop` came first.

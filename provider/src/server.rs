@@ -70,6 +70,12 @@ impl BoundSocket {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(path, "inspect")(e)),
         }
+        Self::bind_new(path)
+    }
+
+    /// [`BoundSocket::bind`] where nothing is: a socket found at `path` is not taken to be a
+    /// stale one of this daemon's, and the bind fails (address in use).
+    pub fn bind_new(path: &Path) -> Result<Self, ServeError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent, "create directory"))?;
         }
@@ -158,5 +164,25 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_new_leaves_a_socket_it_finds_and_bind_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reg.sock");
+        let theirs = std::os::unix::net::UnixListener::bind(&path).expect("their socket");
+        let their_file = file_identity(&path);
+        assert!(BoundSocket::bind_new(&path).is_err());
+        assert_eq!(file_identity(&path), their_file, "their socket stays");
+        drop(theirs);
+        let ours = BoundSocket::bind(&path).expect("a stale socket is replaced");
+        std::os::unix::net::UnixStream::connect(&path).expect("ours listens there now");
+        drop(ours);
+        assert!(!path.exists(), "our socket goes with us");
     }
 }
