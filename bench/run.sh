@@ -16,7 +16,7 @@
 #                           # CSI volume, injected pods (native sidecar, init-only) and a Secret
 #                           # volume side by side (~14 min; bench/podstart.py): writes
 #                           # bench/results/pod-start.json and its section of docs/benchmarks.md;
-#                           # with --quick one round of 1 and 10 objects (~2.5 min), printed only. Builds no Rust: the
+#                           # with --quick one round of 1 and 10 objects (~2 min), printed only. Builds no Rust: the
 #                           # mock vault is KVMOUNT_PROVIDER_BIN (default target/debug/kvmount-provider),
 #                           # the images KVMOUNT_IMAGE_DIR (default: deploy/images/build.sh now)
 #
