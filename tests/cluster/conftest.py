@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
 
 import cluster as cl  # noqa: E402
-from kvmount_support import Proc  # noqa: E402
+import kvmount_stack as stack  # noqa: E402
 
 
 # The namespaces whose service account `app` the mock vault's identity is federated with
@@ -45,16 +45,9 @@ CHART_APP_NAMESPACE = "kvmount-chart-app"
 WI_CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
 
 
-def _install_env():
-    if all(k in os.environ for k in ("KVMOUNT_CLUSTER_KUBE", "KVMOUNT_CLUSTER_ETCD", "KVMOUNT_CLUSTER_DEBIAN")):
-        return {k: v for k, v in os.environ.items() if k.startswith("KVMOUNT_CLUSTER_")}
-    out = subprocess.run([os.path.join(HERE, "install.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
 @pytest.fixture(scope="session")
 def cluster_env():
-    return _install_env()
+    return stack.install_env()
 
 
 @pytest.fixture(scope="session")
@@ -139,18 +132,16 @@ def wait_pod(cluster):
 
 @pytest.fixture(scope="session")
 def helm(cluster):
-    """helm(*args) -> stdout, against the cluster (helm runs in its network namespace)."""
-    binary = subprocess.run([os.path.join(ROOT, "tests", "deploy", "install-helm.sh")], check=True,
-                            stdout=subprocess.PIPE, text=True).stdout.strip()
+    """helm(*args, check=True) -> stdout, against the cluster (helm runs in its network namespace)."""
+    run = stack.Helm(cluster)
 
-    def run(*args, check=True):
-        p = subprocess.run(cluster.ns([binary, f"--kubeconfig={cluster.kubeconfig}", *args]),
-                           capture_output=True, text=True, timeout=300)
-        if check and p.returncode != 0:
-            pytest.fail(f"helm {' '.join(args)}: exit {p.returncode}: {p.stderr}")
-        return p.stdout
+    def helm(*args, check=True):
+        try:
+            return run(*args, check=check)
+        except stack.StackError as e:
+            pytest.fail(str(e))
 
-    return run
+    return helm
 
 
 @pytest.fixture(scope="session")
@@ -162,13 +153,12 @@ def mock_vault(cluster, tmp_path_factory):
     identity `cluster-app` (client id WI_CLIENT_ID; subjects system:serviceaccount:default:app,
     system:serviceaccount:WI_NAMESPACE:app and system:serviceaccount:CHART_APP_NAMESPACE:app),
     which may read and write the secrets of vault `cluster`. Returns the ready line's fields
-    (url, ca, tenant, ...) plus `tls_dir`."""
-    binary = os.environ.get("KVMOUNT_PROVIDER_BIN", os.path.join(ROOT, "target", "debug", "kvmount-provider"))
-    if not os.path.exists(binary):
-        pytest.skip(f"{binary} is not built (cargo build --workspace --bins)")
-    d = tmp_path_factory.mktemp("mock-vault")
-    seed = d / "seed.yaml"
-    seed.write_text(f"""tenantId: 00000000-0000-0000-0000-000000000001
+    (url, ca, tenant, ...) plus `tls_dir` and `port` (kvmount_stack.start_mock_vault)."""
+    try:
+        stack.provider_binary()
+    except stack.NotBuilt as e:
+        pytest.skip(str(e))
+    seed = f"""tenantId: 00000000-0000-0000-0000-000000000001
 issuers:
   - {{ issuer: "{cluster.sa_issuer}", publicKeyFile: "{cluster.sa_public_key}" }}
 identities:
@@ -184,67 +174,27 @@ vaults:
       - {{ identity: cluster-app, objects: ["secret/*"], permissions: [get, list, set] }}
     secrets:
       - {{ name: db-password, versions: ["cluster-secret-1"] }}
-""")
-    proc = Proc(cluster.ns([binary, "mock-vault", "--listen", "0.0.0.0:8443", "--seed", str(seed),
-                            "--tls-dir", str(d / "tls"), "--tls-san", cluster.node_ip]))
-    fields = dict(kv.split("=", 1) for kv in proc.ready_line(re.compile(r"^kvmount mock vault ready (.*)$")).group(1).split())
-    fields["tls_dir"] = str(d / "tls")
+"""
+    proc, fields = stack.start_mock_vault(cluster, str(tmp_path_factory.mktemp("mock-vault")), seed)
     yield fields
     proc.stop()
 
 
-def _host_arch():
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-
-
-def _archive_tags(path):
-    """The RepoTags of a docker-archive tarball (its manifest.json)."""
-    import tarfile
-
-    with tarfile.open(path) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))
-    return [t for entry in manifest for t in entry.get("RepoTags") or []]
-
-
 @pytest.fixture(scope="session")
 def kvmount_images(cluster):
-    """kvmount's two images imported into containerd, as
+    """kvmount's two images imported into containerd (kvmount_stack.import_images: from
+    KVMOUNT_IMAGE_DIR, KVMOUNT_IMAGE_ARCHIVES, or built now), as
     {"provider": "<registry>/<repo>/kvmount-provider:<tag>", "sidecar": ..., "archives": [...]}.
-    From KVMOUNT_IMAGE_DIR (the --out directory of an earlier `deploy/images/build.sh`: its
-    images.json names the docker-archive of each image for this machine's architecture), or
-    KVMOUNT_IMAGE_ARCHIVES (docker-archive paths, space-separated), or else built now with
-    `deploy/images/build.sh --arch <this machine's> --out target/images` (its cargo builds are
-    cached per machine, outside the clone). Names come from the archives' own RepoTags.
     KVMOUNT_IMAGES=skip (as in tests/deploy) skips what needs them."""
     if os.environ.get("KVMOUNT_IMAGES") == "skip":
         pytest.skip("KVMOUNT_IMAGES=skip")
-    arch = _host_arch()
-    archives = os.environ.get("KVMOUNT_IMAGE_ARCHIVES", "").split()
-    image_dir = os.environ.get("KVMOUNT_IMAGE_DIR")
-    if not archives:
-        if not image_dir:
-            build = os.path.join(ROOT, "deploy", "images", "build.sh")
-            if not os.path.exists(build):
-                pytest.skip("deploy/images/build.sh does not exist yet")
-            image_dir = os.path.join(ROOT, "target", "images")
-            t0 = time.monotonic()
-            subprocess.run([build, "--arch", arch, "--out", image_dir], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-            print(f"\nkvmount images built in {time.monotonic() - t0:.0f}s", file=sys.stderr)
-        with open(os.path.join(image_dir, "images.json")) as f:
-            built = json.load(f)
-        # build.sh resolves a relative --out from the clone's root; the archives are in docker/.
-        archives = [a if os.path.isabs(a) else os.path.join(image_dir, "docker", os.path.basename(a))
-                    for a in (entry["platforms"][arch]["docker_archive"] for entry in built["images"].values())]
-    names = {}
-    for a in archives:
-        cluster.import_image(a)
-        for tag in _archive_tags(a):
-            image = tag.rsplit(":", 1)[0].rsplit("/", 1)[-1]
-            if image in ("kvmount-provider", "kvmount-sidecar"):
-                names[image.split("-", 1)[1]] = tag
-    missing = {"provider", "sidecar"} - set(names)
-    assert not missing, f"no kvmount-{'/'.join(sorted(missing))} image among {archives}"
-    return dict(names, archives=archives)
+    try:
+        t0 = time.monotonic()
+        images = stack.import_images(cluster)
+        print(f"\nkvmount images ready in {time.monotonic() - t0:.0f}s", file=sys.stderr)
+        return images
+    except stack.NotBuilt as e:
+        pytest.skip(str(e))
 
 
 def stop_process(p, grace=10):
@@ -372,13 +322,13 @@ def kvmount_provider(cluster, mock_vault):
     import shutil
     import tempfile
 
-    binary = os.environ.get("KVMOUNT_PROVIDER_BIN", os.path.join(ROOT, "target", "debug", "kvmount-provider"))
+    binary = stack.provider_binary()
     procs, states = [], []
 
     def start(socket, *args):
         state = tempfile.mkdtemp(dir="/dev/shm", prefix="kvmount-cluster-state.")
         states.append(state)
-        port = mock_vault["url"].rsplit(":", 1)[1].strip("/")
+        port = mock_vault["port"]
         p = cluster.spawn("kvmount-provider", [
             binary, "serve", "--provider-socket", socket, "--state-dir", state,
             "--keyvault-dns-suffix", "vault.localhost", "--authority-host", mock_vault["url"],
@@ -422,7 +372,7 @@ def vault_call(cluster, mock_vault, assertion, method, path, body="", client_id=
     """Exchanges `assertion` (a service-account token) at the mock vault's token endpoint, then
     makes one Key Vault call (e.g. "PUT", "/secrets/x?api-version=7.4", json) from inside the
     cluster's network namespace; returns {"token_status", "token", "status", "body"}."""
-    port = mock_vault["url"].rsplit(":", 1)[1].strip("/")
+    port = mock_vault["port"]
     out = subprocess.run(cluster.ns([sys.executable, "-c", VAULT_CLIENT, port, mock_vault["ca"], mock_vault["tenant"],
                                      client_id, assertion, method, path, body]),
                          check=True, capture_output=True, text=True, timeout=60).stdout

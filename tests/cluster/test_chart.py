@@ -20,14 +20,11 @@ import time
 
 import pytest
 
-from conftest import CHART_APP_NAMESPACE, ROOT, WI_CLIENT_ID, dump, vault_call
+from conftest import CHART_APP_NAMESPACE, WI_CLIENT_ID, dump, vault_call
+from kvmount_stack import CA_CONFIGMAP, CHART_DIR, DRIVER, RELEASE, RELEASE_NS, split_image, wait_for
+import kvmount_stack as stack
 
-RELEASE = "kvmount"
-RELEASE_NS = "kvmount-system"
 APP_NS = CHART_APP_NAMESPACE
-CHART_DIR = os.path.join(ROOT, "deploy", "helm", "kvmount")
-DRIVER = "secrets.kvmount.io"
-CA_CONFIGMAP = "kvmount-vault-ca"
 ROTATION_SECONDS = 5  # provider.rotationInterval
 METRICS_PORT = 9810  # provider.metricsPort (chart default)
 BUSYBOX = {"image": "kvmount.test/busybox:1", "imagePullPolicy": "Never"}
@@ -101,26 +98,6 @@ class Chart:
                 "objects": "array:\n" + "".join(f"  - |\n    objectName: {o}\n    objectType: secret\n" for o in objects)}
 
 
-def wait_for(what, check, timeout, every=0.5):
-    """Polls check() -> (done, value) until done; returns the value, or fails with the last one."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        ok, last = check()
-        if ok:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s; last: {last!r}"[:4000])
-        time.sleep(every)
-
-
-def split_image(ref):
-    """registry, repository, tag of `registry/repo/name:tag`."""
-    name, tag = ref.rsplit(":", 1)
-    registry, repository = name.split("/", 1)
-    return registry, repository, tag
-
-
 def csi_pod(name, attrs, security_context=None, command="sleep 3600"):
     return {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": APP_NS},
@@ -171,53 +148,18 @@ def state_records(chart):
 
 @pytest.fixture(scope="module")
 def chart(cluster, helm, mock_vault, kvmount_images):
-    port = mock_vault["url"].rsplit(":", 1)[1].strip("/")
-    vault = f"{cluster.node_ip}:{port}"
-    registry, provider_repo, tag = split_image(kvmount_images["provider"])
-    sidecar_registry, sidecar_repo, sidecar_tag = split_image(kvmount_images["sidecar"])
-    assert (registry, tag) == (sidecar_registry, sidecar_tag), kvmount_images  # the chart has one registry and tag
     # The state dir: tmpfs on the host, as the chart asks (stateHostDir); removed at the end.
     state_dir = tempfile.mkdtemp(dir="/dev/shm", prefix="kvmount-chart-state.")
     work = tempfile.mkdtemp(prefix="kvmount-chart.")
-    values = {
-        "mode": "standalone",
-        "image": {"registry": registry, "tag": tag, "pullPolicy": "Never",
-                  "provider": {"repository": provider_repo}, "sidecar": {"repository": sidecar_repo}},
-        "provider": {
-            "rotationInterval": f"{ROTATION_SECONDS}s",
-            "keyvaultDnsSuffix": "vault.localhost",
-            "authorityHost": f"https://{vault}",
-            "resolve": [f"*.vault.localhost={vault}"],
-            "caConfigMap": CA_CONFIGMAP,
-            "logFormat": "text",
-        },
-        "standalone": {"kubeletDir": cluster.kubelet_root, "stateHostDir": state_dir},
-        "webhook": {
-            "enabled": True,
-            "replicas": 1,
-            "tls": {"mode": "helm"},
-            "agentArgs": ["--keyvault-dns-suffix=vault.localhost", f"--authority-host=https://{vault}",
-                          f"--resolve=*.vault.localhost={vault}"],
-            "agentCAConfigMap": CA_CONFIGMAP,
-            "logFormat": "text",
-        },
-    }
-    values_file = os.path.join(work, "values.json")  # JSON is YAML
-    with open(values_file, "w") as f:
-        json.dump(values, f, indent=1)
-    c = Chart(cluster, helm, mock_vault, kvmount_images, state_dir, values_file)
+    values = stack.chart_values(cluster, mock_vault, kvmount_images, state_dir,
+                                provider={"rotationInterval": f"{ROTATION_SECONDS}s"})
+    c = Chart(cluster, helm, mock_vault, kvmount_images, state_dir, None)
     try:
-        for ns in (RELEASE_NS, APP_NS):
-            cluster.kubectl("create", "namespace", ns)
-            # The node DaemonSet uses hostPath volumes and a privileged container (README).
-            cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=privileged")
-            # The mock vault's CA: provider.caConfigMap (release namespace) and
-            # webhook.agentCAConfigMap (every namespace whose pods are injected).
-            cluster.kubectl("create", "configmap", CA_CONFIGMAP, "-n", ns, f"--from-file=ca.crt={mock_vault['ca']}")
+        stack.create_namespaces(cluster, mock_vault, (RELEASE_NS, APP_NS))
         cluster.kubectl("create", "serviceaccount", "app", "-n", APP_NS)
         t0 = time.monotonic()
         try:
-            c.notes = helm("install", RELEASE, CHART_DIR, "-n", RELEASE_NS, "-f", values_file, "--wait", "--timeout=3m")
+            c.notes, c.values_file = stack.install_chart(helm, values, work)
         except BaseException:
             dump(cluster, RELEASE_NS)
             raise
