@@ -66,22 +66,25 @@ musl_ready() {
 }
 
 if [ "$which" = pod-start ]; then
-    # The cluster's run dir (kc-*) goes under the private TMPDIR; swept on exit whatever happened.
+    # The cluster's run dir (kc-*) goes under a short private dir of its own (the kubelet's
+    # socket paths in it must fit in 107 bytes, whatever TMPDIR the caller has); swept on exit
+    # whatever happened.
+    cluster_parent=$(mktemp -d /tmp/kvps.XXXXXX)
     sweep_cluster() {
-        for dir in "$bench_tmp"/kc-*; do
+        for dir in "$cluster_parent"/kc-*; do
             [ -d "$dir" ] && python3 tests/cluster/cluster.py down "$dir" || true
         done
-        rm -rf "$bench_tmp" "$bench_shm"
+        rm -rf "$bench_tmp" "$bench_shm" "$cluster_parent"
     }
     trap sweep_cluster EXIT
     cluster_env=$(tests/cluster/install.sh)
     while IFS='=' read -r name path; do export "$name=$path"; done <<<"$cluster_env"
     venv=$(tests/python/venv.sh)
     if [ "$quick" = 1 ]; then
-        "$venv/bin/python" bench/podstart.py run --quick --out "$bench_tmp/pod-start.json"
+        TMPDIR=$cluster_parent "$venv/bin/python" bench/podstart.py run --quick --out "$bench_tmp/pod-start.json"
     else
         mkdir -p bench/results
-        "$venv/bin/python" bench/podstart.py run --out bench/results/pod-start.json
+        TMPDIR=$cluster_parent "$venv/bin/python" bench/podstart.py run --out bench/results/pod-start.json
         "$venv/bin/python" bench/podstart.py report bench/results/pod-start.json docs/benchmarks.md
     fi
     echo "bench/run.sh pod-start$([ "$quick" = 1 ] && echo " --quick"): done in $(( $(date +%s) - started ))s"

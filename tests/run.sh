@@ -152,6 +152,11 @@ section "benchmark harness: bench/run.sh --quick (kvmount and the Azure provider
 # kvmount's side only. A crash of the harness fails the suite; slow numbers never do.
 prefetched azure-provider >/dev/null || echo "(the Azure provider did not build; see above)"
 bench/run.sh --quick
+if [ "${KVMOUNT_IMAGES:-}" != skip ]; then
+    section "benchmark harness: bench/run.sh pod-start --quick (pod start in the real cluster: kvmount's CSI volume, injected pods, a Secret volume; printed, never checked)"
+    # About 2 min: its own cluster (the images of the prefetch, the mock from target/debug).
+    bench/run.sh pod-start --quick
+fi
 
 section "summary"
 python3 - "$summary_dir" "$(( $(date +%s) - suite_start ))" <<'PY'
