@@ -33,7 +33,7 @@ use kvmount_tests::{DriverRequest, Provider, Vault, object, objects};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-const VAULT: &str = "cc";
+const VAULT: &str = "cluster";
 const NAMESPACE: &str = "cc";
 const CLIENT_ID: &str = "00000000-0000-0000-0000-0000000000cc";
 /// Key Vault's limit: requests per vault per this window.
@@ -449,10 +449,15 @@ fn report(
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "{CLUSTER_BUDGET_HEADING}\n\nWritten by `bench/run.sh cluster-budget{}` in {:.0} s; not part of the full run. {nodes} node daemons (`kvmount-provider serve`, the `{}` build, one process per node, each with its own provider socket and its own {pods} pods) against one mock vault in the benchmark's process; one identity and one class of {objects} secrets for the whole cluster, each pod its own service-account token. Every pod mounted once through the provider API ({WAVE_CONCURRENCY} Mounts in flight across the cluster), then, as the driver's rotation does, every pod mounted again each interval. Rotation scaled down from 2m to `--rotation-interval {}s` (`--cache-idle {}s`); the mock's counters are read every second and summed per 10 s window (Key Vault's limit: 4,000 requests per vault per 10 s). Key Vault requests are every request to the vault host (401 challenges included).\n",
+        "{CLUSTER_BUDGET_HEADING}\n\nWritten by `bench/run.sh cluster-budget{}` in {:.0} s; not part of the full run. {nodes} node daemons (`kvmount-provider serve`, the `{}` build, one process per node, each with its own provider socket and its own {pods} pods) against one mock vault in the benchmark's process (the harness in its {} build); one identity and one class of {objects} secrets for the whole cluster, each pod its own service-account token. Every pod mounted once through the provider API ({WAVE_CONCURRENCY} Mounts in flight across the cluster), then, as the driver's rotation does, every pod mounted again each interval. Rotation scaled down from 2m to `--rotation-interval {}s` (`--cache-idle {}s`); the mock's counters are read every second and summed per 10 s window (Key Vault's limit: 4,000 requests per vault per 10 s). Key Vault requests are every request to the vault host (401 challenges included).\n",
         if plan.quick { " --quick" } else { "" },
         f(&r["seconds"]),
         if plan.quick { "debug" } else { "dist" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         interval,
         3.0 * interval,
     );
