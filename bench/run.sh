@@ -8,7 +8,8 @@
 #                           # then the full run (~7 min on 2 cores):
 #                           # writes docs/benchmarks.md and docs/bench-*.svg
 #   bench/run.sh --quick    # debug build, a few samples (< 3 min): checks the harness, writes
-#                           # its report to a temp dir and prints it; tests/run.sh runs this
+#                           # its report to a temp dir and prints it, then cluster-budget
+#                           # --quick (10 daemons, about 40 s); tests/run.sh runs this
 #   bench/run.sh node       # kvmount's standalone CSI node plugin (publish latency, RSS)
 #   bench/run.sh rotation   # kvmount's Key Vault GETs per rotation interval (docs/rotation-requests.svg)
 #   bench/run.sh sidecar    # the sidecar agent and webhook alone
@@ -19,6 +20,10 @@
 #                           # with --quick one round of 1 and 10 objects (~2 min), printed only. Builds no Rust: the
 #                           # mock vault is KVMOUNT_PROVIDER_BIN (default target/debug/kvmount-provider),
 #                           # the images KVMOUNT_IMAGE_DIR (default: deploy/images/build.sh now)
+#   bench/run.sh cluster-budget   # 100 node daemons against one mock vault, rotation every 30 s:
+#                           # Key Vault requests per 10 s window, RSS and CPU, beside the Azure
+#                           # provider's arithmetic (~4 min after the build); writes its section
+#                           # of docs/benchmarks.md and docs/bench-cluster-budget.svg
 #
 # The side-by-side part (provider-bench) runs in a private network namespace (unshare) whose
 # hosts file maps the vault host, the custom cloud's Entra authority and login.microsoftonline.com
@@ -33,8 +38,8 @@ which=all
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
-        all|node|rotation|sidecar|pod-start) which=$arg ;;
-        *) echo "usage: bench/run.sh [--quick] [all|node|rotation|sidecar|pod-start]" >&2; exit 2 ;;
+        all|node|rotation|sidecar|pod-start|cluster-budget) which=$arg ;;
+        *) echo "usage: bench/run.sh [--quick] [all|node|rotation|sidecar|pod-start|cluster-budget]" >&2; exit 2 ;;
     esac
 done
 if [ "$(id -u)" != 0 ]; then
@@ -97,8 +102,13 @@ case "$which" in
     node) bins=(--bin node-bench) ;;
     rotation) bins=(--bin rotation-bench) ;;
     sidecar) bins=(--bin sidecar-bench) ;;
+    cluster-budget) bins=(--bin cluster-budget) ;;
 esac
+# The quick run checks the cluster simulation's harness too.
+if [ "$quick" = 1 ] && [ "$which" = all ]; then bins+=(--bin cluster-budget); fi
 shipped=(-p kvmount-provider -p kvmount-sidecar --bin kvmount-provider --bin kvmount-sidecar)
+# The cluster simulation starts only the node daemon.
+if [ "$which" = cluster-budget ]; then shipped=(-p kvmount-provider --bin kvmount-provider); fi
 agent=(-p kvmount-sidecar --bin kvmount-agent)
 if [ "$quick" = 1 ]; then
     profile=debug
@@ -172,6 +182,12 @@ if [ "$which" = sidecar ]; then
     "$bin/sidecar-bench" "${quick_arg[@]}"
     exit 0
 fi
+if [ "$which" = cluster-budget ]; then
+    # Loopback only (the mock on a free port, the daemons' --resolve): no network namespace.
+    "$bin/cluster-budget" "${quick_arg[@]}"
+    echo "bench/run.sh cluster-budget${quick_arg[*]:+ ${quick_arg[*]}}: done in $(( $(date +%s) - started ))s"
+    exit 0
+fi
 
 results=$bench_tmp/results
 mkdir -p "$results"
@@ -199,6 +215,8 @@ if [ "$quick" = 1 ]; then
     "$bin/bench-report" "$results" "$bench_tmp/report/benchmarks.md"
     # The report without its raw JSON: the harness works; these numbers are not for quoting.
     sed '/^## Raw numbers/,$d' "$bench_tmp/report/benchmarks.md"
+    echo "== cluster-budget --quick: 10 node daemons against one mock vault"
+    "$bin/cluster-budget" --quick
 else
     "$bin/bench-report" "$results" docs/benchmarks.md
     # The pod-start section comes from its own, longer run (bench/run.sh pod-start); kept.

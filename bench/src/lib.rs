@@ -58,6 +58,73 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
+/// The machine a run measured, as Markdown list items: CPU, cores, memory, kernel (with
+/// `setting`, where the processes ran) and the load average now (with `noise`, what the shared
+/// cores make noisy and what not).
+pub fn machine(setting: &str, noise: &str) -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|k| format!("{:.1} GiB", k / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = read("/proc/sys/kernel/osrelease");
+    format!(
+        "- CPU: {cpu}, {cores} cores available to the run\n- memory: {mem}\n- kernel: {} ({setting})\n- load average when the report was written: {} (other work shares these cores, so {noise})\n",
+        kernel.trim(),
+        load_average()
+    )
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` shows them.
+pub fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The heading of the section `bench/run.sh cluster-budget` writes into docs/benchmarks.md
+/// (a full run keeps it).
+pub const CLUSTER_BUDGET_HEADING: &str = "## A whole cluster's Key Vault budget";
+
+/// The section of Markdown `doc` that starts with the line `heading`, up to the next `## `
+/// heading (or the end).
+pub fn section<'a>(doc: &'a str, heading: &str) -> Option<&'a str> {
+    let start = doc
+        .match_indices(heading)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || doc[..i].ends_with('\n'))?;
+    let rest = &doc[start + heading.len()..];
+    let end = rest
+        .find("\n## ")
+        .map_or(doc.len(), |i| start + heading.len() + i + 1);
+    Some(&doc[start..end])
+}
+
+/// `doc` with the section that starts with `new`'s first line replaced by `new`, or `new`
+/// inserted before `before` (a heading line) when there is none, or appended.
+pub fn replace_section(doc: &str, new: &str, before: &str) -> String {
+    let heading = new.lines().next().unwrap_or_default();
+    if let Some(old) = section(doc, heading) {
+        return doc.replacen(old, new, 1);
+    }
+    match section(doc, before) {
+        Some(next) => doc.replacen(next, &format!("{new}{next}"), 1),
+        None => format!("{doc}{new}"),
+    }
+}
+
 /// Writes `value` as pretty JSON to `dir/name`, creating `dir`.
 pub fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -77,6 +144,24 @@ mod tests {
         assert_eq!(percentile(&s, 99.0), Duration::from_millis(99));
         assert_eq!(percentile(&s[..3], 99.0), Duration::from_millis(3));
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn sections_are_found_and_replaced() {
+        let doc = "# T\n\n## A\n\na\n\n## Raw numbers\n\nraw\n";
+        assert_eq!(section(doc, "## A"), Some("## A\n\na\n\n"));
+        assert_eq!(section(doc, "## B"), None);
+        let added = replace_section(doc, "## B\n\nb\n\n", "## Raw numbers");
+        assert_eq!(
+            added,
+            "# T\n\n## A\n\na\n\n## B\n\nb\n\n## Raw numbers\n\nraw\n"
+        );
+        let again = replace_section(&added, "## B\n\nc\n\n", "## Raw numbers");
+        assert_eq!(again, added.replace("\nb\n", "\nc\n"));
+        assert_eq!(
+            section(&again, "## Raw numbers"),
+            Some("## Raw numbers\n\nraw\n")
+        );
     }
 
     #[test]

@@ -159,11 +159,17 @@ pub struct ServeArgs {
     /// default: the rotation interval. Entries used by volumes are erased at the last unpublish.
     #[arg(long, value_parser = parse_duration)]
     pub cache_idle: Option<Duration>,
-    /// Key Vault requests per second allowed per vault from this node (every try, retries too).
-    #[arg(long, default_value_t = 20.0)]
+    /// Key Vault requests per second allowed per vault from this node (every try, retries
+    /// too). Default 20 = Key Vault's 4,000 GETs per 10 s per vault / 10 s / 20 nodes: the
+    /// sustained ceilings of 20 nodes sharing a vault make its limit (at a 2m rotation
+    /// interval, a ceiling of 2,400 objects in use per node).
+    #[arg(long, default_value_t = crate::ratelimit::DEFAULT_VAULT_QPS)]
     pub vault_qps: f64,
-    /// Burst of Key Vault requests allowed per vault above `--vault-qps`.
-    #[arg(long, default_value_t = 40)]
+    /// Burst of Key Vault requests allowed per vault above `--vault-qps`. Default 401 = the
+    /// first mount of the largest class accepted (200 files, each a history slot: a version
+    /// list and a GET, plus one 401 challenge), so no accepted class waits on its first mount;
+    /// a node's worst 10 s is then 401 + 10 x 20 = 601 requests, 15% of the vault's 4,000.
+    #[arg(long, default_value_t = crate::ratelimit::DEFAULT_VAULT_BURST)]
     pub vault_burst: u32,
     /// Serve Prometheus metrics, /healthz and /readyz over HTTP here, e.g. 0.0.0.0:9808.
     #[arg(long)]

@@ -46,7 +46,7 @@ const STREAMS: usize = 8;
 /// kvmount's default `--vault-qps`: cold samples are spaced so each starts with the daemon's
 /// request budget refilled (the rows measure a mount, not the rate limit; bursts of pods are
 /// the pod rows).
-const KVMOUNT_DEFAULT_QPS: f64 = 20.0;
+const KVMOUNT_DEFAULT_QPS: f64 = kvmount_provider::ratelimit::DEFAULT_VAULT_QPS;
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Rotation intervals counted after each mount wave.
 const INTERVALS: u32 = 2;

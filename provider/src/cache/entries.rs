@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::config::{CacheConfig, CacheCounters, lock};
 use super::error::RotationError;
-use super::jitter::late_jitter;
+use super::jitter::first_check;
 use super::key::{IdentityKey, ObjectKey};
 
 /// What reads one object from Key Vault (a client of the entry's identity in production).
@@ -137,7 +137,7 @@ impl Entries {
             self.counters.misses.fetch_add(1, Ordering::Relaxed);
             {
                 let mut users = slot.users();
-                users.next_check = Instant::now() + late_jitter(self.config.refresh_after);
+                users.next_check = first_check(Instant::now(), self.config.refresh_after);
                 users.refreshed = Some(Instant::now());
             }
             tracing::info!(object = %key.id(), version = %object.version, vault = %key.vault(), "read from Key Vault");

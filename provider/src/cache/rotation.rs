@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::entries::{Cached, Entries, Reader, Slot};
 use super::error::RotationError;
-use super::jitter::{backoff, jitter, late_jitter};
+use super::jitter::{backoff, jitter, next_check};
 use super::key::{IdentityKey, ObjectKey};
 
 /// The result of one rotation pass.
@@ -58,15 +58,16 @@ pub(super) async fn pass<'r>(
     report
 }
 
-/// Sets the entry's next check after a read: one interval after a success (at most one read
-/// per object per interval), a growing backoff after a failure.
+/// Sets the entry's next check after a read: one interval after it was due on a success (the
+/// entry keeps its phase: one read per object per interval on average), a growing backoff
+/// after a failure.
 fn record(slot: &Slot, outcome: &Result<bool, RotationError>, interval: Duration) {
     let mut users = slot.users();
     match outcome {
         Ok(_) => {
             users.failures = 0;
             users.last_error = None;
-            users.next_check = Instant::now() + late_jitter(interval);
+            users.next_check = next_check(users.next_check, Instant::now(), interval);
         }
         Err(error) => {
             users.failures = users.failures.saturating_add(1);
