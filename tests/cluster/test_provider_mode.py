@@ -280,17 +280,34 @@ def test_vault_reads_stay_per_node_while_the_driver_mounts_per_pod(provider, wai
                 "challenges": stats_count(stats, "secret.get", status=401),
                 "tokens": stats_count(stats, "token", status=200)}
 
+    def reset():
+        """Clears the vault's counts between two readings of kvmount's metrics."""
+        first = counts(provider.metrics())
+        vault_stats(cluster, vault, reset=True)
+        return first, counts(provider.metrics())
+
+    def read(since):
+        """The vault's counts, read between two readings of kvmount's metrics, with kvmount's
+        counts since `since`: each as the (fewest, most) it can be (a rotation read may land
+        between a metrics reading and the vault's), and the vault's own."""
+        first = counts(provider.metrics())
+        stats = vault_stats(cluster, vault)
+        last = counts(provider.metrics())
+        return dict({k: (delta(first, since[1])[k], delta(last, since[0])[k]) for k in first}, **vault_counts(stats))
+
+    def within(n, bounds):
+        return bounds[0] <= n <= bounds[1]
+
     # 1. The first Mounts. Counted as soon as kvmount has served one Mount per pod (the kubelet
     # publishes volumes before it starts the containers), well within one rotation interval of
     # the first read.
-    vault_stats(cluster, vault, reset=True)
-    before = counts(provider.metrics())
+    since = reset()
     t0 = time.monotonic()
     cluster.apply({"apiVersion": "v1", "kind": "List",
                    "items": [app_pod(n, "per-node", NON_ROOT if i % 2 else None) for i, n in enumerate(names)]})
-    got = wait_for(f"kvmount served {PODS_PER_NODE} Mounts", lambda: (
-        lambda d: (d["mounts"] >= PODS_PER_NODE, d))(delta(counts(provider.metrics()), before)), 120, every=0.2)
-    first = dict(got, **vault_counts(vault_stats(cluster, vault)), seconds=round(time.monotonic() - t0, 1))
+    wait_for(f"kvmount served {PODS_PER_NODE} Mounts", lambda: (
+        lambda d: (d["mounts"] >= PODS_PER_NODE, d))(delta(counts(provider.metrics()), since[0])), 120, every=0.2)
+    first = dict(read(since), seconds=round(time.monotonic() - t0, 1))
     provider.counts["first mounts"] = first
     print(f"\n{provider.version}, {PODS_PER_NODE} pods mounted: {first}")
     # Each object once: the first Mount read it, every other Mount got it from the node cache,
@@ -298,7 +315,8 @@ def test_vault_reads_stay_per_node_while_the_driver_mounts_per_pod(provider, wai
     assert first["reads"] == {o: 1 for o in objects}, first
     # Every other read was a rotation read (of the earlier tests' objects, which the driver's
     # mounts keep in use for provider.cacheIdle); kvmount's own count of reads agrees.
-    assert first["all_reads"] == 2 + first["rotation_reads"] == first["misses"], first
+    assert within(first["all_reads"] - 2, first["rotation_reads"]), first
+    assert within(first["all_reads"], first["misses"]), first
     # One token exchange per pod: each pod's own service-account token is proved at Entra ID
     # before the cache serves it (the identity's clients are shared; the proofs are not).
     assert first["tokens"] == PODS_PER_NODE, first
@@ -308,23 +326,23 @@ def test_vault_reads_stay_per_node_while_the_driver_mounts_per_pod(provider, wai
         assert provider.cat(n, objects[1]).stdout == objects[1] + "-1"
 
     # 2. A window of three rotation intervals, every pod running.
-    vault_stats(cluster, vault, reset=True)
-    before = counts(provider.metrics())
+    since = reset()
     t0 = time.monotonic()
     time.sleep(3 * ROTATION_SECONDS)
-    after = counts(provider.metrics())
-    stats = vault_stats(cluster, vault)
+    w = read(since)
     window = time.monotonic() - t0
-    w = dict(delta(after, before), **vault_counts(stats), seconds=round(window, 1))
+    w["seconds"] = round(window, 1)
     provider.counts["window"] = w
     print(f"{provider.version}, {window:.1f}s window: {w}")
     # The driver called Mount for the pods again (its rotation), at least once per pod...
-    assert w["mounts"] >= PODS_PER_NODE, w
+    assert w["mounts"][0] >= PODS_PER_NODE, w
     # ... and none of those Mounts read Key Vault: every read in the window is one of kvmount's
     # rotation reads (one per object in use per interval, for the node).
-    assert w["all_reads"] == w["rotation_reads"] == w["misses"], w
-    # The rotation Mounts carry tokens kvmount has already proved: no exchange at Entra ID.
-    assert w["tokens"] == 0, w
+    assert within(w["all_reads"], w["rotation_reads"]) and within(w["all_reads"], w["misses"]), w
+    # Token exchanges follow the pods' tokens, not the Mounts: a Mount carrying a token kvmount
+    # has proved costs none; a renewed token (the kubelet's for v1.6.0, v1.5.4's own token
+    # requests: measured 0 and 6 in such windows) costs one, once. At most one per pod here.
+    assert w["tokens"] <= PODS_PER_NODE, w
     # Per object: one read per interval. Successive reads of an object are ROTATION_SECONDS
     # apart plus up to 10% jitter plus up to one loop tick (a tenth), so within the window
     # there are at least floor(window / 1.2 intervals) of them and at most floor(window /
