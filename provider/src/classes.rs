@@ -28,7 +28,18 @@ impl ClassLookup for KubeClasses {
 
 /// The lookup for the daemon: from `--kubeconfig` when given, else the in-cluster config when
 /// running in a pod, else none (volumes naming a class then fail with a clear message).
-pub async fn from_flags(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Arc<dyn ClassLookup>>> {
+///
+/// Only the CSI path (`serves_csi`: `--csi-socket`) looks classes up; the upstream driver hands
+/// the provider API the class's parameters. Without it the daemon makes no Kubernetes client,
+/// so it starts in a pod without a service-account token (the chart's provider mode mounts
+/// none: that daemon never calls the API server).
+pub async fn from_flags(
+    kubeconfig: Option<&Path>,
+    serves_csi: bool,
+) -> anyhow::Result<Option<Arc<dyn ClassLookup>>> {
+    if !serves_csi {
+        return Ok(None);
+    }
     let resolver = match kubeconfig {
         Some(path) => ClassResolver::from_kubeconfig(path).await?,
         None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
@@ -37,4 +48,22 @@ pub async fn from_flags(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Arc<
         None => return Ok(None),
     };
     Ok(Some(Arc::new(KubeClasses(resolver))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn provider_mode_makes_no_kubernetes_client() {
+        // A kubeconfig that cannot be read: used, it would be an error.
+        let missing = Path::new("/nonexistent/kvmount-test.kubeconfig");
+        assert!(
+            from_flags(Some(missing), false)
+                .await
+                .expect("no client")
+                .is_none()
+        );
+        assert!(from_flags(Some(missing), true).await.is_err());
+    }
 }

@@ -146,8 +146,8 @@ pub struct ServeArgs {
     /// clouds). Without it, every `cloudEnvFileName` is refused.
     #[arg(long)]
     pub cloud_env_dir: Option<PathBuf>,
-    /// Kubeconfig for SecretProviderClass lookups (default: in-cluster config when running in
-    /// a pod, else none).
+    /// Kubeconfig for SecretProviderClass lookups, which only the CSI path makes (with
+    /// `--csi-socket`; default: in-cluster config when running in a pod, else none).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Rotation interval: each object in use is read once per interval (with jitter) for the

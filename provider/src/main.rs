@@ -28,7 +28,12 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 args.log.init()?;
-                match kvmount_provider::classes::from_flags(args.kubeconfig.as_deref()).await {
+                match kvmount_provider::classes::from_flags(
+                    args.kubeconfig.as_deref(),
+                    args.csi_socket.is_some(),
+                )
+                .await
+                {
                     Ok(classes) => kvmount_provider::daemon::run(args, classes).await,
                     Err(err) => Err(err),
                 }

@@ -11,7 +11,8 @@
     kvmount_images   kvmount's images (deploy/images/build.sh) imported into containerd: their
                      names ({"provider": ..., "sidecar": ...})
     upstream_driver  upstream_driver("v1.6.0") runs the Secrets Store CSI Driver as a process on
-                     the node, registered with the kubelet by the test registrar
+                     the node, registered with the kubelet by the test registrar, for one test
+                     (start_upstream_driver() for longer, e.g. a module's fixture)
 
 The parts come from tests/cluster/install.sh: tests/run.sh exports its VAR=path lines; run
 alone, this suite runs install.sh itself (cached per machine). On a failed test the kubelet's
@@ -294,58 +295,33 @@ current-context: c
             stop_process(p)
 
 
+def start_upstream_driver(cluster, cluster_env, version, extra_args=(), token_audiences=()):
+    """The driver `version` installed (its manifests) and started; the caller stops it."""
+    if f"KVMOUNT_CLUSTER_DRIVER_V{version[1:].replace('.', '_')}" not in cluster_env:
+        pytest.skip(f"the driver {version} is not built (tests/cluster/install.sh drivers)")
+    # In the run dir: the provider socket's path must stay under 108 bytes.
+    d = UpstreamDriver(cluster, cluster_env, version, os.path.join(cluster.run_dir, "d-" + version))
+    os.makedirs(d.workdir, exist_ok=True)
+    try:
+        d.install_manifests(token_audiences)
+        return d.start(extra_args)
+    except BaseException:
+        d.stop()
+        raise
+
+
 @pytest.fixture
 def upstream_driver(cluster, cluster_env):
     started = []
 
     def start(version, extra_args=(), token_audiences=()):
-        if f"KVMOUNT_CLUSTER_DRIVER_V{version[1:].replace('.', '_')}" not in cluster_env:
-            pytest.skip(f"the driver {version} is not built (tests/cluster/install.sh drivers)")
-        # In the run dir: the provider socket's path must stay under 108 bytes.
-        d = UpstreamDriver(cluster, cluster_env, version, os.path.join(cluster.run_dir, "d-" + version))
-        os.makedirs(d.workdir, exist_ok=True)
-        d.install_manifests(token_audiences)
+        d = start_upstream_driver(cluster, cluster_env, version, extra_args, token_audiences)
         started.append(d)
-        return d.start(extra_args)
+        return d
 
     yield start
     for d in started:
         d.stop()
-
-
-@pytest.fixture
-def kvmount_provider(cluster, mock_vault):
-    """kvmount_provider(socket_path, *args) runs `kvmount-provider serve` in provider mode on the
-    node (in the cluster's network namespace), pointed at the mock vault: Key Vault
-    `<name>.vault.localhost` and the Entra authority both reach the mock, whose CA it trusts.
-    Its state dir is a fresh tmpfs directory under /dev/shm."""
-    import shutil
-    import tempfile
-
-    binary = stack.provider_binary()
-    procs, states = [], []
-
-    def start(socket, *args):
-        state = tempfile.mkdtemp(dir="/dev/shm", prefix="kvmount-cluster-state.")
-        states.append(state)
-        port = mock_vault["port"]
-        p = cluster.spawn("kvmount-provider", [
-            binary, "serve", "--provider-socket", socket, "--state-dir", state,
-            "--keyvault-dns-suffix", "vault.localhost", "--authority-host", mock_vault["url"],
-            "--ca-file", mock_vault["ca"], "--resolve", f"*.vault.localhost=127.0.0.1:{port}", *args])
-        procs.append(p)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(socket):
-            if p.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"kvmount-provider did not serve {socket}:\n{cluster.log_of('kvmount-provider', 40)}")
-            time.sleep(0.1)
-        return p
-
-    yield start
-    for p in procs:
-        stop_process(p)
-    for state in states:
-        shutil.rmtree(state, ignore_errors=True)
 
 
 # Run inside the cluster's network namespace by vault_call(): a token exchange at the mock vault

@@ -166,19 +166,17 @@ def split_image(ref):
     return registry, repository, tag
 
 
-def chart_values(cluster, mock_vault, images, state_dir, provider=None):
-    """The chart's values for kvmount as the cluster runs it: standalone mode with the webhook
-    (the chart's own TLS, one replica), kvmount's imported images (never pulled), the daemon and
-    the injected agents pointed at the mock vault at the node IP (Key Vault `<name>.vault.localhost`
-    and the Entra authority) trusting its CA through the CA_CONFIGMAP ConfigMaps, the kubelet's
-    root dir and a tmpfs state dir on the host. `provider`: more `provider.*` values."""
+def _daemon_values(cluster, mock_vault, images, provider=None):
+    """What every install here shares: kvmount's imported images (never pulled), and the node
+    daemon pointed at the mock vault at the node IP (Key Vault `<name>.vault.localhost` and the
+    Entra authority) trusting its CA through the CA_CONFIGMAP ConfigMap. `provider`: more
+    `provider.*` values."""
     vault = f"{cluster.node_ip}:{mock_vault['port']}"
     registry, provider_repo, tag = split_image(images["provider"])
     sidecar_registry, sidecar_repo, sidecar_tag = split_image(images["sidecar"])
     if (registry, tag) != (sidecar_registry, sidecar_tag):  # the chart has one registry and tag
         raise StackError(f"the images differ in registry or tag: {images}")
     return {
-        "mode": "standalone",
         "image": {"registry": registry, "tag": tag, "pullPolicy": "Never",
                   "provider": {"repository": provider_repo}, "sidecar": {"repository": sidecar_repo}},
         "provider": {
@@ -189,6 +187,18 @@ def chart_values(cluster, mock_vault, images, state_dir, provider=None):
             "logFormat": "text",
             **(provider or {}),
         },
+    }
+
+
+def chart_values(cluster, mock_vault, images, state_dir, provider=None):
+    """The chart's values for kvmount as the cluster runs it: standalone mode with the webhook
+    (the chart's own TLS, one replica), the daemon and the injected agents pointed at the mock
+    vault (_daemon_values), the kubelet's root dir and a tmpfs state dir on the host.
+    `provider`: more `provider.*` values."""
+    vault = f"{cluster.node_ip}:{mock_vault['port']}"
+    return {
+        "mode": "standalone",
+        **_daemon_values(cluster, mock_vault, images, provider),
         "standalone": {"kubeletDir": cluster.kubelet_root, "stateHostDir": state_dir},
         "webhook": {
             "enabled": True,
@@ -202,6 +212,13 @@ def chart_values(cluster, mock_vault, images, state_dir, provider=None):
     }
 
 
+def provider_mode_values(cluster, mock_vault, images, provider=None):
+    """The chart's values for provider mode (next to the upstream driver), the daemon pointed
+    at the mock vault (_daemon_values). `provider`: more `provider.*` values (socketName,
+    providersDir, ...)."""
+    return {"mode": "provider", **_daemon_values(cluster, mock_vault, images, provider)}
+
+
 def create_namespaces(cluster, mock_vault, namespaces):
     """Each namespace labelled privileged (the node DaemonSet uses hostPath volumes and a
     privileged container, README), with the mock vault's CA as ConfigMap CA_CONFIGMAP
@@ -213,11 +230,51 @@ def create_namespaces(cluster, mock_vault, namespaces):
         cluster.kubectl("create", "configmap", CA_CONFIGMAP, "-n", ns, f"--from-file=ca.crt={mock_vault['ca']}")
 
 
-def install_chart(helm, values, workdir):
+def install_chart(helm, values, workdir, namespace=RELEASE_NS):
     """`helm install --wait` of the chart with `values` (written to workdir/values.json) in
-    RELEASE_NS, which must exist; returns (the NOTES, the values file)."""
+    `namespace`, which must exist; returns (the NOTES, the values file)."""
     values_file = os.path.join(workdir, "values.json")  # JSON is YAML
     with open(values_file, "w") as f:
         json.dump(values, f, indent=1)
-    notes = helm("install", RELEASE, CHART_DIR, "-n", RELEASE_NS, "-f", values_file, "--wait", "--timeout=3m")
+    notes = helm("install", RELEASE, CHART_DIR, "-n", namespace, "-f", values_file, "--wait", "--timeout=3m")
     return notes, values_file
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)')
+
+
+def metrics_of(cluster, ip, port):
+    """A node daemon's /metrics, fetched from its pod IP inside the cluster's network namespace
+    (the image has no shell for kubectl exec): [(name, {label: value}, value)]."""
+    text = subprocess.run(cluster.ns(["curl", "-sf", "--max-time", "10", f"http://{ip}:{port}/metrics"]),
+                          check=True, capture_output=True, text=True).stdout
+    samples = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            samples.append((m.group(1), labels, float(m.group(3))))
+    return samples
+
+
+def metric(samples, name, **labels):
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(v for n, ls, v in samples if n == name and all(ls.get(k) == w for k, w in labels.items()))
+
+
+def vault_stats(cluster, mock_vault, reset=False):
+    """The mock vault's request counts (GET /_mock/stats, from inside the cluster's network
+    namespace): {"total", "entries": [{vault, route, object, status, count}], "connections"}.
+    With `reset`, the counts are cleared instead (DELETE /_mock/stats) and None returned."""
+    out = subprocess.run(cluster.ns(["curl", "-sf", "--max-time", "10", "--cacert", mock_vault["ca"],
+                                     *(["-X", "DELETE"] if reset else []),
+                                     f"https://127.0.0.1:{mock_vault['port']}/_mock/stats"]),
+                         check=True, capture_output=True, text=True).stdout
+    return None if reset else json.loads(out)
+
+
+def stats_count(stats, route=None, obj=None, status=None):
+    """The sum of the mock vault's counters that match every filter given."""
+    return sum(e["count"] for e in stats["entries"]
+               if (route is None or e["route"] == route) and (obj is None or e["object"] == obj)
+               and (status is None or e["status"] == status))

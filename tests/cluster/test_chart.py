@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,17 +72,9 @@ class Chart:
         return self.kubectl("exec", "-n", ns, pod, "--", "cat", path, check=False)
 
     def metrics(self):
-        """The node daemon's /metrics, fetched from the pod IP inside the cluster's network
-        namespace (the image has no shell for kubectl exec): {name: value} of unlabelled samples."""
-        ip = self.node_pod()["status"]["podIP"]
-        text = subprocess.run(self.cluster.ns(["curl", "-sf", "--max-time", "10", f"http://{ip}:{METRICS_PORT}/metrics"]),
-                              check=True, capture_output=True, text=True).stdout
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#") and "{" not in line.split(" ")[0]:
-                name, value = line.split()[:2]
-                out[name] = float(value)
-        return out
+        """The node daemon's /metrics: {name: value} of unlabelled samples."""
+        samples = stack.metrics_of(self.cluster, self.node_pod()["status"]["podIP"], METRICS_PORT)
+        return {name: value for name, labels, value in samples if not labels}
 
     def node_log(self, pod_name):
         return self.kubectl("logs", "-n", RELEASE_NS, pod_name, check=False).stdout
