@@ -53,7 +53,10 @@ mod tests {
     fn first_checks_spread_over_one_interval() {
         let (now, interval) = (Instant::now(), Duration::from_secs(120));
         assert_eq!(first_check_at(now, interval, 0.0), now + interval / 10);
-        assert_eq!(first_check_at(now, interval, 0.5), now + interval * 55 / 100);
+        assert_eq!(
+            first_check_at(now, interval, 0.5),
+            now + interval * 55 / 100
+        );
         assert_eq!(first_check_at(now, interval, 1.0), now + interval);
         let later = first_check(now, interval);
         assert!(later >= now + interval / 10 && later <= now + interval);
