@@ -159,6 +159,18 @@ def wait_for(what, check, timeout, every=0.5):
         time.sleep(every)
 
 
+def wait_csinode_lists(cluster, driver, timeout):
+    """Waits until the node's CSINode lists `driver` (the kubelet registered it); returns the
+    drivers it lists last, for the caller's assertion and message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = cluster.kubectl("get", "csinode", cluster.node_name, "-o", "json", check=False).stdout
+        drivers = [d["name"] for d in json.loads(out or "{}").get("spec", {}).get("drivers") or []]
+        if driver in drivers or time.monotonic() > deadline:
+            return drivers
+        time.sleep(0.3)
+
+
 def split_image(ref):
     """registry, repository, tag of `registry/repo/name:tag`."""
     name, tag = ref.rsplit(":", 1)

@@ -204,13 +204,9 @@ def test_chart_installs_and_kvmount_registers_itself(chart):
     budget = re.search(r"budget=(\d+)", log)
     assert budget and int(budget.group(1)) == (128 - 48) << 20, log[-3000:]
 
-    def listed():
-        csinode = json.loads(chart.kubectl("get", "csinode", chart.cluster.node_name, "-o", "json"))
-        drivers = [d["name"] for d in csinode["spec"].get("drivers") or []]
-        return DRIVER in drivers, drivers
-
     t0 = time.monotonic()
-    wait_for(f"the CSINode lists {DRIVER}", listed, 30)
+    drivers = stack.wait_csinode_lists(chart.cluster, DRIVER, 30)
+    assert DRIVER in drivers, f"the CSINode lists {drivers}"
     chart.timings["CSINode lists the driver (after the pod is ready)"] = time.monotonic() - t0
     # The registration socket is kvmount's own, in the kubelet's plugins_registry.
     assert os.path.exists(os.path.join(chart.cluster.kubelet_root, "plugins_registry", f"{DRIVER}-reg.sock"))

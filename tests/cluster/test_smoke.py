@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import vault_call
+from kvmount_stack import wait_csinode_lists
 
 
 def secret_pod(name, command, security_context=None):
@@ -96,14 +97,7 @@ def test_upstream_driver_registers_with_the_kubelet(cluster, upstream_driver, ve
     """The upstream driver as a process on the node, registered by the test registrar: the
     kubelet lists it in the CSINode object."""
     d = upstream_driver(version)
-    deadline = time.monotonic() + 60
-    drivers = []
-    while time.monotonic() < deadline:
-        csinode = json.loads(cluster.kubectl("get", "csinode", cluster.node_name, "-o", "json", check=False).stdout or "{}")
-        drivers = [x["name"] for x in csinode.get("spec", {}).get("drivers") or []]
-        if d.NAME in drivers:
-            break
-        time.sleep(0.3)
+    drivers = wait_csinode_lists(cluster, d.NAME, 60)
     assert d.NAME in drivers, (f"CSINode drivers: {drivers}\nregistrar:\n{cluster.log_of('registrar-' + version)}\n"
                                f"driver:\n{cluster.log_of('driver-' + version, 40)}\nkubelet:\n{cluster.log_of('kubelet', 60)}")
     log = cluster.log_of("registrar-" + version)

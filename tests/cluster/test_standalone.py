@@ -4,16 +4,15 @@ kubelet's pluginregistration.v1 service, no registrar); a root and a non-root po
 runAsGroup, fsGroup) read their files, with the owner and modes the kubelet's fsGroup asks for.
 Skipped with a kvmount that cannot register itself (before issue 19's product change)."""
 
-import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 
 import pytest
 
 from conftest import ROOT, WI_CLIENT_ID, WI_NAMESPACE, dump, stop_process
+from kvmount_stack import wait_csinode_lists
 
 DRIVER = "secrets.kvmount.io"
 
@@ -57,14 +56,7 @@ def standalone(request, cluster, mock_vault):
 
 
 def test_standalone_registers_itself_and_pods_read_their_files(cluster, standalone, mock_vault, wait_pod):
-    deadline = time.monotonic() + 60
-    drivers = []
-    while time.monotonic() < deadline:
-        csinode = json.loads(cluster.kubectl("get", "csinode", cluster.node_name, "-o", "json"))
-        drivers = [d["name"] for d in csinode["spec"].get("drivers") or []]
-        if DRIVER in drivers:
-            break
-        time.sleep(0.5)
+    drivers = wait_csinode_lists(cluster, DRIVER, 60)
     assert DRIVER in drivers, f"CSINode drivers: {drivers}\n{cluster.log_of('kvmount-standalone', 40)}"
 
     attrs = {"keyvaultName": "cluster", "tenantID": mock_vault["tenant"], "clientID": WI_CLIENT_ID,
