@@ -23,7 +23,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(secrets) = parse_string_map("secrets", secrets) else {
         return;
     };
-    match mount_params(&attributes, &secrets, 0o644, None) {
+    match mount_params(
+        &attributes,
+        &secrets,
+        0o644,
+        kvmount_vault::cloud::EnvFile::Beneath(None),
+    ) {
         Ok(params) => {
             assert!(!params.objects.is_empty());
             for object in &params.objects {

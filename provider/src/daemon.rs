@@ -15,6 +15,7 @@ use tonic::transport::Server;
 
 use crate::cache::{CacheConfig, NodeCache};
 use crate::cli::ServeArgs;
+use crate::cloud_files::CloudFiles;
 use crate::grpc::identity::IdentityService;
 use crate::grpc::node::NodeService;
 use crate::grpc::provider::ProviderService;
@@ -66,10 +67,11 @@ pub async fn run_until(
     let stop = Stop::new();
     let mut tasks = Tasks::new();
 
+    let cloud_files = Arc::new(CloudFiles::new(args.cloud_env_dir.clone()));
     let mounter = Mounter::new(
         Arc::clone(&cache),
         Duration::from_secs(args.mount_timeout_seconds),
-        args.cloud_env_dir.clone(),
+        Arc::clone(&cloud_files),
     );
     let provider_socket = BoundSocket::bind(&args.provider_socket)?;
     tasks.spawn(serve_provider(
@@ -83,7 +85,7 @@ pub async fn run_until(
         volumes: None,
     };
     if let Some(csi_path) = &args.csi_socket {
-        let volumes = node_volumes(&args, &cache, classes)?;
+        let volumes = node_volumes(&args, &cache, classes, cloud_files)?;
         handle.volumes = Some(Arc::clone(&volumes));
         let node = NodeService::new(node_id(&args)?, Arc::clone(&volumes), Arc::clone(&metrics));
         let identity = IdentityService::new(args.driver_name.clone(), Arc::clone(&ready));
@@ -239,6 +241,7 @@ fn node_volumes(
     args: &ServeArgs,
     cache: &Arc<NodeCache>,
     classes: Option<Arc<dyn ClassLookup>>,
+    cloud_files: Arc<CloudFiles>,
 ) -> anyhow::Result<Arc<Volumes>> {
     let state = StateStore::open(&args.state_dir)?;
     let tmpfs_budget = args.tmpfs_budget.resolve();
@@ -255,7 +258,7 @@ fn node_volumes(
         state,
         VolumeConfig {
             tmpfs_bytes: args.tmpfs_bytes,
-            cloud_env_dir: args.cloud_env_dir.clone(),
+            cloud_files,
             tmpfs_budget,
             fetch_deadline: Duration::from_secs(args.mount_timeout_seconds),
         },

@@ -13,6 +13,7 @@ pub mod blocking;
 pub mod cache;
 pub mod classes;
 pub mod cli;
+pub mod cloud_files;
 pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;

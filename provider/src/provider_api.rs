@@ -2,14 +2,15 @@
 //! object versions. Plain Rust types; the gRPC layer wraps it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use kvmount_vault::cloud::EnvFile;
 use kvmount_vault::params::{self, parse_default_mode, parse_string_map};
 use kvmount_vault::{ObjectError, ParamError, RenderedObject};
 
-use crate::blocking::Late;
 use crate::cache::{FetchError, NodeCache};
+use crate::cloud_files::CloudFiles;
 use zeroize::Zeroize;
 
 /// What the upstream driver hands us, as plain strings.
@@ -64,39 +65,26 @@ pub struct MountOutput {
 /// Serves Mount calls from the node cache.
 #[derive(Clone)]
 pub struct Mounter {
-    cache: std::sync::Arc<NodeCache>,
+    cache: Arc<NodeCache>,
     deadline: Duration,
-    cloud_env_dir: Option<PathBuf>,
+    cloud_files: Arc<CloudFiles>,
 }
 
-/// How long reading a class's cloud environment file may take.
-const NODE_FILE_DEADLINE: Duration = Duration::from_secs(2);
-
 /// [`params::mount_params`] for an async caller. When the class names a file on the node
-/// (`cloudEnvFileName`), parsing reads it, which may block: then it runs on a blocking thread
-/// with a deadline, so a file that never answers holds up no other call and no other pod.
+/// (`cloudEnvFileName`), `cloud_files` reads it first, off the runtime thread, so a file that
+/// never answers holds up no other call and no other pod.
 pub async fn parse_mount_params(
     attributes: &HashMap<String, String>,
     secrets: &HashMap<String, String>,
     default_mode: u32,
-    cloud_env_dir: Option<&Path>,
+    cloud_files: &CloudFiles,
 ) -> Result<params::MountParams, ParamError> {
-    if !kvmount_vault::cloud::names_node_file(attributes) {
-        return params::mount_params(attributes, secrets, default_mode, cloud_env_dir);
-    }
-    let attributes = ZeroOnDrop(attributes.clone());
-    let secrets = ZeroOnDrop(secrets.clone());
-    let dir = cloud_env_dir.map(Path::to_owned);
-    let parse =
-        move || params::mount_params(&attributes.0, &secrets.0, default_mode, dir.as_deref());
-    match crate::blocking::within(NODE_FILE_DEADLINE, parse).await {
-        Ok(parsed) => parsed,
-        Err(Late::Panicked) => Err(ParamError::new("cloudEnvFileName", "cannot be used")),
-        Err(Late::TimedOut) => Err(ParamError::new(
-            "cloudEnvFileName",
-            format!("was not read within {NODE_FILE_DEADLINE:?}"),
-        )),
-    }
+    let env_file = match kvmount_vault::cloud::node_file(attributes) {
+        Some(path) => EnvFile::Read(cloud_files.read(path).await),
+        // Nothing to read: no directory, so nothing is read on this thread.
+        None => EnvFile::Beneath(None),
+    };
+    params::mount_params(attributes, secrets, default_mode, env_file)
 }
 
 /// Zeroes every value of a parsed map before it is dropped.
@@ -111,17 +99,13 @@ impl Drop for ZeroOnDrop {
 }
 
 impl Mounter {
-    /// A mounter that reads through `cache`, giving each mount `deadline`; classes may name
-    /// cloud environment files under `cloud_env_dir` only.
-    pub fn new(
-        cache: std::sync::Arc<NodeCache>,
-        deadline: Duration,
-        cloud_env_dir: Option<PathBuf>,
-    ) -> Self {
+    /// A mounter that reads through `cache`, giving each mount `deadline`; classes' cloud
+    /// environment files come from `cloud_files`.
+    pub fn new(cache: Arc<NodeCache>, deadline: Duration, cloud_files: Arc<CloudFiles>) -> Self {
         Self {
             cache,
             deadline,
-            cloud_env_dir,
+            cloud_files,
         }
     }
 
@@ -130,13 +114,8 @@ impl Mounter {
         let attributes = ZeroOnDrop(parse_string_map("attributes", &input.attributes)?);
         let secrets = ZeroOnDrop(parse_string_map("secrets", &input.secrets)?);
         let default_mode = parse_default_mode(&input.permission)?;
-        let params = parse_mount_params(
-            &attributes.0,
-            &secrets.0,
-            default_mode,
-            self.cloud_env_dir.as_deref(),
-        )
-        .await?;
+        let params =
+            parse_mount_params(&attributes.0, &secrets.0, default_mode, &self.cloud_files).await?;
         drop(attributes);
         drop(secrets);
         tracing::info!(

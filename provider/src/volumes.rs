@@ -134,8 +134,8 @@ impl From<FetchError> for NodeVolumeError {
 pub struct VolumeConfig {
     /// tmpfs size limit per volume, bytes.
     pub tmpfs_bytes: u64,
-    /// The directory whose files classes may name as `cloudEnvFileName`.
-    pub cloud_env_dir: Option<std::path::PathBuf>,
+    /// The files classes may name as `cloudEnvFileName`.
+    pub cloud_files: Arc<crate::cloud_files::CloudFiles>,
     /// Most memory all published volumes' files may take together (`--tmpfs-budget`): the
     /// kernel charges tmpfs pages to the daemon's memory cgroup, which writes them, so past
     /// its limit the daemon itself would be killed. `None`: no budget.
@@ -408,7 +408,7 @@ impl Volumes {
             &attributes,
             &request.secrets,
             0o644,
-            self.config.cloud_env_dir.as_deref(),
+            &self.config.cloud_files,
         )
         .await?;
         let (objects, keys) = self
@@ -880,7 +880,7 @@ mod tests {
             StateStore::open(dir.path()).expect("state"),
             VolumeConfig {
                 tmpfs_bytes: 1 << 20,
-                cloud_env_dir: None,
+                cloud_files: Arc::default(),
                 tmpfs_budget: budget,
                 fetch_deadline: Duration::from_secs(1),
             },
@@ -931,8 +931,13 @@ mod tests {
             ("clientid".to_owned(), "app".to_owned()),
             ("clientsecret".to_owned(), "s".to_owned()),
         ]);
-        let params = kvmount_vault::params::mount_params(&attributes, &secrets, 0o644, None)
-            .expect("params");
+        let params = kvmount_vault::params::mount_params(
+            &attributes,
+            &secrets,
+            0o644,
+            kvmount_vault::cloud::EnvFile::Beneath(None),
+        )
+        .expect("params");
         let key = ObjectKey::new(&params, &params.objects[0]);
         let objects = vec![RenderedObject {
             id: "secret/db".into(),

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use kvmount_tests::{Vault, object, objects};
+use kvmount_vault::cloud::EnvFile;
 use kvmount_vault::params::{TOKENS_ATTRIBUTE, mount_params};
 use kvmount_vault::{Connector, ConnectorConfig, ErrorKind, ResolveRule, fetch_all};
 
@@ -27,7 +28,7 @@ fn app_a_db_password(vault: &Vault) -> kvmount_vault::MountParams {
             ("clientsecret", "app-a-password".into()),
         ]),
         0o644,
-        None,
+        EnvFile::Beneath(None),
     )
     .expect("params")
 }
@@ -49,7 +50,7 @@ async fn token_then_secrets_with_both_credentials() {
         ]),
         &HashMap::new(),
         0o644,
-        None,
+        EnvFile::Beneath(None),
     )
     .expect("params");
     let rendered = fetch_all(&connector, &wi)
@@ -82,7 +83,7 @@ async fn token_then_secrets_with_both_credentials() {
             ("clientsecret", "app-a-password".into()),
         ]),
         0o644,
-        None,
+        EnvFile::Beneath(None),
     )
     .expect("params");
     let rendered = fetch_all(&connector, &sp)

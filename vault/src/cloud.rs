@@ -59,7 +59,7 @@ pub fn well_known(name: &str) -> Option<Cloud> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct EnvFile {
+struct EnvFileJson {
     name: Option<String>,
     active_directory_endpoint: Option<String>,
     #[serde(rename = "keyVaultDNSSuffix")]
@@ -71,7 +71,7 @@ struct EnvFile {
 
 /// Parses an environment file. The error says what is missing or wrong, never repeats the file.
 pub fn parse_env_file(json: &[u8]) -> Result<Cloud, String> {
-    let env: EnvFile = serde_json::from_slice(json).map_err(|e| {
+    let env: EnvFileJson = serde_json::from_slice(json).map_err(|e| {
         format!(
             "is not a JSON environment file ({} at line {} column {}); expected fields activeDirectoryEndpoint and keyVaultDNSSuffix",
             match e.classify() {
@@ -118,11 +118,22 @@ pub fn parse_env_file(json: &[u8]) -> Result<Cloud, String> {
 
 const ENV_FILE_FIELD: &str = "cloudEnvFileName";
 
-/// Whether the class names a file on the node (`cloudEnvFileName`), which parsing then reads.
-pub fn names_node_file(attributes: &HashMap<String, String>) -> bool {
+/// The file on the node a class names (`cloudEnvFileName`), if any: [`read_env_file`] reads it.
+pub fn node_file(attributes: &HashMap<String, String>) -> Option<&str> {
     attributes
         .get(ENV_FILE_FIELD)
-        .is_some_and(|v| !v.trim().is_empty())
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// How [`from_attributes`] gets a class's environment file.
+#[derive(Debug)]
+pub enum EnvFile<'a> {
+    /// Reads it now, beneath this directory (the daemon's `--cloud-env-dir`; `None` refuses
+    /// every file). Reading may block on the file system.
+    Beneath(Option<&'a Path>),
+    /// The caller read it already ([`read_env_file`] on a blocking thread, or a copy it keeps).
+    Read(Result<Cloud, ParamError>),
 }
 
 /// Reads the environment file `path` names, which must be a regular file under `dir` (the
@@ -130,7 +141,7 @@ pub fn names_node_file(attributes: &HashMap<String, String>) -> bool {
 /// every file that cannot be used gets the same answer, naming the field only: the answer
 /// tells nothing about which node paths exist or what they hold. The reason goes to the
 /// daemon's log for the node's operator.
-fn read_env_file(path: &str, dir: Option<&Path>) -> Result<Cloud, ParamError> {
+pub fn read_env_file(path: &str, dir: Option<&Path>) -> Result<Cloud, ParamError> {
     let Some(dir) = dir else {
         return Err(ParamError::new(
             ENV_FILE_FIELD,
@@ -199,13 +210,11 @@ fn load_env_file(path: &str, dir: &Path) -> Result<Cloud, &'static str> {
 }
 
 /// The cloud a class selects. `None`: no `cloudName` (or AzurePublicCloud without a file),
-/// i.e. the daemon's own authority and Key Vault suffix. A `cloudEnvFileName` is read only
-/// under `env_dir` (the daemon's `--cloud-env-dir`; `None` refuses every file). Reading it
-/// may block on the file system: async callers run this on a blocking thread when
-/// [`names_node_file`] says so.
+/// i.e. the daemon's own authority and Key Vault suffix. A `cloudEnvFileName` comes from
+/// `env_file`: async callers read it first on a blocking thread (see [`node_file`]).
 pub fn from_attributes(
     attributes: &HashMap<String, String>,
-    env_dir: Option<&Path>,
+    env_file: EnvFile<'_>,
 ) -> Result<Option<Cloud>, ParamError> {
     let get = |k: &str| {
         attributes
@@ -214,7 +223,7 @@ pub fn from_attributes(
             .filter(|v| !v.is_empty())
     };
     let name = get("cloudName");
-    let file = get("cloudEnvFileName");
+    let file = node_file(attributes);
     match (name, file) {
         (None, None) => Ok(None),
         (Some(n), None) if n.eq_ignore_ascii_case("AzurePublicCloud") => Ok(None),
@@ -239,7 +248,10 @@ pub fn from_attributes(
                     ),
                 ));
             }
-            read_env_file(path, env_dir).map(Some)
+            match env_file {
+                EnvFile::Beneath(dir) => read_env_file(path, dir).map(Some),
+                EnvFile::Read(read) => read.map(Some),
+            }
         }
     }
 }
@@ -261,22 +273,35 @@ mod tests {
 
     #[test]
     fn well_known_clouds() {
-        let gov = from_attributes(&attrs(&[("cloudName", "azureusgovernmentcloud")]), None)
-            .expect("gov")
-            .expect("some");
+        let gov = from_attributes(
+            &attrs(&[("cloudName", "azureusgovernmentcloud")]),
+            EnvFile::Beneath(None),
+        )
+        .expect("gov")
+        .expect("some");
         assert_eq!(gov.authority_host, "https://login.microsoftonline.us");
         assert_eq!(gov.keyvault_dns_suffix, "vault.usgovcloudapi.net");
-        let cn = from_attributes(&attrs(&[("cloudName", "AzureChinaCloud")]), None)
-            .expect("cn")
-            .expect("some");
+        let cn = from_attributes(
+            &attrs(&[("cloudName", "AzureChinaCloud")]),
+            EnvFile::Beneath(None),
+        )
+        .expect("cn")
+        .expect("some");
         assert_eq!(cn.keyvault_dns_suffix, "vault.azure.cn");
         assert_eq!(cn.authority_host, "https://login.chinacloudapi.cn");
         assert_eq!(
-            from_attributes(&attrs(&[("cloudName", "AzurePublicCloud")]), None).expect("public"),
+            from_attributes(
+                &attrs(&[("cloudName", "AzurePublicCloud")]),
+                EnvFile::Beneath(None)
+            )
+            .expect("public"),
             None
         );
-        let err =
-            from_attributes(&attrs(&[("cloudName", "AzureGermanCloud")]), None).expect_err("x");
+        let err = from_attributes(
+            &attrs(&[("cloudName", "AzureGermanCloud")]),
+            EnvFile::Beneath(None),
+        )
+        .expect_err("x");
         assert_eq!(err.field, "cloudName");
         assert!(err.problem.contains("AzureChinaCloud"));
     }
@@ -331,7 +356,7 @@ mod tests {
         let read = |path: &str, env_dir: Option<&Path>| {
             from_attributes(
                 &attrs(&[("cloudName", "AzureStackCloud"), ("cloudEnvFileName", path)]),
-                env_dir,
+                EnvFile::Beneath(env_dir),
             )
         };
         for name in ["cloud.json", "sub/cloud.json"] {

@@ -919,10 +919,10 @@ pub fn mount_params(
     attributes: &HashMap<String, String>,
     secrets: &HashMap<String, String>,
     default_mode: u32,
-    cloud_env_dir: Option<&std::path::Path>,
+    env_file: crate::cloud::EnvFile<'_>,
 ) -> Result<MountParams, ParamError> {
     let auth = select_auth(attributes, secrets)?;
-    let cloud = crate::cloud::from_attributes(attributes, cloud_env_dir)?;
+    let cloud = crate::cloud::from_attributes(attributes, env_file)?;
     let keyvault_name = get(attributes, "keyvaultName")
         .ok_or_else(|| ParamError::new("keyvaultName", "is required: the name of the Key Vault"))?
         .to_owned();
@@ -1071,6 +1071,7 @@ fn select_auth(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::EnvFile;
 
     fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -1092,7 +1093,7 @@ mod tests {
             ("tenantID", "tenant"),
             ("objects", OBJECTS),
         ]);
-        let p = mount_params(&a, &sp(), 0o644, None).expect("valid");
+        let p = mount_params(&a, &sp(), 0o644, EnvFile::Beneath(None)).expect("valid");
         assert_eq!(p.keyvault_name, "demo");
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.objects[0].file_name(), "db-password");
@@ -1110,16 +1111,17 @@ mod tests {
             ("objects", OBJECTS),
             (TOKENS_ATTRIBUTE, tokens),
         ]);
-        let p = mount_params(&a, &HashMap::new(), 0o644, None).expect("valid");
+        let p = mount_params(&a, &HashMap::new(), 0o644, EnvFile::Beneath(None)).expect("valid");
         assert!(
             matches!(p.auth, Auth::WorkloadIdentity { ref token, .. } if token.expose() == "canary-jwt")
         );
         let mut a2 = a.clone();
         a2.remove(TOKENS_ATTRIBUTE);
         let s = attrs(&[(TOKENS_ATTRIBUTE, tokens)]);
-        let p = mount_params(&a2, &s, 0o644, None).expect("valid");
+        let p = mount_params(&a2, &s, 0o644, EnvFile::Beneath(None)).expect("valid");
         assert_eq!(p.auth.mode(), "workload-identity");
-        let err = mount_params(&a2, &HashMap::new(), 0o644, None).expect_err("no token");
+        let err = mount_params(&a2, &HashMap::new(), 0o644, EnvFile::Beneath(None))
+            .expect_err("no token");
         assert_eq!(err.field, TOKENS_ATTRIBUTE);
     }
 
@@ -1159,13 +1161,14 @@ mod tests {
             (vec![("usePodIdentity", "true")], "usePodIdentity"),
         ];
         for (pairs, field) in cases {
-            let err = mount_params(&attrs(&pairs), &sp(), 0o644, None).expect_err(field);
+            let err = mount_params(&attrs(&pairs), &sp(), 0o644, EnvFile::Beneath(None))
+                .expect_err(field);
             assert_eq!(err.field, field, "{err}");
             assert!(!err.to_string().contains("canary"));
         }
         let mut both = attrs(&base);
         both.insert("clientID".into(), "cid".into());
-        let err = mount_params(&both, &sp(), 0o644, None).expect_err("two modes");
+        let err = mount_params(&both, &sp(), 0o644, EnvFile::Beneath(None)).expect_err("two modes");
         assert!(err.problem.contains("both"), "{err}");
     }
 
@@ -1178,7 +1181,8 @@ mod tests {
         ];
         let mut a = attrs(&base);
         a.insert("useVMManagedIdentity".into(), "true".into());
-        let p = mount_params(&a, &HashMap::new(), 0o644, None).expect("system-assigned");
+        let p = mount_params(&a, &HashMap::new(), 0o644, EnvFile::Beneath(None))
+            .expect("system-assigned");
         assert_eq!(
             p.auth,
             Auth::ManagedIdentity {
@@ -1187,16 +1191,18 @@ mod tests {
         );
         assert_eq!(p.auth.client_id(), SYSTEM_ASSIGNED_IDENTITY);
         a.insert("userAssignedIdentityID".into(), "0000-abc".into());
-        let p = mount_params(&a, &HashMap::new(), 0o644, None).expect("user-assigned");
+        let p = mount_params(&a, &HashMap::new(), 0o644, EnvFile::Beneath(None))
+            .expect("user-assigned");
         assert_eq!(p.auth.client_id(), "0000-abc");
         assert_eq!(p.auth.mode(), "managed-identity");
 
-        let err = mount_params(&a, &sp(), 0o644, None).expect_err("mi + sp");
+        let err = mount_params(&a, &sp(), 0o644, EnvFile::Beneath(None)).expect_err("mi + sp");
         assert_eq!(err.field, "useVMManagedIdentity");
         assert!(err.problem.contains("nodePublishSecretRef"), "{err}");
         let mut wi = a.clone();
         wi.insert("clientID".into(), "cid".into());
-        let err = mount_params(&wi, &HashMap::new(), 0o644, None).expect_err("mi + wi");
+        let err =
+            mount_params(&wi, &HashMap::new(), 0o644, EnvFile::Beneath(None)).expect_err("mi + wi");
         assert!(
             err.to_string()
                 .contains("useVMManagedIdentity and clientID"),
@@ -1205,7 +1211,8 @@ mod tests {
         let mut pod = attrs(&base);
         pod.insert("usePodIdentity".into(), "true".into());
         pod.insert("useVMManagedIdentity".into(), "true".into());
-        let err = mount_params(&pod, &HashMap::new(), 0o644, None).expect_err("pod + mi");
+        let err = mount_params(&pod, &HashMap::new(), 0o644, EnvFile::Beneath(None))
+            .expect_err("pod + mi");
         assert!(
             err.to_string()
                 .contains("usePodIdentity and useVMManagedIdentity"),
@@ -1213,17 +1220,19 @@ mod tests {
         );
         let mut pod = attrs(&base);
         pod.insert("usePodIdentity".into(), "true".into());
-        let err = mount_params(&pod, &HashMap::new(), 0o644, None).expect_err("retired");
+        let err = mount_params(&pod, &HashMap::new(), 0o644, EnvFile::Beneath(None))
+            .expect_err("retired");
         assert!(err.problem.contains("retired") && err.problem.contains("workload identity"));
         let mut ua = attrs(&base);
         ua.insert("userAssignedIdentityID".into(), "x".into());
-        let err = mount_params(&ua, &sp(), 0o644, None).expect_err("ua without mi");
+        let err =
+            mount_params(&ua, &sp(), 0o644, EnvFile::Beneath(None)).expect_err("ua without mi");
         assert_eq!(err.field, "userAssignedIdentityID");
         let mut bad = attrs(&base);
         bad.insert("useVMManagedIdentity".into(), "true".into());
         bad.insert("userAssignedIdentityID".into(), "a b".into());
         assert_eq!(
-            mount_params(&bad, &HashMap::new(), 0o644, None)
+            mount_params(&bad, &HashMap::new(), 0o644, EnvFile::Beneath(None))
                 .expect_err("bad id")
                 .field,
             "userAssignedIdentityID"
@@ -1513,10 +1522,12 @@ mod tests {
             ("tenantID", "t"),
             ("objects", OBJECTS),
         ]);
-        let err = mount_params(&a, &sp(), 0o644, None).expect_err("long vault name");
+        let err =
+            mount_params(&a, &sp(), 0o644, EnvFile::Beneath(None)).expect_err("long vault name");
         assert!(err.problem.len() < 300, "{} bytes", err.problem.len());
         a.insert("keyvaultName".into(), "ab".into());
-        let err = mount_params(&a, &sp(), 0o644, None).expect_err("short vault name");
+        let err =
+            mount_params(&a, &sp(), 0o644, EnvFile::Beneath(None)).expect_err("short vault name");
         assert!(err.problem.starts_with("\"ab\" is not"), "{}", err.problem);
         // The red team's 875 KB certKeyFiles value, and an object that is one long string,
         // which the YAML parser's own message quotes.

@@ -34,7 +34,13 @@ fn params(extra: &[(&str, &str)]) -> MountParams {
         ("clientid".to_owned(), "app".to_owned()),
         ("clientsecret".to_owned(), "s".to_owned()),
     ]);
-    kvmount_vault::params::mount_params(&attributes, &secrets, 0o644, None).expect("valid")
+    kvmount_vault::params::mount_params(
+        &attributes,
+        &secrets,
+        0o644,
+        kvmount_vault::cloud::EnvFile::Beneath(None),
+    )
+    .expect("valid")
 }
 
 const INTERVAL: Duration = Duration::from_secs(60);
