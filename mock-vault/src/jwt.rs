@@ -4,7 +4,7 @@
 //! assertions from seed-declared issuers. Parsing never panics; every failure is a [`JwtError`].
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Map, Value};
@@ -278,7 +278,7 @@ impl Signer {
     /// The public key as a `PUBLIC KEY` PEM.
     pub fn public_key_pem(&self) -> String {
         let der = self.verify_key().spki_der().unwrap_or_default();
-        pem_encode("PUBLIC KEY", &der)
+        crate::pki::pem_block("PUBLIC KEY", &der)
     }
 
     /// The public key as a JWK (for `jwks_uri` documents).
@@ -310,18 +310,6 @@ impl Signer {
         out.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
         Ok(out)
     }
-}
-
-/// PEM-encodes `der` with 64-column lines.
-pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[cfg(test)]

@@ -257,16 +257,13 @@ pub(crate) fn issue(
     })
 }
 
-/// The PEM text of one block.
+/// The PEM text of one block (`label` is one of the fixed labels the mock writes), by
+/// `pem-rfc7468`, as kvmount's own writer does: 64 characters a line, `\n` line ends.
 pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
+    match pem_rfc7468::encode_string(label, pem_rfc7468::LineEnding::LF, der) {
+        Ok(text) => text,
+        Err(err) => unreachable!("PEM encoding of a {label} failed: {err}"),
     }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// The backing secret's value: base64 PFX (no password) or PEM (key, then certificates in

@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::Error;
-use crate::jwt::{Signer, pem_encode};
+use crate::jwt::Signer;
 
 pub(crate) const CA_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
@@ -228,7 +228,7 @@ fn ensure_signer(dir: &Path, name: &str) -> Result<(Signer, bool), Error> {
         return Ok((signer, false));
     }
     let (signer, der) = Signer::generate().map_err(|e| tls_err(dir, e.to_string()))?;
-    let pem = zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", &der));
+    let pem = zeroize::Zeroizing::new(crate::pki::pem_block("PRIVATE KEY", &der));
     write_file(dir, name, pem.as_bytes(), 0o600)?;
     Ok((signer, true))
 }

@@ -184,7 +184,7 @@ pub async fn fetch_object(
         ObjectType::Cert => {
             let cert = client.read_certificate(&spec.name, version, scrub).await?;
             cert.validity.check(&cert.version)?;
-            let pem = crate::pem::pem_encode("CERTIFICATE", &cert.der);
+            let pem = crate::pem::pem_encode(crate::pem::PemLabel::Certificate, &cert.der);
             (
                 cert.version,
                 RenderedParts {

@@ -117,22 +117,37 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A PEM block as text, 64 characters a line (the layout OpenSSL and Python `cryptography` write).
-pub fn pem_encode(label: &str, der: &[u8]) -> Zeroizing<String> {
-    let b64 = Zeroizing::new(STANDARD.encode(der));
-    let mut out = Zeroizing::new(String::with_capacity(b64.len() + b64.len() / 64 + 64));
-    out.push_str("-----BEGIN ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII.
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
+/// The PEM blocks kvmount writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemLabel {
+    /// PKCS#8 `PRIVATE KEY`.
+    PrivateKey,
+    /// X.509 `CERTIFICATE`.
+    Certificate,
+    /// PKIX `PUBLIC KEY`.
+    PublicKey,
+}
+
+impl PemLabel {
+    /// The label as the BEGIN and END lines spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PrivateKey => "PRIVATE KEY",
+            Self::Certificate => "CERTIFICATE",
+            Self::PublicKey => "PUBLIC KEY",
+        }
     }
-    out.push_str("-----END ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    out
+}
+
+/// A PEM block as text, 64 characters a line with `\n` line ends (the layout OpenSSL and
+/// Python `cryptography` write), by `pem-rfc7468`.
+pub fn pem_encode(label: PemLabel, der: &[u8]) -> Zeroizing<String> {
+    match pem_rfc7468::encode_string(label.as_str(), pem_rfc7468::LineEnding::LF, der) {
+        Ok(text) => Zeroizing::new(text),
+        // The encoder refuses only a label outside RFC 7468's grammar (these are in it) and a
+        // length past `usize` (no DER held in memory is that long).
+        Err(err) => unreachable!("PEM encoding of a {} failed: {err}", label.as_str()),
+    }
 }
 
 /// A certificate's subject and issuer (raw DER names).
@@ -327,7 +342,7 @@ fn certifies(der: &[u8], public: &PublicPart<'_>) -> bool {
 
 /// The private key PEM (`PRIVATE KEY`, PKCS#8).
 pub fn key_pem(contents: &Pkcs12Contents) -> SecretBytes {
-    let pem = pem_encode("PRIVATE KEY", contents.key.expose());
+    let pem = pem_encode(PemLabel::PrivateKey, contents.key.expose());
     SecretBytes::new(pem.as_bytes().to_vec())
 }
 
@@ -335,7 +350,7 @@ pub fn key_pem(contents: &Pkcs12Contents) -> SecretBytes {
 pub fn certs_pem(certs: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for der in certs {
-        out.extend_from_slice(pem_encode("CERTIFICATE", der).as_bytes());
+        out.extend_from_slice(pem_encode(PemLabel::Certificate, der).as_bytes());
     }
     out
 }
@@ -444,7 +459,7 @@ fn trim_zeros(b: &[u8]) -> &[u8] {
 /// `-----BEGIN PUBLIC KEY-----` PEM of a JWK public key.
 pub fn public_key_pem(key: PublicKey<'_>) -> Result<Vec<u8>, FormatError> {
     let der = public_key_der(key)?;
-    Ok(pem_encode("PUBLIC KEY", &der).as_bytes().to_vec())
+    Ok(pem_encode(PemLabel::PublicKey, &der).as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -474,6 +489,19 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_written_as_openssl_writes_them() {
+        let der: Vec<u8> = (0..=255u8).collect();
+        let text = pem_encode(PemLabel::Certificate, &der);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "-----BEGIN CERTIFICATE-----");
+        assert_eq!(*lines.last().expect("END"), "-----END CERTIFICATE-----");
+        assert!(text.ends_with("-----\n") && !text.contains('\r'));
+        let body = &lines[1..lines.len() - 1];
+        assert!(body[..body.len() - 1].iter().all(|l| l.len() == 64));
+        assert_eq!(STANDARD.decode(body.concat()).expect("base64"), der);
+    }
+
+    #[test]
     fn chains_are_ordered_leaf_first() {
         let (rp, rk, root) = cert("root", None, true);
         let (ip, ik, inter) = cert("inter", Some((&rp, &rk)), true);
@@ -487,18 +515,18 @@ mod tests {
             vec![0]
         );
 
-        let key = pem_encode("PRIVATE KEY", &lk.serialize_der());
+        let key = pem_encode(PemLabel::PrivateKey, &lk.serialize_der());
         let mut text = String::new();
-        text.push_str(&pem_encode("CERTIFICATE", &root));
+        text.push_str(&pem_encode(PemLabel::Certificate, &root));
         text.push_str(&key);
-        text.push_str(&pem_encode("CERTIFICATE", &inter));
-        text.push_str(&pem_encode("CERTIFICATE", &leaf));
+        text.push_str(&pem_encode(PemLabel::Certificate, &inter));
+        text.push_str(&pem_encode(PemLabel::Certificate, &leaf));
         let out = normalize_pem_chain(text.as_bytes()).expect("normalize");
         let mut want = String::new();
         want.push_str(&key);
-        want.push_str(&pem_encode("CERTIFICATE", &leaf));
-        want.push_str(&pem_encode("CERTIFICATE", &inter));
-        want.push_str(&pem_encode("CERTIFICATE", &root));
+        want.push_str(&pem_encode(PemLabel::Certificate, &leaf));
+        want.push_str(&pem_encode(PemLabel::Certificate, &inter));
+        want.push_str(&pem_encode(PemLabel::Certificate, &root));
         assert_eq!(out.expose(), want.as_bytes());
         // Already in order: byte for byte as stored.
         let again = normalize_pem_chain(want.as_bytes()).expect("normalize");
