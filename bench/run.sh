@@ -115,30 +115,47 @@ if [ "$quick" = 1 ]; then
     nice -n 10 cargo build -q -p kvmount-bench "${bins[@]}" "${shipped[@]}" --bin kvmount-agent
     product=$root/target/debug agent_dir=$root/target/debug
 else
-    # The harness in release; the daemon, webhook and agent under test as they ship (the
-    # dist and dist-agent profiles, as the images build them).
+    # The harness in release; the daemon, webhook and agent under test as they ship: built
+    # by the images' own cargo commands (deploy/images/assemble.py cargo-commands: static
+    # musl, `--profile dist --no-default-features`, the agent `dist-agent`; RELR relocations,
+    # see .cargo/config.toml), here in target/. Without the musl target or musl-gcc (for
+    # ring's C code) the same profiles are built for glibc, which maps glibc's shared
+    # libraries (about 1.9 MiB more RSS per process) and allocates with glibc's malloc; the
+    # report says which binaries were measured.
     profile=release
     nice -n 10 cargo build --release -p kvmount-bench "${bins[@]}"
-    nice -n 10 cargo build --profile dist "${shipped[@]}"
-    product=$root/target/dist
-    # The agent as the image builds it: static musl (`dist-agent`, RELR relocations, see
-    # .cargo/config.toml). Without the musl target or musl-gcc (for ring's C code) it falls
-    # back to the glibc build, which maps glibc's shared libraries (about 1.9 MiB more RSS);
-    # the report says which was measured.
-    # Only the runs that start the agent build it (node and rotation do not).
-    musl=x86_64-unknown-linux-musl
-    agent_dir=$root/target/dist-agent
+    # The binaries this run starts.
     case "$which" in
-        all|sidecar)
-            if musl_ready "$musl"; then
-                nice -n 10 cargo build --profile dist-agent "${agent[@]}" --target "$musl"
-                agent_dir=$root/target/$musl/dist-agent
-            else
-                echo "bench/run.sh: no $musl toolchain here; measuring the glibc build of the agent" >&2
-                nice -n 10 cargo build --profile dist-agent "${agent[@]}"
-            fi
-            ;;
+        all|sidecar) wanted=" kvmount-provider kvmount-sidecar kvmount-agent " ;;
+        *) wanted=" kvmount-provider " ;;
     esac
+    declare -A built=()
+    musl=x86_64-unknown-linux-musl
+    if musl_ready "$musl"; then
+        # One line per command: BIN=FILE[,BIN=FILE...], a tab, the command's words.
+        while IFS=$'\t' read -r outputs words; do
+            IFS=, read -r -a pairs <<<"$outputs"
+            needed=0
+            for pair in "${pairs[@]}"; do
+                case "$wanted" in *" ${pair%%=*} "*) needed=1 ;; esac
+            done
+            [ "$needed" = 1 ] || continue
+            IFS=$'\t' read -r -a command <<<"$words"
+            nice -n 10 "${command[@]}"
+            for pair in "${pairs[@]}"; do built[${pair%%=*}]=${pair#*=}; done
+        done < <(python3 deploy/images/assemble.py cargo-commands --arch amd64 --target-dir "$root/target")
+    else
+        echo "bench/run.sh: no $musl toolchain here; measuring glibc builds (dynamic) of the shipped profiles" >&2
+        nice -n 10 cargo build --profile dist --no-default-features "${shipped[@]}"
+        built[kvmount-provider]=$root/target/dist/kvmount-provider
+        built[kvmount-sidecar]=$root/target/dist/kvmount-sidecar
+        case "$wanted" in *" kvmount-agent "*)
+            nice -n 10 cargo build --profile dist-agent "${agent[@]}"
+            built[kvmount-agent]=$root/target/dist-agent/kvmount-agent ;;
+        esac
+    fi
+    product=$(dirname "${built[kvmount-provider]}")
+    agent_dir=$(dirname "${built[kvmount-agent]:-$root/target/dist-agent/kvmount-agent}")
 fi
 bin=$root/target/$profile
 export KVMOUNT_KVMOUNT_PROVIDER_BIN=$product/kvmount-provider

@@ -133,6 +133,24 @@ pub fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> std::io:
     std::fs::write(dir.join(name), text)
 }
 
+/// How the binary at `path` is linked, and its size in bytes: "static" (no program
+/// interpreter, like the images' musl builds) or "dynamic" (a glibc build that maps shared
+/// libraries, whose pages count in its RSS).
+pub fn binary_kind(path: &Path) -> std::io::Result<(&'static str, u64)> {
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    let bytes = std::fs::read(path)?;
+    let elf = ElfFile64::<object::Endianness>::parse(&*bytes).map_err(std::io::Error::other)?;
+    let endian = elf.endian();
+    let dynamic = elf
+        .elf_program_headers()
+        .iter()
+        .any(|header| header.p_type(endian) == object::elf::PT_INTERP);
+    Ok((
+        if dynamic { "dynamic" } else { "static" },
+        bytes.len() as u64,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,7 +174,7 @@ impl Report {
         let (d, md) = (&self.data, &mut self.md);
         let _ = writeln!(
             md,
-            "## Mount latency through the provider API\n\nOne Mount call as the upstream driver makes it (workload identity, `cloudName: AzureStackCloud`), sequential. Cold: a new pod whose objects nobody read yet (samples spaced by secrets / 20 s, so each starts with kvmount's default request budget, `--vault-qps 20 --vault-burst 401`, refilled; the burst covers the first mount of any class the daemon accepts, so no row waits for the limit); warm: the same pod mounted again (the driver's rotation). Added latency is on every secret GET at the mock.\n\n| secrets | added latency | case | kvmount p50 / p99 ms | Azure p50 / p99 ms | kvmount / Azure (p50) | samples |\n|---|---|---|---|---|---|---|"
+            "## Mount latency through the provider API\n\nOne Mount call as the upstream driver makes it (workload identity, `cloudName: AzureStackCloud`), sequential. Cold: a new pod whose objects nobody read yet (samples spaced by secrets / 20 s, so each starts with kvmount's default request budget, `--vault-qps 20 --vault-burst 401`, refilled; the burst covers the first mount of any class the daemon accepts, so no row waits for the limit); warm: the same pod mounted again (the driver's rotation). kvmount's own rotation is set to 1 h for these rows (`--rotation-interval`), so its re-reads of earlier rows' objects neither take the request budget nor run beside later samples; the request rows below measure rotation. Added latency is on every secret GET at the mock.\n\n| secrets | added latency | case | kvmount p50 / p99 ms | Azure p50 / p99 ms | kvmount / Azure (p50) | samples |\n|---|---|---|---|---|---|---|"
         );
         let mut cats = Vec::new();
         let mut ours = Vec::new();
@@ -335,6 +335,19 @@ impl Report {
                 ))
             })
         };
+        let binary = |key: &str| {
+            let b = &d.provider[key];
+            match (b["linking"].as_str(), f(&b["bytes"])) {
+                (Some(linking), Some(bytes)) => format!("{linking} / {:.1} MB", bytes / 1e6),
+                _ => "not recorded".into(),
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| binary measured: linking / size | {} | {} |",
+            binary("kvmount_binary"),
+            binary("azure_binary")
+        );
         let mut cats = vec!["idle".to_string()];
         let mut ours = vec![r("kvmount", "rss_idle_kib")];
         let mut theirs = vec![r("azure", "rss_idle_kib")];

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvmount_bench::{millis, percentile, status_kib};
+use kvmount_bench::{binary_kind, millis, percentile, status_kib};
 use kvmount_sidecar::config::{
     AGENT_CONFIG_ENV, AgentConfig, ObjectFields, ObjectRef, TemplateFile, object_yaml,
     objects_document,
@@ -36,24 +36,6 @@ fn bin() -> String {
 fn agent_bin() -> String {
     std::env::var("KVMOUNT_KVMOUNT_AGENT_BIN")
         .unwrap_or_else(|_| "target/release/kvmount-agent".into())
-}
-
-/// How the agent binary at `path` is linked, and its size: "static" (no program interpreter,
-/// like the image's musl build) or "dynamic" (a glibc build that maps shared libraries).
-fn binary_kind(path: &str) -> (&'static str, u64) {
-    let bytes = std::fs::read(path).expect("read the agent binary");
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().expect("ELF header")) as usize;
-    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
-    const PT_INTERP: u32 = 3;
-    let dynamic = (0..phnum).any(|i| {
-        let at = phoff + i * phentsize;
-        u32::from_le_bytes(bytes[at..at + 4].try_into().expect("program header")) == PT_INTERP
-    });
-    (
-        if dynamic { "dynamic" } else { "static" },
-        bytes.len() as u64,
-    )
 }
 
 fn ms(d: Duration) -> String {
@@ -397,7 +379,8 @@ async fn main() {
         ms(percentile(&trips, 50.0)),
         ms(percentile(&trips, 95.0))
     );
-    let (linking, binary_bytes) = binary_kind(&agent_bin());
+    let (linking, binary_bytes) =
+        binary_kind(Path::new(&agent_bin())).expect("read the agent binary");
     println!(
         "| agent binary measured: linking / size | {linking} / {:.1} MB |",
         binary_bytes as f64 / 1e6
