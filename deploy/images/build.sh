@@ -114,8 +114,11 @@ ensure_toolchain() {
         fi
         log "apt-get install ${packages[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2 \
-            || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2; }
+        # One apt at a time on the machine (tests/prefetch.sh runs this beside
+        # tests/cluster/install.sh, which runs apt-get too; apt refuses a held lock at once).
+        flock /run/kvmount-apt.lock bash -c 'apt-get install -y -qq --no-install-recommends "$@" >&2 \
+            || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "$@" >&2; }' \
+            apt "${packages[@]}"
     fi
 }
 

@@ -109,7 +109,8 @@ build_debian() {
     work=$(mktemp -d)
     # apt-get download writes into the cwd; as root it warns that _apt cannot write there (harmless).
     # shellcheck disable=SC2086
-    (cd "$work" && apt-get download -q $pins 2>&1 | grep -v 'sandbox' || true) >&2
+    # One apt at a time on the machine (deploy/images/build.sh may run apt-get beside this).
+    (cd "$work" && flock /run/kvmount-apt.lock apt-get download -q $pins 2>&1 | grep -v 'sandbox' || true) >&2
     local deb
     for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/root"; done
     mkdir -p "$out/bin" "$out/cni"
@@ -123,7 +124,7 @@ build_debian() {
     log "Debian packages unpacked in $(($(date +%s) - start))s"
 }
 part_debian() {
-    pins=$(candidates || { log "apt-get update (package lists missing)"; apt-get update -qq >&2; candidates; })
+    pins=$(candidates || { log "apt-get update (package lists missing)"; flock /run/kvmount-apt.lock apt-get update -qq >&2; candidates; })
     debian_dir=$cache/debian-$(echo "$pins" | sha256sum | cut -c1-16)
     with_lock "$debian_dir" build_debian
     echo "KVMOUNT_CLUSTER_DEBIAN=$debian_dir"
