@@ -30,10 +30,11 @@ step csi-sanity tests/csi-sanity/install.sh
 step interop tests/interop/install.sh
 step venv tests/python/venv.sh
 step helm tests/deploy/install-helm.sh
-# The images and the cluster's parts side by side, the only two steps that do: cold, the
-# images' four whole-program (fat LTO) builds each end in a long step on one core, which
-# leaves the other core to the cluster's Go builds. One after the other they took 1096 s and
-# 1145 s of a cold run (2026-12-07, 61 min in all, the CPU 1.55 cores busy on average).
+# The images and the cluster's parts side by side, the only two steps that do: each leaves
+# part of the CPU idle on its own (the images' fat-LTO link steps, the Go builds' links and
+# downloads). Cold on this 2-core machine (2026-12-07): one after the other they took 1096 s
+# and 1145 s and the run 61m02s (CPU 1.55 cores busy on average); side by side both ended
+# after 1916 s and the run took 52m23s (1.77 cores).
 if [ "${KVMOUNT_IMAGES:-}" = skip ]; then
     echo "KVMOUNT_IMAGES=skip" >"$dir/images.log"
     echo 0 >"$dir/images.rc"
