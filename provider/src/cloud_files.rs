@@ -9,7 +9,7 @@
 //! machine; what it saves is a thread hand-off and a file read per call.)
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -45,11 +45,6 @@ impl CloudFiles {
             dir,
             kept: Mutex::default(),
         }
-    }
-
-    /// The directory files are read beneath.
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
     }
 
     /// The cloud the file at `path` describes; errors name `cloudEnvFileName`.
@@ -110,6 +105,7 @@ impl CloudFiles {
 )]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const STACK: &str = r#"{"name":"AzureStackCloud","activeDirectoryEndpoint":"https://login.stack.local/","keyVaultDNSSuffix":"vault.stack.local"}"#;
     const OTHER: &str = r#"{"name":"AzureStackCloud","activeDirectoryEndpoint":"https://login.other.local/","keyVaultDNSSuffix":"vault.other.local"}"#;

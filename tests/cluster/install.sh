@@ -108,8 +108,8 @@ build_debian() {
     log "downloading $pins into $debian_dir"
     work=$(mktemp -d)
     # apt-get download writes into the cwd; as root it warns that _apt cannot write there (harmless).
-    # shellcheck disable=SC2086
     # One apt at a time on the machine (deploy/images/build.sh may run apt-get beside this).
+    # shellcheck disable=SC2086
     (cd "$work" && flock /run/kvmount-apt.lock apt-get download -q $pins 2>&1 | grep -v 'sandbox' || true) >&2
     local deb
     for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/root"; done
