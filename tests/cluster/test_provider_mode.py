@@ -317,9 +317,17 @@ def test_vault_reads_stay_per_node_while_the_driver_mounts_per_pod(provider, wai
     # mounts keep in use for provider.cacheIdle); kvmount's own count of reads agrees.
     assert within(first["all_reads"] - 2, first["rotation_reads"]), first
     assert within(first["all_reads"], first["misses"]), first
-    # One token exchange per pod: each pod's own service-account token is proved at Entra ID
-    # before the cache serves it (the identity's clients are shared; the proofs are not).
-    assert first["tokens"] == PODS_PER_NODE, first
+    # One token exchange per pod token: each pod's own service-account token is proved at Entra
+    # ID before the cache serves it (the identity's clients are shared; the proofs are not).
+    # Mounts beyond one per pod are the driver's rotation, which can land inside this first
+    # second: v1.5.4's reconciler runs every DRIVER_POLL_SECONDS whatever the pods' age, and
+    # requests each pod a token of its own (CI saw 12 Mounts and 12 exchanges for 6 pods). Such
+    # a Mount costs at most one exchange, and a pod has at most two tokens this early (the
+    # kubelet's and the driver's).
+    extra = first["mounts"][1] - PODS_PER_NODE
+    assert PODS_PER_NODE <= first["tokens"] <= PODS_PER_NODE + min(extra, PODS_PER_NODE), first
+    if provider.version != "v1.5.4":
+        assert first["tokens"] == PODS_PER_NODE, first
     for n in names:
         wait_pod(WI_NAMESPACE, n, timeout=180)
     for n in names:
