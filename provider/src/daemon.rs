@@ -13,7 +13,7 @@ use kvmount_telemetry::metrics::{Exposition, Registry};
 use kvmount_vault::Connector;
 use tonic::transport::Server;
 
-use crate::cache::{CacheConfig, NodeCache};
+use crate::cache::{CacheConfig, NodeCache, VaultAccess};
 use crate::cli::ServeArgs;
 use crate::cloud_files::CloudFiles;
 use crate::grpc::identity::IdentityService;
@@ -210,13 +210,13 @@ fn node_cache(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<NodeCache>> {
     let limiter = Arc::new(RateLimiter::new(args.vault_qps, args.vault_burst));
-    let connector = Connector::new(args.vault.connector_config()?)?.with_vault_policies(Arc::new(
-        VaultPolicies {
-            limiter,
-            metrics: Arc::clone(metrics),
-        },
-    ));
-    Ok(Arc::new(NodeCache::new(connector, config)))
+    let connector = Connector::new(args.vault.connector_config()?)?;
+    let policies = VaultPolicies {
+        limiter,
+        metrics: Arc::clone(metrics),
+    };
+    let access = VaultAccess::new(connector, Some(policies));
+    Ok(Arc::new(NodeCache::new(access, config)))
 }
 
 /// The rotation interval (at least 200 ms) and how long an unused entry stays.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Request};
-use kvmount_vault::client::{VaultPolicyFactory, next_policy};
+use kvmount_vault::client::next_policy;
 
 use kvmount_vault::params::MAX_SLOTS;
 
@@ -166,7 +166,7 @@ impl Policy for VaultPolicy {
     }
 }
 
-/// Makes the per-vault policy for the connector.
+/// Makes the per-vault policy of the daemon's vault clients.
 pub struct VaultPolicies {
     /// The shared limiter.
     pub limiter: Arc<RateLimiter>,
@@ -174,8 +174,9 @@ pub struct VaultPolicies {
     pub metrics: Arc<Metrics>,
 }
 
-impl VaultPolicyFactory for VaultPolicies {
-    fn policy(&self, vault: &str) -> Arc<dyn Policy> {
+impl VaultPolicies {
+    /// The policy every HTTP try to `vault` passes (the SDK's own retries included).
+    pub fn policy(&self, vault: &str) -> Arc<dyn Policy> {
         Arc::new(VaultPolicy {
             vault: vault.to_owned(),
             limiter: Arc::clone(&self.limiter),

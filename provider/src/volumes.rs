@@ -867,8 +867,11 @@ mod tests {
             .tempdir_in(base)
             .expect("tempdir on tmpfs");
         let cache = NodeCache::new(
-            kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig::default())
-                .expect("connector"),
+            crate::cache::VaultAccess::new(
+                kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig::default())
+                    .expect("connector"),
+                None,
+            ),
             CacheConfig {
                 refresh_after: Duration::from_secs(60),
                 idle_ttl: Duration::from_secs(60),

@@ -37,13 +37,6 @@ pub use crate::pipeline::{NextPolicies, next_policy};
 pub use crate::read::{FetchedCertificate, FetchedKey, FetchedSecret, VaultClient, VersionInfo};
 pub use crate::validity::Validity;
 
-/// Makes the extra per-try SDK policy of a vault's clients (rate limits, metrics): every HTTP
-/// try to that vault, the SDK's own retries included, goes through it.
-pub trait VaultPolicyFactory: Send + Sync {
-    /// The policy for requests to `vault`.
-    fn policy(&self, vault: &str) -> Arc<dyn azure_core::http::policies::Policy>;
-}
-
 /// The daemon's way to Key Vault: one HTTP client shared by every mount (connection reuse),
 /// credentials and clients made per mount.
 ///
@@ -59,7 +52,6 @@ pub struct Connector {
     /// Per-vault clients, created on first use.
     vault_http: Arc<std::sync::Mutex<std::collections::HashMap<String, VaultHttp>>>,
     config: Arc<ConnectorConfig>,
-    policies: Option<Arc<dyn VaultPolicyFactory>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -86,14 +78,7 @@ impl Connector {
             auth_http,
             vault_http: Arc::default(),
             config: Arc::new(config),
-            policies: None,
         })
-    }
-
-    /// Adds a per-try policy to every vault client this connector makes.
-    pub fn with_vault_policies(mut self, factory: Arc<dyn VaultPolicyFactory>) -> Self {
-        self.policies = Some(factory);
-        self
     }
 
     /// The HTTP client for `vault`, created on first use.
@@ -176,23 +161,23 @@ impl Connector {
         params: &MountParams,
         credential: Arc<dyn TokenCredential>,
     ) -> Result<VaultClient, VaultError> {
-        self.vault_client_in(params.cloud.as_ref(), &params.keyvault_name, credential)
+        self.vault_client_in(
+            params.cloud.as_ref(),
+            &params.keyvault_name,
+            credential,
+            None,
+        )
     }
 
-    /// Options of a data-plane client of `vault`: the cloud's options, `preauthorize`, then the
-    /// vault's per-try policy (rate limit, metrics), when the connector has one.
+    /// Options of a data-plane client: the cloud's options, then `policies` on every try.
     fn vault_options(
         &self,
-        vault: &str,
         cloud_of: Option<&Cloud>,
         http: reqwest::Client,
-        preauthorize: &Arc<dyn Policy>,
+        policies: &[Arc<dyn Policy>],
     ) -> ClientOptions {
         let mut options = self.client_options_in(cloud_of, http);
-        options.per_try_policies.push(Arc::clone(preauthorize));
-        if let Some(factory) = &self.policies {
-            options.per_try_policies.push(factory.policy(vault));
-        }
+        options.per_try_policies.extend(policies.iter().cloned());
         options
     }
 
@@ -285,15 +270,18 @@ impl Connector {
         vault: &str,
         credential: Arc<dyn TokenCredential>,
     ) -> Result<VaultClient, VaultError> {
-        self.vault_client_in(None, vault, credential)
+        self.vault_client_in(None, vault, credential, None)
     }
 
     /// The clients of `vault` in `cloud` (`None`: the daemon's own), reading with `credential`.
+    /// Every HTTP try of theirs (the SDK's own retries included) passes `extra` (the daemon's
+    /// rate limit and metrics), when given, after the preauthorizing policy.
     pub fn vault_client_in(
         &self,
         cloud: Option<&Cloud>,
         vault: &str,
         credential: Arc<dyn TokenCredential>,
+        extra: Option<Arc<dyn Policy>>,
     ) -> Result<VaultClient, VaultError> {
         let (_, suffix) = self.endpoints(cloud);
         let url = format!("https://{vault}.{suffix}/");
@@ -309,11 +297,12 @@ impl Connector {
             self.token_scope_in(cloud),
             opening,
         ));
+        let policies: Vec<Arc<dyn Policy>> = std::iter::once(preauthorize).chain(extra).collect();
         let secrets = SecretClient::new(
             &url,
             Arc::clone(&credential),
             Some(SecretClientOptions {
-                client_options: self.vault_options(vault, cloud, http.clone(), &preauthorize),
+                client_options: self.vault_options(cloud, http.clone(), &policies),
                 ..Default::default()
             }),
         )
@@ -322,7 +311,7 @@ impl Connector {
             &url,
             Arc::clone(&credential),
             Some(KeyClientOptions {
-                client_options: self.vault_options(vault, cloud, http.clone(), &preauthorize),
+                client_options: self.vault_options(cloud, http.clone(), &policies),
                 ..Default::default()
             }),
         )
@@ -331,7 +320,7 @@ impl Connector {
             &url,
             Arc::clone(&credential),
             Some(CertificateClientOptions {
-                client_options: self.vault_options(vault, cloud, http, &preauthorize),
+                client_options: self.vault_options(cloud, http, &policies),
                 ..Default::default()
             }),
         )

@@ -1,5 +1,5 @@
-//! Credential proofs and one set of Key Vault clients per identity: the only caller of the
-//! [`Connector`]. A pod's credentials are proved (they got a token for their identity at
+//! Credential proofs and one set of Key Vault clients per identity: the only user of the
+//! way to Key Vault ([`Connect`]). A pod's credentials are proved (they got a token for their identity at
 //! Entra ID) before anything read for that identity is returned to it; the proof is kept by a
 //! digest of the credentials (no credential kept) until shortly before that token expires.
 
@@ -11,10 +11,11 @@ use azure_core::credentials::TokenCredential;
 use kvmount_vault::client::{SwappableCredential, VaultClient, check_credential};
 use kvmount_vault::cloud::Cloud;
 use kvmount_vault::params::Auth;
-use kvmount_vault::{Connector, MountParams, VaultError};
+use kvmount_vault::{MountParams, VaultError};
 use tokio::time::Instant;
 
 use super::config::lock;
+use super::connect::Connect;
 use super::key::IdentityKey;
 
 /// How long before its token expires a proof stops counting.
@@ -58,7 +59,7 @@ pub struct NewIdentity {
 
 /// Proofs and per-identity clients.
 pub struct Identities {
-    connector: Connector,
+    connector: Box<dyn Connect>,
     /// Credentials that proved valid, by [`fingerprint`].
     proofs: Mutex<HashMap<[u8; 32], Proof>>,
     /// Per identity, the clients publishes and rotation read with.
@@ -66,8 +67,8 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// No proofs and no clients yet; clients are made by `connector`.
-    pub fn new(connector: Connector) -> Self {
+    /// No proofs and no clients yet; credentials and clients are made by `connector`.
+    pub fn new(connector: Box<dyn Connect>) -> Self {
         Self {
             connector,
             proofs: Mutex::default(),
@@ -84,7 +85,7 @@ impl Identities {
                 .identity_client(params, None, valid_until)
                 .map(Access::Known);
         }
-        let credential = self.connector.credential_for(params)?;
+        let credential = self.connector.credential(params)?;
         if self.known_client(params).is_none() {
             let shared = Arc::new(SwappableCredential::new(Arc::clone(&credential)));
             let client = self.new_client(params, Arc::clone(&shared))?;
@@ -153,11 +154,10 @@ impl Identities {
             self.connector.forget_vault(&vault);
             for (identity, entry) in entries.iter_mut().filter(|(i, _)| i.vault == vault) {
                 let credential = Arc::clone(&entry.credential) as Arc<dyn TokenCredential>;
-                match self.connector.vault_client_in(
-                    entry.cloud.as_ref(),
-                    &identity.vault,
-                    credential,
-                ) {
+                match self
+                    .connector
+                    .client(entry.cloud.as_ref(), &identity.vault, credential)
+                {
                     Ok(client) => entry.client = Arc::new(client),
                     Err(error) => {
                         tracing::warn!(vault = %vault, error = %error, "cannot reconnect a vault after an erase; its connection stays open")
@@ -193,7 +193,7 @@ impl Identities {
         credential: &Arc<dyn TokenCredential>,
         scrub: &[&str],
     ) -> Result<Instant, VaultError> {
-        let scope = self.connector.token_scope_for(params);
+        let scope = self.connector.token_scope(params);
         let left = check_credential(credential, &scope, scrub).await?;
         let now = Instant::now();
         let mut valid_until = now + left.saturating_sub(PROOF_MARGIN);
@@ -229,9 +229,11 @@ impl Identities {
         params: &MountParams,
         shared: Arc<SwappableCredential>,
     ) -> Result<Arc<VaultClient>, VaultError> {
-        let client = self
-            .connector
-            .vault_client_for(params, shared as Arc<dyn TokenCredential>)?;
+        let client = self.connector.client(
+            params.cloud.as_ref(),
+            &params.keyvault_name,
+            shared as Arc<dyn TokenCredential>,
+        )?;
         Ok(Arc::new(client))
     }
 
@@ -261,7 +263,7 @@ impl Identities {
         // erased): a new SDK credential from the same, still valid, credentials.
         let credential = match fresh {
             Some(credential) => credential,
-            None => self.connector.credential_for(params)?,
+            None => self.connector.credential(params)?,
         };
         let shared = Arc::new(SwappableCredential::new(credential));
         let client = self.new_client(params, Arc::clone(&shared))?;

@@ -7,8 +7,8 @@
 //! read an object never reaches another identity's entry.
 //!
 //! - [`key`]: what makes two objects one entry (typed, built from the parsed parameters);
-//! - [`identity`]: credential proofs and one set of clients per identity (the only caller of
-//!   the connector);
+//! - [`identity`]: credential proofs and one set of clients per identity, the only user of
+//!   [`connect`] (the way to Key Vault, a trait so proofs are unit-tested without Entra ID);
 //! - [`entries`]: the shared entries, their users, erase and idle sweep, reading through a
 //!   [`entries::Reader`];
 //! - [`rotation`]: one refresh pass, revocation;
@@ -16,6 +16,7 @@
 //! - [`error`]: `FetchError`, `RotationError`; `jitter`: read spreading and backoff.
 
 pub mod config;
+pub mod connect;
 pub mod entries;
 pub mod error;
 pub mod identity;
@@ -23,6 +24,8 @@ mod jitter;
 pub mod key;
 pub mod rotation;
 
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,12 +36,13 @@ use std::time::Duration;
 use kvmount_vault::client::VaultClient;
 use kvmount_vault::fetch::scrub_list;
 use kvmount_vault::{
-    Connector, FetchedObject, MountParams, ObjectError, ObjectSpec, RenderedObject, VaultError,
-    fetch_object, rendered_object,
+    FetchedObject, MountParams, ObjectError, ObjectSpec, RenderedObject, VaultError, fetch_object,
+    rendered_object,
 };
 use tokio::time::Instant;
 
 pub use config::{CacheConfig, CacheCounters};
+pub use connect::{Connect, VaultAccess};
 use entries::{Entries, Erased, Reader};
 pub use error::{FetchError, RotationError};
 use identity::{Access, Identities};
@@ -68,10 +72,10 @@ impl Reader for ClientReader<'_> {
 
 impl NodeCache {
     /// An empty cache that reads through `connector`.
-    pub fn new(connector: Connector, config: CacheConfig) -> Self {
+    pub fn new(connector: impl Connect + 'static, config: CacheConfig) -> Self {
         let counters = Arc::new(CacheCounters::default());
         Self {
-            identities: Identities::new(connector),
+            identities: Identities::new(Box::new(connector)),
             entries: Entries::new(config, Arc::clone(&counters)),
             counters,
         }

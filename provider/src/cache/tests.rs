@@ -1,6 +1,6 @@
-//! The entries and rotation with a fake reader and paused time. Proofs and per-identity
-//! clients need Entra ID: the multi-process tests (`tests/tests/`) cover them against the
-//! mock vault.
+//! The entries and rotation with a fake reader and paused time (proofs and per-identity
+//! clients: `identity_tests`; against the mock vault's Entra ID: the multi-process tests in
+//! `tests/tests/`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,8 +18,14 @@ use super::rotation::pass;
 use super::*;
 
 fn params(extra: &[(&str, &str)]) -> MountParams {
+    mount("Demo", extra, &[("clientid", "app"), ("clientsecret", "s")])
+}
+
+/// The parameters of a class reading `db-password` from `vault`, with `extra` attributes and
+/// the node-publish `secrets`.
+pub(super) fn mount(vault: &str, extra: &[(&str, &str)], secrets: &[(&str, &str)]) -> MountParams {
     let attributes: HashMap<String, String> = [
-        ("keyvaultName", "Demo"),
+        ("keyvaultName", vault),
         ("tenantID", "tenant"),
         (
             "objects",
@@ -30,10 +36,10 @@ fn params(extra: &[(&str, &str)]) -> MountParams {
     .chain(extra)
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    let secrets = HashMap::from([
-        ("clientid".to_owned(), "app".to_owned()),
-        ("clientsecret".to_owned(), "s".to_owned()),
-    ]);
+    let secrets = secrets
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     kvmount_vault::params::mount_params(
         &attributes,
         &secrets,
@@ -270,7 +276,11 @@ async fn a_revoked_value_is_erased_and_no_credential_waits() {
 #[test]
 fn volumes_share_the_cache_copy_of_a_key() {
     let cache = NodeCache::new(
-        Connector::new(kvmount_vault::ConnectorConfig::default()).expect("connector"),
+        crate::cache::VaultAccess::new(
+            kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig::default())
+                .expect("connector"),
+            None,
+        ),
         config(),
     );
     let p = params(&[]);
