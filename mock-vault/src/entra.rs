@@ -7,8 +7,8 @@ use hyper::StatusCode;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::exchange::{Outcome, Reply, Req, State};
 use crate::seed::{FEDERATION_AUDIENCE, Identity};
-use crate::server::{Outcome, Reply, Req, State};
 
 /// Lifetime of issued access tokens, as Entra's `expires_in`.
 pub(crate) const TOKEN_LIFETIME: i64 = 3599;

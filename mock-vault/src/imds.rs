@@ -17,8 +17,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::exchange::State;
 use crate::seed::ManagedKind;
-use crate::server::{ReplyBody, State};
+use crate::server::ReplyBody;
 
 /// Route name of IMDS token requests in stats and fault rules.
 pub(crate) const ROUTE: &str = "imds.token";

@@ -35,8 +35,10 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bodies;
 mod cli;
 mod entra;
+mod exchange;
 mod imds;
 pub mod jwt;
 mod keyvault;
@@ -61,7 +63,7 @@ pub use cli::{MintTokenArgs, MockVaultArgs, MockVaultCommand, default_tls_dir, r
 pub use seed::{DEMO_SEED_YAML, DEV_ISSUER, FEDERATION_AUDIENCE, Permission, Seed, SeedError};
 pub use store::seeded_version;
 
-use server::{Reply, Req, State};
+use exchange::{Reply, Req, State};
 
 /// Errors of starting the mock or minting tokens.
 #[derive(Debug, thiserror::Error)]

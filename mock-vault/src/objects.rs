@@ -7,9 +7,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::keyvault::{Attributes, page, paging};
+use crate::bodies::{Attributes, page, paging};
+use crate::exchange::{Reply, Req};
 use crate::pki::PublicJwk;
-use crate::server::{Reply, Req};
 use crate::store::{CertVersion, KeyVersion, RECOVERABLE_DAYS, RECOVERY_LEVEL, VaultState};
 
 fn attributes(

@@ -26,6 +26,9 @@ pub const DEV_ISSUER: &str = "https://oidc.kvmount.local";
 /// Audience Entra requires in a federated client assertion.
 pub const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
 
+/// Key Vault's limit on a secret value (a seed's values and a PUT's alike).
+pub(crate) const MAX_VALUE_BYTES: usize = 25 * 1024;
+
 /// Why a seed was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
@@ -643,12 +646,12 @@ fn parse_secrets(
             ));
         }
         for (k, value) in s.versions.iter().enumerate() {
-            if value.len() > crate::keyvault::MAX_VALUE_BYTES {
+            if value.len() > MAX_VALUE_BYTES {
                 return Err(invalid(
                     format!("{sat}.versions[{k}]"),
                     format!(
                         "value is longer than Key Vault's limit of {} bytes",
-                        crate::keyvault::MAX_VALUE_BYTES
+                        MAX_VALUE_BYTES
                     ),
                 ));
             }

@@ -13,7 +13,8 @@ use kvmount_telemetry::metrics::{Exposition, Registry};
 use kvmount_vault::Connector;
 use tonic::transport::Server;
 
-use crate::cache::{CacheConfig, NodeCache, VaultAccess};
+use crate::access::VaultAccess;
+use crate::cache::{CacheConfig, NodeCache};
 use crate::cli::ServeArgs;
 use crate::cloud_files::CloudFiles;
 use crate::grpc::identity::IdentityService;

@@ -8,6 +8,7 @@
 //! - [`registration`]: the CSI driver's registration with the kubelet (no registrar container);
 //! - [`cli`]: command-line flags; [`dev`]: the one-machine life cycle.
 
+pub mod access;
 pub mod alloc;
 pub mod blocking;
 pub mod cache;

@@ -867,7 +867,7 @@ mod tests {
             .tempdir_in(base)
             .expect("tempdir on tmpfs");
         let cache = NodeCache::new(
-            crate::cache::VaultAccess::new(
+            crate::access::VaultAccess::new(
                 kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig::default())
                     .expect("connector"),
                 None,

@@ -8,7 +8,8 @@
 //!
 //! - [`key`]: what makes two objects one entry (typed, built from the parsed parameters);
 //! - [`identity`]: credential proofs and one set of clients per identity, the only user of
-//!   [`connect`] (the way to Key Vault, a trait so proofs are unit-tested without Entra ID);
+//!   [`connect`] (the way to Key Vault, a trait so proofs are unit-tested without Entra ID;
+//!   the daemon's is `crate::access`);
 //! - [`entries`]: the shared entries, their users, erase and idle sweep, reading through a
 //!   [`entries::Reader`];
 //! - [`rotation`]: one refresh pass, revocation;
@@ -42,7 +43,7 @@ use kvmount_vault::{
 use tokio::time::Instant;
 
 pub use config::{CacheConfig, CacheCounters};
-pub use connect::{Connect, VaultAccess};
+pub use connect::Connect;
 use entries::{Entries, Erased, Reader};
 pub use error::{FetchError, RotationError};
 use identity::{Access, Identities};

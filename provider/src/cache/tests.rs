@@ -276,7 +276,7 @@ async fn a_revoked_value_is_erased_and_no_credential_waits() {
 #[test]
 fn volumes_share_the_cache_copy_of_a_key() {
     let cache = NodeCache::new(
-        crate::cache::VaultAccess::new(
+        crate::access::VaultAccess::new(
             kvmount_vault::Connector::new(kvmount_vault::ConnectorConfig::default())
                 .expect("connector"),
             None,
