@@ -50,34 +50,7 @@ impl SecretProviderClass {
             field: field.to_owned(),
             message,
         };
-
-        if let Some(types) = &obj.types {
-            let want = format!("{GROUP}/{VERSION}");
-            if types.api_version != want || types.kind != KIND {
-                return Err(bad(
-                    "apiVersion/kind",
-                    format!(
-                        "expected {want} {KIND}, found {} {}",
-                        types.api_version, types.kind
-                    ),
-                ));
-            }
-        }
-        // The server answers for the path we asked; a different name or namespace
-        // would mean something between us and it is not the API server.
-        if obj.metadata.name.as_deref() != Some(name) {
-            return Err(bad(
-                "metadata.name",
-                format!("expected {name:?}, found {:?}", obj.metadata.name),
-            ));
-        }
-        if obj.metadata.namespace.as_deref() != Some(namespace) {
-            return Err(bad(
-                "metadata.namespace",
-                format!("expected {namespace:?}, found {:?}", obj.metadata.namespace),
-            ));
-        }
-
+        check_identity(&obj, namespace, name).map_err(|(field, message)| bad(field, message))?;
         let spec = match obj.data.get("spec") {
             Some(Value::Object(spec)) => spec,
             Some(other) => {
@@ -88,49 +61,8 @@ impl SecretProviderClass {
             }
             None => return Err(bad("spec", "missing".to_owned())),
         };
-
-        let provider = match spec.get("provider") {
-            Some(Value::String(p)) if !p.is_empty() => p.clone(),
-            Some(Value::String(_)) => return Err(bad("spec.provider", "empty".to_owned())),
-            Some(other) => {
-                return Err(bad(
-                    "spec.provider",
-                    format!("expected a string, found {}", type_name(other)),
-                ));
-            }
-            None => return Err(bad("spec.provider", "missing".to_owned())),
-        };
-
-        let mut parameters = BTreeMap::new();
-        match spec.get("parameters") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(map)) => {
-                for (key, value) in map {
-                    match value {
-                        Value::String(s) => {
-                            parameters.insert(key.clone(), s.clone());
-                        }
-                        other => {
-                            return Err(bad(
-                                &format!("spec.parameters.{key}"),
-                                format!(
-                                    "expected a string, found {} (parameters are a map of strings; \
-                                     quote the value or use a YAML block scalar)",
-                                    type_name(other)
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(bad(
-                    "spec.parameters",
-                    format!("expected a map of strings, found {}", type_name(other)),
-                ));
-            }
-        }
-
+        let provider = spec_provider(spec).map_err(|m| bad("spec.provider", m))?;
+        let parameters = spec_parameters(spec).map_err(|(field, m)| bad(&field, m))?;
         Ok(Self {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
@@ -139,6 +71,99 @@ impl SecretProviderClass {
             uid: obj.metadata.uid,
             resource_version: obj.metadata.resource_version,
         })
+    }
+}
+
+/// The object is the one asked for: a SecretProviderClass of this group and version, named
+/// `namespace/name` (the server answers for the path asked; a different name or namespace
+/// would mean something between us and it is not the API server). Else the field at fault and
+/// what was wrong.
+fn check_identity(
+    obj: &DynamicObject,
+    namespace: &str,
+    name: &str,
+) -> Result<(), (&'static str, String)> {
+    if let Some(types) = &obj.types {
+        let want = format!("{GROUP}/{VERSION}");
+        if types.api_version != want || types.kind != KIND {
+            return Err((
+                "apiVersion/kind",
+                format!(
+                    "expected {want} {KIND}, found {} {}",
+                    short(&types.api_version),
+                    short(&types.kind)
+                ),
+            ));
+        }
+    }
+    if obj.metadata.name.as_deref() != Some(name) {
+        return Err((
+            "metadata.name",
+            format!(
+                "expected {name:?}, found {:?}",
+                obj.metadata.name.as_deref().map(short)
+            ),
+        ));
+    }
+    if obj.metadata.namespace.as_deref() != Some(namespace) {
+        return Err((
+            "metadata.namespace",
+            format!(
+                "expected {namespace:?}, found {:?}",
+                obj.metadata.namespace.as_deref().map(short)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `spec.provider`: a non-empty string.
+fn spec_provider(spec: &serde_json::Map<String, Value>) -> Result<String, String> {
+    match spec.get("provider") {
+        Some(Value::String(p)) if !p.is_empty() => Ok(p.clone()),
+        Some(Value::String(_)) => Err("empty".to_owned()),
+        Some(other) => Err(format!("expected a string, found {}", type_name(other))),
+        None => Err("missing".to_owned()),
+    }
+}
+
+/// `spec.parameters`: a map of strings (none: empty). Else the field at fault and what was
+/// wrong.
+fn spec_parameters(
+    spec: &serde_json::Map<String, Value>,
+) -> Result<BTreeMap<String, String>, (String, String)> {
+    let map = match spec.get("parameters") {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err((
+                "spec.parameters".to_owned(),
+                format!("expected a map of strings, found {}", type_name(other)),
+            ));
+        }
+    };
+    map.iter()
+        .map(|(key, value)| match value {
+            Value::String(s) => Ok((key.clone(), s.clone())),
+            other => Err((
+                format!("spec.parameters.{}", short(key)),
+                format!(
+                    "expected a string, found {} (parameters are a map of strings; \
+                     quote the value or use a YAML block scalar)",
+                    type_name(other)
+                ),
+            )),
+        })
+        .collect()
+}
+
+/// At most the first 64 characters of `text`, for an error message: a name or key from the
+/// object must not make the message as long as the object. (The vault crate's `shown` does
+/// the same for class parameters; this crate sits below it.)
+fn short(text: &str) -> &str {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
     }
 }
 
@@ -211,6 +236,20 @@ mod tests {
                 .parameters
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn errors_quote_a_short_prefix_of_names_and_keys() {
+        let key = "k".repeat(100_000);
+        let field = field_of(parse(object(
+            json!({"provider": "azure", "parameters": {key.clone(): 3}}),
+        )));
+        assert_eq!(field, format!("spec.parameters.{}", &key[..64]));
+        let mut renamed = object(json!({"provider": "azure"}));
+        renamed["metadata"]["name"] = json!("n".repeat(100_000));
+        let error = parse(renamed).unwrap_err().to_string();
+        assert!(error.contains("metadata.name"), "{error}");
+        assert!(error.len() < 300, "{} bytes", error.len());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use kvmount_vault::{
     Auth, Connector, ConnectorConfig, FetchedObject, ObjectSpec, SecretBytes, SecretString,
     VaultError, fetch_object, rendered_object,
 };
-use kvmount_volume::{AtomicWriter, FileSpec, Ownership};
+use kvmount_volume::{AtomicWriter, FileSpec, Ownership, WriteOutcome};
 
 use crate::config::{DEFAULT_MODE, Plan};
 use crate::template::Part;
@@ -345,10 +345,7 @@ pub async fn run(
         uid: None,
         gid: plan.fs_group,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| AgentError::Config(format!("cannot watch SIGTERM: {e}")))?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| AgentError::Config(format!("cannot watch SIGINT: {e}")))?;
+    let mut stop = StopSignals::watch()?;
     tracing::info!(
         vault = %plan.keyvault_name,
         files = plan.files.len() + plan.templates.len(),
@@ -357,28 +354,11 @@ pub async fn run(
         init_only = options.init_only,
         "agent started"
     );
-    let mut rendered_once = false;
-    let mut attempts: u32 = 0;
-    let mut backoff = FIRST_BACKOFF;
+    let mut progress = Progress::new(&plan, &options);
     loop {
-        let round = async {
-            let fetched = fetch_distinct(&mut session, all_specs(&plan)).await?;
-            let (files, versions) = render_files(&plan, &fetched)?;
-            let specs: Vec<FileSpec<'_>> = files
-                .iter()
-                .map(|f| FileSpec {
-                    path: &f.path,
-                    mode: f.mode,
-                    contents: f.contents.expose(),
-                })
-                .collect();
-            let outcome = writer.write(&specs, &owner).map_err(|e| e.to_string())?;
-            Ok::<_, String>((outcome, versions))
-        };
         let result = tokio::select! {
-            r = round => r,
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+            r = render_round(&mut session, &plan, &writer, &owner) => r,
+            () = stop.recv() => return Ok(()),
         };
         // Nothing of the round stays behind: its connections close (their buffers are freed,
         // and zeroed by the allocator) and its stack frames are overwritten.
@@ -386,54 +366,141 @@ pub async fn run(
         // The round's HTTP, TLS and JSON code ran on this one runtime thread (the main one).
         kvmount_alloc::scrub_stack();
         let delay = match result {
-            Ok((outcome, versions)) => {
-                attempts = 0;
-                backoff = FIRST_BACKOFF;
-                let versions: Vec<String> =
-                    versions.iter().map(|(id, v)| format!("{id}@{v}")).collect();
-                if !rendered_once {
-                    rendered_once = true;
-                    tracing::info!(
-                        elapsed_ms = options.started.elapsed().as_millis() as u64,
-                        files = outcome.files_written,
-                        objects = %versions.join(","),
-                        "first render"
-                    );
-                    if options.init_only {
-                        return Ok(());
-                    }
-                } else if outcome.changed {
-                    tracing::info!(files = outcome.files_written, objects = %versions.join(","), "rotated: new content published");
-                } else {
-                    tracing::debug!("unchanged");
-                }
-                plan.refresh
-            }
-            Err(error) => {
-                attempts += 1;
-                let elapsed = options.started.elapsed();
-                if options.init_only && !rendered_once && elapsed >= options.init_timeout {
-                    return Err(AgentError::GaveUp {
-                        attempts,
-                        elapsed,
-                        last: error,
-                    });
-                }
-                let delay = backoff.min(if rendered_once {
-                    plan.refresh
-                } else {
-                    MAX_BACKOFF
-                });
-                tracing::warn!(attempt = attempts, retry_in_ms = delay.as_millis() as u64, kept_last_content = rendered_once, %error, "fetch failed");
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                delay
-            }
+            Ok((outcome, versions)) => match progress.published(&outcome, &versions) {
+                Some(delay) => delay,
+                None => return Ok(()),
+            },
+            Err(error) => progress.failed(error)?,
         };
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+            () = tokio::time::sleep(delay) => {}
+            () = stop.recv() => return Ok(()),
         }
+    }
+}
+
+/// One round: every object fetched once, the files rendered and published together.
+/// Returns what the write did and `(object id, version)` pairs for the log.
+async fn render_round(
+    session: &mut Session,
+    plan: &Plan,
+    writer: &AtomicWriter,
+    owner: &Ownership,
+) -> Result<(WriteOutcome, Vec<(String, String)>), String> {
+    let fetched = fetch_distinct(session, all_specs(plan)).await?;
+    let (files, versions) = render_files(plan, &fetched)?;
+    let specs: Vec<FileSpec<'_>> = files
+        .iter()
+        .map(|f| FileSpec {
+            path: &f.path,
+            mode: f.mode,
+            contents: f.contents.expose(),
+        })
+        .collect();
+    let outcome = writer.write(&specs, owner).map_err(|e| e.to_string())?;
+    Ok((outcome, versions))
+}
+
+/// SIGTERM and SIGINT, either of which stops the agent.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> Result<Self, AgentError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind, name: &str| {
+            signal(kind).map_err(|e| AgentError::Config(format!("cannot watch {name}: {e}")))
+        };
+        Ok(Self {
+            term: watch(SignalKind::terminate(), "SIGTERM")?,
+            int: watch(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    /// Returns when either signal arrives (logged).
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = self.int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    }
+}
+
+/// The agent's rounds so far: whether it has published once, failures in a row and the next
+/// backoff.
+struct Progress<'a> {
+    plan: &'a Plan,
+    options: &'a AgentOptions,
+    rendered_once: bool,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl<'a> Progress<'a> {
+    fn new(plan: &'a Plan, options: &'a AgentOptions) -> Self {
+        Self {
+            plan,
+            options,
+            rendered_once: false,
+            attempts: 0,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// A round published: logs it, and returns when the next round is due (`None`: the
+    /// init-only agent is done).
+    fn published(
+        &mut self,
+        outcome: &WriteOutcome,
+        versions: &[(String, String)],
+    ) -> Option<Duration> {
+        self.attempts = 0;
+        self.backoff = FIRST_BACKOFF;
+        let versions: Vec<String> = versions.iter().map(|(id, v)| format!("{id}@{v}")).collect();
+        if !self.rendered_once {
+            self.rendered_once = true;
+            tracing::info!(
+                elapsed_ms = self.options.started.elapsed().as_millis() as u64,
+                files = outcome.files_written,
+                objects = %versions.join(","),
+                "first render"
+            );
+            if self.options.init_only {
+                return None;
+            }
+        } else if outcome.changed {
+            tracing::info!(files = outcome.files_written, objects = %versions.join(","), "rotated: new content published");
+        } else {
+            tracing::debug!("unchanged");
+        }
+        Some(self.plan.refresh)
+    }
+
+    /// A round failed with `error`: returns how long to wait before the next (doubling from
+    /// [`FIRST_BACKOFF`] to [`MAX_BACKOFF`], never past the refresh interval once published;
+    /// the files published last stay), or the error that ends an init-only agent that has
+    /// tried for its whole timeout.
+    fn failed(&mut self, error: String) -> Result<Duration, AgentError> {
+        self.attempts += 1;
+        let elapsed = self.options.started.elapsed();
+        if self.options.init_only && !self.rendered_once && elapsed >= self.options.init_timeout {
+            return Err(AgentError::GaveUp {
+                attempts: self.attempts,
+                elapsed,
+                last: error,
+            });
+        }
+        let cap = if self.rendered_once {
+            self.plan.refresh
+        } else {
+            MAX_BACKOFF
+        };
+        let delay = self.backoff.min(cap);
+        tracing::warn!(attempt = self.attempts, retry_in_ms = delay.as_millis() as u64, kept_last_content = self.rendered_once, %error, "fetch failed");
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Ok(delay)
     }
 }
 

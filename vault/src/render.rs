@@ -40,97 +40,115 @@ pub fn render_secret(
     spec: &ObjectSpec,
     secret: FetchedSecret,
 ) -> Result<RenderedParts, VaultError> {
-    let pkcs12 = secret.backs_certificate
-        && secret
-            .content_type
-            .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case(CONTENT_TYPE_PKCS12));
     if !secret.backs_certificate {
-        if spec.cert_key_files {
-            return Err(VaultError::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "{} needs a secret that backs a certificate; this secret has no kid",
-                    spec.field("certKeyFiles")
-                ),
-            ));
-        }
-        return Ok(RenderedParts {
+        return render_plain_secret(spec, secret);
+    }
+    let pkcs12 = secret
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case(CONTENT_TYPE_PKCS12));
+    match (pkcs12, spec.format) {
+        (true, ObjectFormat::Pfx) => Ok(RenderedParts {
             main: decode(spec, secret.value)?,
             side: Vec::new(),
-        });
-    }
-    if pkcs12 {
-        if spec.format == ObjectFormat::Pfx {
-            return Ok(RenderedParts {
-                main: decode(spec, secret.value)?,
-                side: Vec::new(),
-            });
-        }
-        let pfx = SecretBytes::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(secret.value.expose().trim())
-                .map_err(|_| {
-                    VaultError::new(
-                        ErrorKind::InvalidArgument,
-                        format!(
-                            "the certificate secret is marked {CONTENT_TYPE_PKCS12} but is not base64"
-                        ),
-                    )
-                })?,
-        );
-        let contents =
-            crate::pem::read_pkcs12(pfx.expose()).map_err(|e| format_error("PKCS#12", e))?;
-        let key = crate::pem::key_pem(&contents);
-        let certs = crate::pem::certs_pem(&contents.certs);
-        let mut main = key.expose().to_vec();
-        main.extend_from_slice(&certs);
-        let side = if spec.cert_key_files {
-            vec![("crt", SecretBytes::new(certs)), ("key", key)]
-        } else {
-            Vec::new()
-        };
-        return Ok(RenderedParts {
-            main: SecretBytes::new(main),
-            side,
-        });
-    }
-    if spec.format == ObjectFormat::Pfx {
-        return Err(VaultError::new(
+        }),
+        (true, _) => render_pkcs12(spec, secret.value),
+        (false, ObjectFormat::Pfx) => Err(VaultError::new(
             ErrorKind::InvalidArgument,
             format!(
                 "{} pfx needs a certificate stored as PKCS#12 (contentType {CONTENT_TYPE_PKCS12}); this one is stored as {}; use pem",
                 spec.field("objectFormat"),
                 secret.content_type.as_deref().unwrap_or("PEM")
             ),
+        )),
+        (false, _) => render_pem_certificate(spec, secret.value.into()),
+    }
+}
+
+/// A secret that backs no certificate: its value, decoded as the class asks.
+fn render_plain_secret(
+    spec: &ObjectSpec,
+    secret: FetchedSecret,
+) -> Result<RenderedParts, VaultError> {
+    if spec.cert_key_files {
+        return Err(VaultError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{} needs a secret that backs a certificate; this secret has no kid",
+                spec.field("certKeyFiles")
+            ),
         ));
     }
-    let value: SecretBytes = secret.value.into();
-    let main =
-        crate::pem::normalize_pem_chain(value.expose()).map_err(|e| format_error("PEM", e))?;
+    Ok(RenderedParts {
+        main: decode(spec, secret.value)?,
+        side: Vec::new(),
+    })
+}
+
+/// A certificate kept as PKCS#12 (base64 in the secret), as PEM: the key, then the chain;
+/// with `certKeyFiles`, the chain and the key as side files too.
+fn render_pkcs12(spec: &ObjectSpec, value: SecretString) -> Result<RenderedParts, VaultError> {
+    let pfx = SecretBytes::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(value.expose().trim())
+            .map_err(|_| {
+                VaultError::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "the certificate secret is marked {CONTENT_TYPE_PKCS12} but is not base64"
+                    ),
+                )
+            })?,
+    );
+    let contents = crate::pem::read_pkcs12(pfx.expose()).map_err(|e| format_error("PKCS#12", e))?;
+    let key = crate::pem::key_pem(&contents);
+    let certs = crate::pem::certs_pem(&contents.certs);
+    let mut main = key.expose().to_vec();
+    main.extend_from_slice(&certs);
     let side = if spec.cert_key_files {
-        let blocks = crate::pem::parse_pem(main.expose()).map_err(|e| format_error("PEM", e))?;
-        let mut crt = Vec::new();
-        let mut key = Vec::new();
-        for b in &blocks {
-            let text = &main.expose()[b.range.clone()];
-            let out = if b.label == "CERTIFICATE" {
-                &mut crt
-            } else {
-                &mut key
-            };
-            out.extend_from_slice(text);
-            if !text.ends_with(b"\n") {
-                out.push(b'\n');
-            }
-        }
-        vec![
-            ("crt", SecretBytes::new(crt)),
-            ("key", SecretBytes::new(key)),
-        ]
+        vec![("crt", SecretBytes::new(certs)), ("key", key)]
     } else {
         Vec::new()
     };
+    Ok(RenderedParts {
+        main: SecretBytes::new(main),
+        side,
+    })
+}
+
+/// A certificate kept as PEM: its blocks in chain order; with `certKeyFiles`, the
+/// certificates and the key as side files too.
+fn render_pem_certificate(
+    spec: &ObjectSpec,
+    value: SecretBytes,
+) -> Result<RenderedParts, VaultError> {
+    let main =
+        crate::pem::normalize_pem_chain(value.expose()).map_err(|e| format_error("PEM", e))?;
+    if !spec.cert_key_files {
+        return Ok(RenderedParts {
+            main,
+            side: Vec::new(),
+        });
+    }
+    let blocks = crate::pem::parse_pem(main.expose()).map_err(|e| format_error("PEM", e))?;
+    let mut crt = Vec::new();
+    let mut key = Vec::new();
+    for b in &blocks {
+        let text = &main.expose()[b.range.clone()];
+        let out = if b.label == "CERTIFICATE" {
+            &mut crt
+        } else {
+            &mut key
+        };
+        out.extend_from_slice(text);
+        if !text.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+    let side = vec![
+        ("crt", SecretBytes::new(crt)),
+        ("key", SecretBytes::new(key)),
+    ];
     Ok(RenderedParts { main, side })
 }
 
