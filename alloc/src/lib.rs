@@ -2,12 +2,15 @@
 //! reallocation), so secret bytes do not survive in freed heap memory: in buffers of the HTTP
 //! and TLS stacks or the JSON decoder that our own `Zeroizing` types never see.
 //!
-//! Underneath is mimalloc, not the C library's allocator: the shipped binaries are static musl,
-//! whose allocator made a warm Mount of 10 secrets take twice as long as the same source on
-//! glibc (p50 1.10-1.22 ms against 0.55 ms, `socket-bench`, 2026-12-07; the `dist` profile's
-//! `opt-level = "s"` made no difference). With mimalloc the musl build measured p50 0.66 ms.
-//! One option is changed from mimalloc's default, before its first allocation: arenas are not
-//! committed eagerly ([`tune`]).
+//! Underneath is mimalloc ([`Mimalloc`]) for the daemon and the webhook, not the C library's
+//! allocator: the shipped binaries are static musl, whose allocator made a warm Mount of 10
+//! secrets take twice as long as the same source on glibc (p50 1.10-1.22 ms against 0.55 ms,
+//! `socket-bench`, 2026-12-07; the `dist` profile's `opt-level = "s"` made no difference). With
+//! mimalloc the musl build measured p50 0.66 ms. One option is changed from mimalloc's
+//! defaults, at its first allocation: arenas are not committed eagerly ([`tune`]). The agent,
+//! whose rounds are seconds apart and whose footprint every injected pod pays, keeps the C
+//! library's ([`std::alloc::System`]): with mimalloc its steady-state RSS rose from 4.7 to
+//! 5.4 MiB (0.9 to 1.6 MiB anonymous; full `bench/run.sh`, 2026-12-07).
 //!
 //! This crate is all the `unsafe` code of kvmount. The binaries that handle secret values
 //! (`kvmount-provider`, `kvmount-agent`, `kvmount-sidecar`) install it with `#[global_allocator]`.
@@ -23,8 +26,46 @@ pub use stack::{scrub_stack, stack_depth_below};
 
 use zeroize::Zeroize;
 
-/// mimalloc, zeroing on free.
-pub struct ZeroingAllocator;
+/// `A` (by default [`Mimalloc`]), zeroing on free.
+pub struct ZeroingAllocator<A = Mimalloc>(A);
+
+impl ZeroingAllocator<Mimalloc> {
+    /// Over mimalloc (the daemon, the webhook).
+    pub const fn mimalloc() -> Self {
+        Self(Mimalloc)
+    }
+}
+
+impl ZeroingAllocator<std::alloc::System> {
+    /// Over the C library's allocator (the agent).
+    pub const fn system() -> Self {
+        Self(std::alloc::System)
+    }
+}
+
+/// mimalloc with kvmount's options ([`tune`]), set at its first allocation.
+pub struct Mimalloc;
+
+// SAFETY: every method forwards to `MiMalloc` with the caller's arguments unchanged; `tune`
+// only sets an option and changes no contract.
+unsafe impl GlobalAlloc for Mimalloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        tune();
+        // SAFETY: forwarded; the caller upholds `alloc`'s contract (non-zero size).
+        unsafe { MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        tune();
+        // SAFETY: forwarded, as above.
+        unsafe { MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { MiMalloc.dealloc(ptr, layout) }
+    }
+}
 
 /// mimalloc's `mi_option_arena_eager_commit` (its index in `mi_option_e`, mimalloc.h of the
 /// v3 sources that libmimalloc-sys 0.1.49 builds; the Rust bindings name no constant for it).
@@ -34,7 +75,7 @@ const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 static TUNED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the mimalloc options that differ from its defaults, once, at the first allocation
-/// through [`ZeroingAllocator`] (mimalloc reads its options, and the `MIMALLOC_*` environment,
+/// through [`Mimalloc`] (mimalloc reads its options, and the `MIMALLOC_*` environment,
 /// in a constructor before `main`; these are set over that).
 ///
 /// Arenas are committed on demand: mimalloc's default on Linux commits each arena eagerly, and
@@ -50,22 +91,20 @@ pub fn tune() {
     }
 }
 
-// SAFETY: every method forwards to `MiMalloc` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is mimalloc's (the option set first by `tune` changes no contract). The only addition is in `dealloc`: before the
-// block goes back, its `layout.size()` bytes are overwritten. The caller guarantees `ptr` was
-// returned by this allocator with this `layout` and is not used afterwards, so the block is
-// valid for writes of that many bytes and nobody else observes them.
-unsafe impl GlobalAlloc for ZeroingAllocator {
+// SAFETY: every method forwards to `A` with the caller's arguments unchanged, so the
+// `GlobalAlloc` contract is `A`'s. The only addition is in `dealloc`: before the block goes
+// back, its `layout.size()` bytes are overwritten. The caller guarantees `ptr` was returned by
+// this allocator with this `layout` and is not used afterwards, so the block is valid for
+// writes of that many bytes and nobody else observes them.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for ZeroingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        tune();
         // SAFETY: forwarded; the caller upholds `alloc`'s contract (non-zero size).
-        unsafe { MiMalloc.alloc(layout) }
+        unsafe { self.0.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        tune();
         // SAFETY: forwarded, as above.
-        unsafe { MiMalloc.alloc_zeroed(layout) }
+        unsafe { self.0.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -75,7 +114,7 @@ unsafe impl GlobalAlloc for ZeroingAllocator {
         // Volatile writes: the compiler may not drop them as dead stores before the free.
         block.zeroize();
         // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { MiMalloc.dealloc(ptr, layout) }
+        unsafe { self.0.dealloc(ptr, layout) }
     }
 
     // `realloc` keeps the default: allocate, copy, then `dealloc` (which zeroes) the old block.
@@ -121,7 +160,11 @@ mod tests {
 
     #[test]
     fn blocks_round_trip() {
-        let a = ZeroingAllocator;
+        round_trip(&ZeroingAllocator::mimalloc());
+        round_trip(&ZeroingAllocator::system());
+    }
+
+    fn round_trip(a: &impl GlobalAlloc) {
         let layout = Layout::from_size_align(64, 8).expect("layout");
         // SAFETY: a fresh block of the layout, written within bounds, freed once with the same layout.
         unsafe {

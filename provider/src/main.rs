@@ -6,7 +6,7 @@ use kvmount_provider::cli::{Cli, Command};
 /// Freed memory is zeroed, so secrets do not outlive the buffers that held them.
 #[global_allocator]
 static ALLOCATOR: kvmount_provider::alloc::ZeroingAllocator =
-    kvmount_provider::alloc::ZeroingAllocator;
+    kvmount_provider::alloc::ZeroingAllocator::mimalloc();
 
 fn main() -> std::process::ExitCode {
     kvmount_provider::hardening::harden_process();

@@ -16,7 +16,7 @@ use kvmount_sidecar::{server, tls, webhook};
 /// Freed memory is zeroed: HTTP, TLS and JSON buffers that held secret values do not keep them
 /// (the `tests/tests/security_sidecar.rs` scan counts copies in the agent between rounds).
 #[global_allocator]
-static ALLOCATOR: kvmount_alloc::ZeroingAllocator = kvmount_alloc::ZeroingAllocator;
+static ALLOCATOR: kvmount_alloc::ZeroingAllocator = kvmount_alloc::ZeroingAllocator::mimalloc();
 
 #[derive(Parser)]
 #[command(
