@@ -83,8 +83,10 @@ static TUNED: AtomicBool = AtomicBool::new(false);
 /// eagerly committed arena that it purges stay resident. Measured with 1,000 pods mounted
 /// (provider-bench, static musl `dist` build): 15.8 MiB RSS with the default, 9.2 MiB with
 /// eager commit off (the C library's allocator: 8.5 MiB).
+#[inline]
 pub fn tune() {
-    if !TUNED.swap(true, Ordering::Relaxed) {
+    // A plain load on every allocation; the read-modify-write only until the first has run.
+    if !TUNED.load(Ordering::Relaxed) && !TUNED.swap(true, Ordering::Relaxed) {
         // SAFETY: sets one entry of mimalloc's option table by its valid index; the call takes
         // no pointer and allocates nothing.
         unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
