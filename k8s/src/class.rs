@@ -96,23 +96,20 @@ fn check_identity(
             ));
         }
     }
-    if obj.metadata.name.as_deref() != Some(name) {
-        return Err((
-            "metadata.name",
-            format!(
-                "expected {name:?}, found {:?}",
-                obj.metadata.name.as_deref().map(short)
-            ),
-        ));
-    }
-    if obj.metadata.namespace.as_deref() != Some(namespace) {
-        return Err((
+    for (field, want, found) in [
+        ("metadata.name", name, obj.metadata.name.as_deref()),
+        (
             "metadata.namespace",
-            format!(
-                "expected {namespace:?}, found {:?}",
-                obj.metadata.namespace.as_deref().map(short)
-            ),
-        ));
+            namespace,
+            obj.metadata.namespace.as_deref(),
+        ),
+    ] {
+        if found != Some(want) {
+            return Err((
+                field,
+                format!("expected {want:?}, found {:?}", found.map(short)),
+            ));
+        }
     }
     Ok(())
 }
