@@ -1,6 +1,7 @@
 //! Reading objects from Azure Key Vault for kvmount.
 //!
 //! - [`params`]: the SecretProviderClass parameter model (Azure provider names), parsed once;
+//!   [`objects_memo`] keeps the parsed `objects` of recent classes;
 //! - [`client`]: the [`Connector`]: a mount's credential and its vault's client, in its cloud;
 //! - [`http`]: where Key Vault and Entra ID are, trusted roots, `--resolve`, the HTTP clients;
 //! - [`credential`]: the proof of a credential, the credential an identity's clients share;
@@ -21,6 +22,7 @@ pub mod duration;
 pub mod error;
 pub mod fetch;
 pub mod http;
+pub mod objects_memo;
 pub mod params;
 pub mod pem;
 pub mod pipeline;

@@ -8,10 +8,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::Deserialize;
 
 use crate::error::{ParamError, SHOWN_CHARS, shown};
+use crate::objects_memo::ObjectsMemo;
 use crate::secret::SecretString;
 
 /// Audience of the service-account token used for workload identity.
@@ -542,8 +544,15 @@ fn trimmed(value: Option<String>) -> Option<String> {
 /// Parses the `objects` parameter: YAML with an `array` of YAML strings, one per object. A
 /// class author controls it, so its size, its count of objects and the files they expand to
 /// are bounded ([`MAX_OBJECTS_BYTES`], [`MAX_OBJECTS`], [`MAX_SLOTS`]) before any slot is
-/// built and before any call to Entra ID or Key Vault.
+/// built and before any call to Entra ID or Key Vault. A text parsed before is answered from
+/// the process's [`ObjectsMemo`] (see there why, and its bounds).
 pub fn parse_objects(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
+    static PARSED: LazyLock<ObjectsMemo> = LazyLock::new(ObjectsMemo::default);
+    PARSED.get_or_parse(objects, parse_objects_uncached)
+}
+
+/// [`parse_objects`] without the memo.
+pub(crate) fn parse_objects_uncached(objects: &str) -> Result<Vec<ObjectSpec>, ParamError> {
     if objects.len() > MAX_OBJECTS_BYTES {
         return Err(ParamError::new(
             "objects",
