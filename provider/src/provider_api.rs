@@ -132,8 +132,11 @@ impl Mounter {
         // The upstream driver never tells us when a volume goes away: these reads are not
         // retained by any volume and expire after the cache's idle time.
         let (objects, _keys) = self.cache.fetch_within(&params, self.deadline).await?;
+        // Per object at debug only: the driver records every object's version in the pod's
+        // SecretProviderClassPodStatus, and its rotation calls Mount for every pod each
+        // interval, so an info line per object would be most of the daemon's log.
         for object in &objects {
-            tracing::info!(object = %object.id, version = %object.version, pod = %params.pod.name, "object ready");
+            tracing::debug!(object = %object.id, version = %object.version, pod = %params.pod.name, "object ready");
         }
         Ok(MountOutput { objects })
     }
