@@ -5,7 +5,10 @@
 //! it: the two daemons run against one mock vault, and their samples are taken in alternating
 //! rounds so that load on this shared machine falls on both alike.
 //!
-//!   socket-bench --baseline OLD_BIN [--candidate NEW_BIN] [--rounds 20] [--samples 50]
+//!   socket-bench --baseline OLD_BIN [--candidate NEW_BIN] [--rounds 20] [--samples 50] [--gap-ms 0]
+//!
+//! `--gap-ms` idles that long before every timed call, as a node's daemon waits between the
+//! driver's calls (its caches and the CPU's go cold); 0 sends them back to back.
 //!
 //! The candidate defaults to the daemon `KVMOUNT_KVMOUNT_PROVIDER_BIN` names (bench/run.sh sets
 //! it), else target/<profile>/kvmount-provider. Prints a Markdown table; checks nothing.
@@ -73,6 +76,8 @@ async fn main() {
         .unwrap_or_else(|| workspace_bin("kvmount-provider").display().to_string());
     let rounds: usize = arg(&args, "--rounds").map_or(20, |n| n.parse().expect("--rounds"));
     let samples: usize = arg(&args, "--samples").map_or(50, |n| n.parse().expect("--samples"));
+    let gap =
+        Duration::from_millis(arg(&args, "--gap-ms").map_or(0, |n| n.parse().expect("--gap-ms")));
 
     let vault = Vault::start(Some(seed())).await;
     let docs: Vec<String> = (0..OBJECTS)
@@ -114,14 +119,17 @@ async fn main() {
             let target = side.daemon.target("warm");
             let context = csi_context(&side.request);
             for _ in 0..samples {
+                tokio::time::sleep(gap).await;
                 let start = Instant::now();
                 node.node_publish_volume(publish_request(&target, "warm", &context))
                     .await
                     .expect("republish");
                 side.republish.push(start.elapsed());
+                tokio::time::sleep(gap).await;
                 let start = Instant::now();
                 provider.mount(side.request.build()).await.expect("mount");
                 side.mount.push(start.elapsed());
+                tokio::time::sleep(gap).await;
                 let start = Instant::now();
                 provider
                     .version(VersionRequest {
@@ -134,8 +142,10 @@ async fn main() {
         }
     }
     println!(
-        "{} rounds x {} samples per call and daemon, alternating; class of {OBJECTS} secrets, cache warm, no added latency",
-        rounds, samples
+        "{} rounds x {} samples per call and daemon, alternating; class of {OBJECTS} secrets, cache warm, no added latency, {} ms idle before each call",
+        rounds,
+        samples,
+        gap.as_millis()
     );
     println!();
     println!(
