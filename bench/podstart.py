@@ -612,6 +612,7 @@ def run(args):
         "kvmount": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                   text=True).stdout.strip(),
         "images": images["provider"], "kubernetes": cl.KUBE_VERSION, "machine": machine(),
+        "mock_vault": mock_vault_build(),
         "load": {"before": load_before, "after": load_after, "during_1min": load.samples},
         "round_trips": rtt, "kvmount_restarts": restarts, "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "samples": bench.samples,
@@ -619,6 +620,14 @@ def run(args):
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def mock_vault_build():
+    """Which build of kvmount-provider serves the mock vault, in words for the report: its
+    requests' cost on these two cores is part of every cold row."""
+    binary = stack.provider_binary()
+    profile = os.path.basename(os.path.dirname(binary))
+    return f"{profile} build, {os.path.relpath(binary, ROOT) if binary.startswith(ROOT) else binary}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -675,7 +684,8 @@ def markdown(result):
              "Written by `bench/run.sh pod-start` (bench/podstart.py). A real single-node Kubernetes "
              f"{result['kubernetes']} (tests/cluster: apiserver, kubelet, containerd on this machine), kvmount "
              f"installed by its Helm chart from its images ({result['images']}; standalone mode with the webhook, "
-             "chart defaults otherwise), the mock vault (a debug build, on the node) trusting the cluster's "
+             f"chart defaults otherwise), the mock vault ({result.get('mock_vault', 'a debug build')}, on the node) "
+             "trusting the cluster's "
              "service-account issuer (workload identity).", "",
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}; shared with "
              "other work (builds, other tests), so compare rows of this run with each other, not with other runs",
