@@ -118,11 +118,22 @@ async fn a_hundred_pods_cost_one_read_per_object_per_interval() {
     flags.extend(["--rotation-interval".into(), "2s".into()]);
     let daemon = NodeDaemon::start(&flags);
     let mut node = NodeClient::new(daemon.csi_channel().await);
+    let started = Instant::now();
     let volumes = publish_many(&node, &daemon, &vault, 100).await;
-    assert_eq!(
-        gets(&vault),
-        5,
-        "the mount wave of 100 pods x 5 objects costs 5 reads"
+    // The wave itself reads each object once. An object's first rotation check comes 0.1 to
+    // 1 interval after its read, so a wave slower than 0.1 interval (a loaded machine) may
+    // also see rotation's reads: at most one per object per interval after that.
+    let wave_reads = gets(&vault);
+    let wave = started.elapsed();
+    let earliest_check = interval / 10;
+    let rotation_rounds = match wave.checked_sub(earliest_check) {
+        None => 0,
+        Some(late) => 1 + (late.as_secs_f64() / interval.as_secs_f64()) as u64,
+    };
+    assert!(
+        (5..=5 * (1 + rotation_rounds)).contains(&wave_reads),
+        "the mount wave of 100 pods x 5 objects costs 5 reads (plus rotation's, when the wave \
+         outlasts the earliest check: {rotation_rounds} round(s) in {wave:?}); it cost {wave_reads}"
     );
     // Three intervals of rotation: at most 5 reads per interval (plus the pass in progress).
     let before = gets(&vault);
