@@ -7,10 +7,12 @@
 //! callgrind (warm Mounts and republishes of a 10-object class), parsing was over half of the
 //! daemon's instructions. A text seen before is answered from here instead.
 //!
-//! A class author controls the text, so what is kept is bounded: at most [`MOST_KEPT`] texts,
-//! none longer than [`LONGEST_KEPT`] bytes (longer ones are parsed every time), the least
-//! recently used going first. Only texts that parsed are kept: a refusal is parsed again, so
-//! its error is always the parser's own. Nothing here is secret (a class is not).
+//! A class author controls the text, so what is kept is bounded: at most [`MOST_KEPT`] entries,
+//! none weighing more than [`HEAVIEST_KEPT`] bytes, text and parsed objects together (a short
+//! text can expand: `objectVersionHistory` copies an object, alias and all, into each slot);
+//! heavier ones are parsed every time. The least recently used goes first. Only texts that
+//! parsed are kept: a refusal is parsed again, so its error is always the parser's own.
+//! Nothing here is secret (a class is not).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,9 +22,25 @@ use crate::params::ObjectSpec;
 
 /// Most texts kept at once.
 pub const MOST_KEPT: usize = 64;
-/// Longest text kept: a class of 100 objects with long names and aliases is about this size.
-/// With [`MOST_KEPT`], the texts kept stay under 1 MiB (their parsed objects about as much).
-pub const LONGEST_KEPT: usize = 16 * 1024;
+/// Heaviest entry kept ([`weight`]: its text and its parsed objects): a class of 50 objects
+/// with names of 20 characters weighs about 10 KiB (one of 100 is parsed every time). With
+/// [`MOST_KEPT`], at most 1 MiB is kept.
+pub const HEAVIEST_KEPT: usize = 16 * 1024;
+
+/// The bytes an entry holds: its text, and each object with the strings it owns.
+pub fn weight(text: &str, specs: &[ObjectSpec]) -> usize {
+    let owned = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    text.len()
+        + specs
+            .iter()
+            .map(|spec| {
+                std::mem::size_of::<ObjectSpec>()
+                    + spec.name.len()
+                    + owned(&spec.version)
+                    + owned(&spec.alias)
+            })
+            .sum::<usize>()
+}
 
 struct Kept {
     specs: Arc<[ObjectSpec]>,
@@ -43,20 +61,22 @@ struct Inner {
 
 impl ObjectsMemo {
     /// The objects of `text`: kept ones if `text` was parsed before, else `parse(text)` (kept
-    /// when it succeeds and `text` is short enough). `parse` runs without the lock held.
+    /// when it succeeds and the entry is light enough). `parse` runs without the lock held.
     pub fn get_or_parse(
         &self,
         text: &str,
         parse: impl FnOnce(&str) -> Result<Vec<ObjectSpec>, ParamError>,
     ) -> Result<Vec<ObjectSpec>, ParamError> {
-        if text.len() > LONGEST_KEPT {
+        if text.len() > HEAVIEST_KEPT {
             return parse(text);
         }
         if let Some(specs) = self.kept(text) {
             return Ok(specs.to_vec());
         }
         let specs = parse(text)?;
-        self.keep(text, &specs);
+        if weight(text, &specs) <= HEAVIEST_KEPT {
+            self.keep(text, specs.as_slice().into());
+        }
         Ok(specs)
     }
 
@@ -73,7 +93,7 @@ impl ObjectsMemo {
         Some(Arc::clone(&kept.specs))
     }
 
-    fn keep(&self, text: &str, specs: &[ObjectSpec]) {
+    fn keep(&self, text: &str, specs: Arc<[ObjectSpec]>) {
         let mut inner = self.lock();
         inner.clock += 1;
         let now = inner.clock;
@@ -87,13 +107,7 @@ impl ObjectsMemo {
                 inner.kept.remove(&oldest);
             }
         }
-        inner.kept.insert(
-            text.into(),
-            Kept {
-                specs: specs.into(),
-                used: now,
-            },
-        );
+        inner.kept.insert(text.into(), Kept { specs, used: now });
     }
 
     /// How many texts are kept.
@@ -147,11 +161,20 @@ mod tests {
             assert_eq!(err.field, "objects");
         }
         assert_eq!(parses.get(), 2);
-        let long = format!("{}# {}\n", class("a"), "x".repeat(LONGEST_KEPT));
+        let long = format!("{}# {}\n", class("a"), "x".repeat(HEAVIEST_KEPT));
         for _ in 0..2 {
             memo.get_or_parse(&long, parse).expect("valid");
         }
         assert_eq!(parses.get(), 4);
+        // A short text that expands: 50 history slots of an object with a 1,000-byte alias.
+        let alias = vec!["a".repeat(250); 4].join("/");
+        let expands = format!(
+            "array:\n  - |\n    objectName: s\n    objectType: secret\n    objectAlias: {alias}\n    objectVersionHistory: 50\n"
+        );
+        let specs = memo.get_or_parse(&expands, parse).expect("valid");
+        assert!(weight(&expands, &specs) > 50 * 1000);
+        memo.get_or_parse(&expands, parse).expect("valid");
+        assert_eq!(parses.get(), 6);
         assert!(memo.is_empty());
     }
 
