@@ -9,8 +9,7 @@
 //! and ARCHITECTURE.md for why this and not another server stack.
 //!
 //! Only the client-to-server direction is touched, header blocks only; DATA and every other
-//! frame pass through as they arrive (nothing buffers a stream). A connection whose first
-//! header block needs no rewrite is passed on untouched and unparsed from there on. The TCP and TLS listeners
+//! frame pass through as they arrive (nothing buffers a stream). The TCP and TLS listeners
 //! (webhook, metrics, mock vault) do not use this and keep h2's strict parsing.
 
 pub mod rewrite;
@@ -31,8 +30,7 @@ pub use rewrite::{RewriteError, Rewriter};
 /// How much is read from the socket at once.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// A client connection whose header blocks reach the server with a valid `:authority` (or,
-/// once its first block needed no rewrite, as the client sent them).
+/// A client connection whose header blocks reach the server with a valid `:authority`.
 pub struct AnyAuthority<IO> {
     inner: IO,
     rewriter: Rewriter,

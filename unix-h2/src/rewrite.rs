@@ -125,12 +125,6 @@ impl Rewriter {
         }
     }
 
-    /// Whether the connection passes through untouched from here on (its first header block
-    /// needed no rewrite).
-    pub fn passes_through(&self) -> bool {
-        matches!(self.state, State::Through)
-    }
-
     /// Takes what it can from the front of `input` and appends the bytes to pass on to `out`.
     /// What is left in `input` is an incomplete preface, frame header or header frame: call
     /// again once more has been read. After an error the connection must be closed.
@@ -267,8 +261,8 @@ impl Rewriter {
         let first = !self.seen_block;
         self.seen_block = true;
         if first && !rewritten {
-            // A client whose first request has a valid `:authority`, or none (kubelet, the
-            // driver from v1.6, tonic), keeps it on every request of the connection: the rest passes
+            // A client whose first request has a valid `:authority` (kubelet, the driver from
+            // v1.6, tonic) keeps it on every request of the connection: the rest passes
             // untouched, unparsed. The block goes out as the client encoded it, so the
             // server's HPACK table is the client's from here on. Should such a client later
             // send an invalid `:authority`, h2 refuses that one stream, as it would without
