@@ -1,7 +1,6 @@
 //! The client-to-server byte stream of one HTTP/2 connection, frame by frame: every header
 //! block is decoded and encoded again with any `:authority` that is not a valid URI authority
 //! replaced by `localhost`; every other frame passes through unchanged, as its bytes arrive.
-//! A connection whose first header block needs no rewrite passes through whole from there on.
 //!
 //! Sans-IO: [`Rewriter::process`] takes what has been read and appends what to pass on, so the
 //! same code serves the socket adapter, the unit tests and the fuzz target.
@@ -92,9 +91,6 @@ enum State {
     Copy(usize),
     /// Waiting for the whole payload of a HEADERS or CONTINUATION frame.
     Hold(Head),
-    /// Everything passes as it arrives: the connection's first header block needed no
-    /// rewrite (see [`Rewriter::header_frame`]).
-    Through,
 }
 
 /// Rewrites the client-to-server direction of one connection.
@@ -102,8 +98,6 @@ pub struct Rewriter {
     state: State,
     decoder: loona_hpack::Decoder<'static>,
     pending: Option<Pending>,
-    /// Whether a header block has been written out yet.
-    seen_block: bool,
 }
 
 impl Default for Rewriter {
@@ -121,7 +115,6 @@ impl Rewriter {
             state: State::Preface,
             decoder,
             pending: None,
-            seen_block: false,
         }
     }
 
@@ -189,11 +182,6 @@ impl Rewriter {
                     input.advance(n);
                     self.state = State::Copy(left - n);
                 }
-                State::Through => {
-                    out.extend_from_slice(input);
-                    input.clear();
-                    return Ok(());
-                }
                 State::Hold(head) => {
                     if input.len() < head.length {
                         return Ok(());
@@ -257,34 +245,18 @@ impl Rewriter {
         let Some(pending) = self.pending.take() else {
             return Err(RewriteError::Continuation);
         };
-        let (block, rewritten) = self.reencode(&pending.fragments)?;
-        let first = !self.seen_block;
-        self.seen_block = true;
-        if first && !rewritten {
-            // A client whose first request has a valid `:authority` (kubelet, the driver from
-            // v1.6, tonic) keeps it on every request of the connection: the rest passes
-            // untouched, unparsed. The block goes out as the client encoded it, so the
-            // server's HPACK table is the client's from here on. Should such a client later
-            // send an invalid `:authority`, h2 refuses that one stream, as it would without
-            // this adapter. (Decoding every block cost a warm Mount more than its own work:
-            // the HPACK crate builds its Huffman table for every string.)
-            write_block(&pending, &pending.fragments, out);
-            self.state = State::Through;
-            return Ok(());
-        }
+        let block = self.reencode(&pending.fragments)?;
         write_block(&pending, &block, out);
         Ok(())
     }
 
     /// Decodes a whole header block and encodes it again, every field a literal that the
     /// server does not index (so the server's table stays empty and nothing we change can put
-    /// it out of step with the client's), `:authority` made valid; and whether an
-    /// `:authority` was replaced.
-    fn reencode(&mut self, fragments: &[u8]) -> Result<(BytesMut, bool), RewriteError> {
+    /// it out of step with the client's), `:authority` made valid.
+    fn reencode(&mut self, fragments: &[u8]) -> Result<BytesMut, RewriteError> {
         let mut block = BytesMut::with_capacity(fragments.len() + 64);
         let mut listed = 0usize;
         let mut too_large = false;
-        let mut rewritten = false;
         self.decoder
             .decode_with_cb(fragments, |name, value| {
                 listed += name.len() + value.len() + 32;
@@ -295,7 +267,6 @@ impl Rewriter {
                     return;
                 }
                 let value: &[u8] = if &*name == b":authority" && !is_authority(&value) {
-                    rewritten = true;
                     LOCAL
                 } else {
                     &value
@@ -306,7 +277,7 @@ impl Rewriter {
         if too_large {
             return Err(RewriteError::ListTooLarge);
         }
-        Ok((block, rewritten))
+        Ok(block)
     }
 }
 
@@ -520,35 +491,6 @@ mod tests {
             view[0].3[2], view[2].3[2],
             "the :path entry resolves to the same value"
         );
-    }
-
-    #[test]
-    fn a_valid_first_authority_lets_the_connection_pass_untouched() {
-        let first = request_block(b"localhost");
-        // Refers to the client's table entries; the server's table must hold the same ones.
-        let second = [0x83, 0x86, 0xc0, 0xbf, 0xbe];
-        let mut third = BytesMut::new();
-        literal(b":authority", b"/run/later.sock", &mut third);
-        let input = frames(&[
-            (HEADERS, END_HEADERS, 1, &first),
-            (0x0, END_STREAM, 1, b"\0\0\0\0\0"),
-            (HEADERS, END_HEADERS | END_STREAM, 3, &second),
-            (HEADERS, END_HEADERS | END_STREAM, 5, &third),
-        ]);
-        // Fed in small pieces, as a socket may deliver it.
-        let mut rewriter = Rewriter::new();
-        let mut out = BytesMut::new();
-        let mut buf = BytesMut::new();
-        for piece in input.chunks(7) {
-            buf.extend_from_slice(piece);
-            rewriter.process(&mut buf, &mut out).expect("passed");
-        }
-        assert!(buf.is_empty());
-        assert_eq!(out, input, "byte for byte");
-        let view = server_view(&out);
-        assert_eq!(authority_of(&view[2].3), Some(&b"localhost"[..]));
-        // Not rewritten any more: h2 refuses that one stream, as without the adapter.
-        assert_eq!(authority_of(&view[3].3), Some(&b"/run/later.sock"[..]));
     }
 
     #[test]
