@@ -90,13 +90,15 @@ async fn the_daemon_offers_its_csi_socket_to_the_kubelet() {
         })
         .await
         .expect("NotifyRegistrationStatus");
-    assert!(
-        daemon
-            .output()
-            .contains("the kubelet registered the CSI driver"),
-        "{}",
-        daemon.output()
-    );
+    // The line reaches us through a pipe and a reader thread, after the answer may have.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !daemon
+        .output()
+        .contains("the kubelet registered the CSI driver")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.output());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // A wiped plugins_registry (the kubelet's directory re-created): a new socket appears,
     // which is what the kubelet's watcher registers.
