@@ -127,6 +127,16 @@ mod tests {
     use crate::params::parse_objects_uncached;
     use std::cell::Cell;
 
+    /// The real parser, counting its calls in `parses`.
+    fn counted(
+        parses: &Cell<usize>,
+    ) -> impl Fn(&str) -> Result<Vec<ObjectSpec>, ParamError> + Copy + '_ {
+        move |text| {
+            parses.set(parses.get() + 1);
+            parse_objects_uncached(text)
+        }
+    }
+
     fn class(name: &str) -> String {
         format!("array:\n  - |\n    objectName: {name}\n    objectType: secret\n")
     }
@@ -135,10 +145,7 @@ mod tests {
     fn a_text_is_parsed_once_and_answered_alike_after() {
         let memo = ObjectsMemo::default();
         let parses = Cell::new(0);
-        let parse = |text: &str| {
-            parses.set(parses.get() + 1);
-            parse_objects_uncached(text)
-        };
+        let parse = counted(&parses);
         let first = memo.get_or_parse(&class("a"), parse).expect("valid");
         let again = memo.get_or_parse(&class("a"), parse).expect("kept");
         assert_eq!(first, again);
@@ -152,10 +159,7 @@ mod tests {
     fn refusals_and_long_texts_are_parsed_every_time() {
         let memo = ObjectsMemo::default();
         let parses = Cell::new(0);
-        let parse = |text: &str| {
-            parses.set(parses.get() + 1);
-            parse_objects_uncached(text)
-        };
+        let parse = counted(&parses);
         for _ in 0..2 {
             let err = memo.get_or_parse("array: []", parse).expect_err("empty");
             assert_eq!(err.field, "objects");
@@ -182,10 +186,7 @@ mod tests {
     fn at_most_most_kept_the_least_recently_used_out_first() {
         let memo = ObjectsMemo::default();
         let parses = Cell::new(0);
-        let parse = |text: &str| {
-            parses.set(parses.get() + 1);
-            parse_objects_uncached(text)
-        };
+        let parse = counted(&parses);
         for i in 0..MOST_KEPT {
             memo.get_or_parse(&class(&format!("s{i}")), parse)
                 .expect("valid");
