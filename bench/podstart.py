@@ -734,7 +734,7 @@ def markdown(result):
              f"- run took {result['timings_s'].get('total', 0):.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in result['timings_s'].items() if k != 'total')})",
              "",
              "Kinds: **CSI**, a kvmount CSI volume (inline attributes); **native**, an injected pod with the agent as a "
-             "native sidecar (restartable init container with a startup probe); **init**, an injected pod with the agent "
+             "native sidecar (restartable init container whose postStart hook waits for the first render); **init**, an injected pod with the agent "
              "as an init container (init-only); **Secret**, the same pod with a Kubernetes Secret volume holding the same "
              "values, the physical floor. Cold: the pod's identity (service account and client ID) has had no pod on "
              "the node (Secret: a Secret no pod used yet); warm: an anchor pod of the same identity with the same objects "
@@ -808,8 +808,8 @@ def markdown(result):
               "PLEG, every 1 s), so "
               "Ready is the first read plus 0 to 1 s whatever the volume, and its p50 differences below 1 s are mostly "
               "that phase. By our reading of the kubelet, an injected pod's app container starts only once the kubelet "
-              "has seen its init container exit (init-only: at a relist) or its sidecar's startup probe pass (native: "
-              "the injected probe runs every 1 s), which is where their extra 1 to 2 s go.", "",
+              "has seen its init container exit (init-only) or its sidecar started with its postStart hook returned "
+              "(native), each at a relist, which is where their extra 0 to 1 s go.", "",
               "| case | objects | added latency | CSI − Secret p50, first read | allowed | | (Ready) | (volume SetUp) |",
               "|---|---|---|---|---|---|---|---|"]
     for case, n, lat, d, d_ready, setup, allowance, ok in rows:

@@ -504,9 +504,31 @@ impl<'a> Progress<'a> {
     }
 }
 
-/// The startupProbe: exit 0 once the first render is published (`<mount>/..data` exists).
+/// Whether the first render is published (`<mount>/..data` exists): `probe`.
 pub fn probe(mount: &Path) -> bool {
     std::fs::symlink_metadata(mount.join(kvmount_volume::DATA_DIR_NAME)).is_ok()
+}
+
+/// How often `probe --wait` looks again. A look is one `lstat`; the agent's first render
+/// takes milliseconds once its reads are answered.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+/// Whether the first render is published within `wait`: `probe --wait`, the native sidecar's
+/// postStart hook. The kubelet starts the app containers once the hook has returned (at its
+/// next look at the pod), where a startupProbe would be run only every `periodSeconds` (1 s
+/// at least).
+pub fn wait_for_render(mount: &Path, wait: Duration) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        if probe(mount) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        std::thread::sleep(PROBE_EVERY.min(until - now));
+    }
 }
 
 /// `install DIR`: copies this binary to `DIR/kvmount-agent` (mode 0555) for `exec`.

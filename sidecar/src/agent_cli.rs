@@ -20,7 +20,8 @@ pub enum PodCommand {
     Agent(AgentArgs),
     /// Resolve env-<VAR> references and exec CMD with them (nothing on disk).
     Exec(ExecArgs),
-    /// startupProbe: exit 0 once the first render is on disk.
+    /// Exit 0 once the first render is on disk (now, or within `--wait`): the native
+    /// sidecar's postStart hook.
     Probe(ProbeArgs),
     /// Copy this binary into DIR (the memory volume `exec` runs from).
     Install {
@@ -132,6 +133,24 @@ pub struct ProbeArgs {
     /// The secrets volume (default: mountPath of $KVMOUNT_AGENT_CONFIG).
     #[arg(long)]
     mount_path: Option<PathBuf>,
+    /// Wait up to this long for the first render (e.g. 300ms, 5m; at most 1h); without it the
+    /// probe answers at once.
+    #[arg(long, value_parser = parse_wait)]
+    wait: Option<Duration>,
+}
+
+/// The longest `probe --wait`.
+const MOST_WAIT: Duration = Duration::from_secs(3600);
+
+/// `--wait`: a duration (humantime: `300ms`, `5m`, `1h`), at most [`MOST_WAIT`].
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let wait = humantime::parse_duration(text).map_err(|e| {
+        format!("a duration such as 300ms, 30s or 5m, at most 1h is accepted ({e})")
+    })?;
+    if wait > MOST_WAIT {
+        return Err("at most 1h is accepted".to_owned());
+    }
+    Ok(wait)
 }
 
 /// Checks the webhook's `--agent-arg` values: `agent` must take all of them, and `exec` the
@@ -245,7 +264,11 @@ fn run_probe(args: ProbeArgs) -> Result<(), String> {
             .mount_path
             .ok_or_else(|| format!("{AGENT_CONFIG_ENV} has no mountPath"))?,
     };
-    if agent::probe(&mount) {
+    let rendered = match args.wait {
+        None => agent::probe(&mount),
+        Some(wait) => agent::wait_for_render(&mount, wait),
+    };
+    if rendered {
         Ok(())
     } else {
         Err(format!("{}: no render yet", mount.display()))

@@ -44,6 +44,9 @@ const AZURE_ENV: &[&str] = &[
     "AZURE_FEDERATED_TOKEN_FILE",
     "AZURE_AUTHORITY_HOST",
 ];
+/// How long the native agent's postStart hook (`probe --wait`) waits for the first render:
+/// what the startupProbe it replaced allowed (300 tries, 1 s apart).
+pub const POST_START_WAIT: &str = "5m";
 /// The user the agent runs as when the pod sets none.
 pub const AGENT_UID: i64 = 65532;
 /// Injected container names.
@@ -927,11 +930,15 @@ fn add_agent_containers(
             Mode::Native => {
                 let mut c = agent.container(AGENT_CONTAINER, false);
                 c["restartPolicy"] = json!("Always");
-                c["startupProbe"] = json!({
-                    "exec": { "command": [config.agent_command, "probe"] },
-                    "periodSeconds": 1,
-                    "timeoutSeconds": 2,
-                    "failureThreshold": 300,
+                // The app containers start once the kubelet sees the agent started: for a
+                // postStart hook, at its next look at the pod after the hook returned; for a
+                // startupProbe, at the probe's next run after that (every second at most),
+                // which cost about 1 s per pod (bench/podstart.py). The hook waits for the
+                // first render; failing after 5 minutes, it has the agent restarted.
+                c["lifecycle"] = json!({
+                    "postStart": {
+                        "exec": { "command": [config.agent_command, "probe", "--wait", POST_START_WAIT] }
+                    }
                 });
                 init.push(c);
             }

@@ -214,13 +214,23 @@ fn annotated_pod_gets_volume_agent_token_and_status() {
         token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "api://AzureADTokenExchange"
     );
-    // Native mode by default: one init container that always restarts, with a startupProbe.
+    // Native mode by default: one init container that always restarts, whose postStart hook
+    // waits for the first render (no startupProbe: its 1 s period delayed the app).
     let init = pod["spec"]["initContainers"].as_array().unwrap();
     assert_eq!(init.len(), 1);
     let agent = &init[0];
     assert_eq!(agent["name"], webhook::AGENT_CONTAINER);
     assert_eq!(agent["restartPolicy"], "Always");
-    assert_eq!(agent["startupProbe"]["exec"]["command"][1], "probe");
+    assert_eq!(
+        agent["lifecycle"]["postStart"]["exec"]["command"],
+        json!([
+            agent["command"][0],
+            "probe",
+            "--wait",
+            webhook::POST_START_WAIT
+        ])
+    );
+    assert!(agent.get("startupProbe").is_none());
     assert_eq!(agent["args"], json!(["agent"]));
     assert_hardened(agent);
     let plan = agent_config(agent);
@@ -255,6 +265,7 @@ fn job_in_init_only_mode_has_no_long_running_agent() {
     assert_eq!(init[0]["name"], webhook::AGENT_INIT_CONTAINER);
     assert!(init[0].get("restartPolicy").is_none());
     assert!(init[0].get("startupProbe").is_none());
+    assert!(init[0].get("lifecycle").is_none());
     assert_eq!(init[0]["args"], json!(["agent", "--init-only"]));
     assert_eq!(init[1], original["spec"]["initContainers"][0]);
     assert_eq!(pod["spec"]["containers"].as_array().unwrap().len(), 1);

@@ -390,6 +390,49 @@ fn a_bad_configuration_names_the_field() {
     assert!(agent.output().contains("env.9X"), "{}", agent.output());
 }
 
+/// `probe --wait`, the native agent's postStart hook: it returns as soon as the first render
+/// is published, and fails, naming the volume, when none comes within the wait. The agent
+/// binary the webhook injects is the one run here.
+#[test]
+fn probe_waits_for_the_first_render_within_its_bound() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mount = dir.path().display().to_string();
+    let probe = |wait: &str| {
+        Sidecar::spawn_bin(
+            &kvmount_tests::workspace_bin("kvmount-agent"),
+            &[
+                "probe".into(),
+                "--mount-path".into(),
+                mount.clone(),
+                "--wait".into(),
+                wait.into(),
+            ],
+            &[],
+            None,
+        )
+    };
+    // Nothing rendered: it fails once its wait is over, not before.
+    let started = Instant::now();
+    let mut empty = probe("300ms");
+    assert!(!empty.wait(Duration::from_secs(30)).success());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        empty.output().contains("no render yet"),
+        "{}",
+        empty.output()
+    );
+    // Rendered while it waits: it passes.
+    let mut waiting = probe("5m");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(waiting.try_status().is_none(), "{}", waiting.output());
+    std::os::unix::fs::symlink("..2026_12_07", dir.path().join("..data")).expect("..data");
+    assert!(waiting.wait(Duration::from_secs(30)).success());
+    // A wait past its bound is refused, naming the flag.
+    let mut long = probe("2h");
+    assert!(!long.wait(Duration::from_secs(30)).success());
+    assert!(long.output().contains("--wait"), "{}", long.output());
+}
+
 /// A vault with every kind of object the node plugin renders: secrets with several versions
 /// and encodings, RSA and EC keys (one with two versions), certificates stored as PKCS#12
 /// (leaf first and root first, one with two versions) and as PEM (root first).

@@ -137,7 +137,7 @@ impl Sidecar {
         }
     }
 
-    fn try_status(&mut self) -> Option<ExitStatus> {
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none()
             && let Some(child) = self.child.as_mut()
             && let Ok(Some(status)) = child.try_wait()
