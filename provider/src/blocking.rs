@@ -167,6 +167,25 @@ mod tests {
         })
     }
 
+    /// Stuck work started through `in_lanes` in a task of its own, once it has begun: the
+    /// sender that releases it and the call's handle.
+    async fn start_stuck(
+        lanes: &Arc<Semaphore>,
+        timing: Timing,
+    ) -> (
+        mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<&'static str, Late>>,
+    ) {
+        let (started, begun) = tokio::sync::oneshot::channel();
+        let (release, work) = stuck(started);
+        let call = tokio::spawn({
+            let lanes = lanes.clone();
+            async move { in_lanes(&lanes, timing, NEVER, work).await }
+        });
+        bounded(begun).await.expect("the stuck work starts");
+        (release, call)
+    }
+
     #[tokio::test]
     async fn no_more_than_the_lanes_run_at_once_and_threads_are_reused() {
         let lanes = lanes(2);
@@ -201,17 +220,11 @@ mod tests {
     #[tokio::test]
     async fn stuck_work_gives_its_lane_up_after_its_stall_time() {
         let lanes = lanes(1);
-        let (started, begun) = tokio::sync::oneshot::channel();
-        let (release, work) = stuck(started);
         let short_stall = Timing {
             stall: Duration::from_millis(50),
             wait: NEVER,
         };
-        let stalled = tokio::spawn({
-            let lanes = lanes.clone();
-            async move { in_lanes(&lanes, short_stall, NEVER, work).await }
-        });
-        bounded(begun).await.expect("the stuck work starts");
+        let (release, stalled) = start_stuck(&lanes, short_stall).await;
         // This call waits for the one lane as long as it takes: it gets it once the stuck
         // work's stall time has passed, and answers while that work is still stuck.
         assert_eq!(
@@ -226,13 +239,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_that_finds_no_lane_free_runs_without_one() {
         let lanes = lanes(1);
-        let (started, begun) = tokio::sync::oneshot::channel();
-        let (release, work) = stuck(started);
-        let stalled = tokio::spawn({
-            let lanes = lanes.clone();
-            async move { in_lanes(&lanes, PATIENT, NEVER, work).await }
-        });
-        bounded(begun).await.expect("the stuck work starts");
+        let (release, stalled) = start_stuck(&lanes, PATIENT).await;
         // The stuck work never gives its lane up; this call waits 50 ms for it, then runs.
         let impatient = Timing {
             stall: NEVER,
@@ -254,13 +261,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_call_leaves_its_lane_with_the_work() {
         let lanes = lanes(1);
-        let (started, begun) = tokio::sync::oneshot::channel();
-        let (release, work) = stuck(started);
-        let call = tokio::spawn({
-            let lanes = lanes.clone();
-            async move { in_lanes(&lanes, PATIENT, NEVER, work).await }
-        });
-        bounded(begun).await.expect("the stuck work starts");
+        let (release, call) = start_stuck(&lanes, PATIENT).await;
         call.abort();
         assert!(bounded(call).await.is_err(), "the call was cancelled");
         // The work goes on and keeps the lane: a caller that gives up frees no place.
