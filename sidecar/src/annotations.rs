@@ -76,8 +76,8 @@ impl AnnotationError {
 /// How the agent runs in the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+ native sidecar) and a
-    /// startupProbe that passes once the first render is on disk.
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+ native sidecar) whose
+    /// postStart hook returns once the first render is on disk.
     Native,
     /// An init container that renders once, and a regular sidecar container that refreshes.
     Sidecar,

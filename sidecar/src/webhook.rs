@@ -44,9 +44,12 @@ const AZURE_ENV: &[&str] = &[
     "AZURE_FEDERATED_TOKEN_FILE",
     "AZURE_AUTHORITY_HOST",
 ];
-/// How long the native agent's postStart hook (`probe --wait`) waits for the first render:
-/// what the startupProbe it replaced allowed (300 tries, 1 s apart).
-pub const POST_START_WAIT: &str = "5m";
+/// How long the native agent's postStart hook (`probe --wait`) waits for the first render
+/// before it fails, and the kubelet restarts the agent (with its crash-loop backoff). The
+/// kubelet waits for a postStart hook even when the pod is deleted (it does not cancel the
+/// exec: kubernetes/kubernetes#116032), so this is also how much longer deleting a pod whose
+/// first render has not come can take. A first render takes milliseconds to a few seconds.
+pub const POST_START_WAIT: &str = "20s";
 /// The user the agent runs as when the pod sets none.
 pub const AGENT_UID: i64 = 65532;
 /// Injected container names.
@@ -934,7 +937,7 @@ fn add_agent_containers(
                 // postStart hook, at its next look at the pod after the hook returned; for a
                 // startupProbe, at the probe's next run after that (every second at most),
                 // which cost about 1 s per pod (bench/podstart.py). The hook waits for the
-                // first render; failing after 5 minutes, it has the agent restarted.
+                // first render, at most POST_START_WAIT.
                 c["lifecycle"] = json!({
                     "postStart": {
                         "exec": { "command": [config.agent_command, "probe", "--wait", POST_START_WAIT] }
