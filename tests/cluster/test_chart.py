@@ -424,6 +424,31 @@ def test_webhook_injects_native_sidecar_init_only_and_exec_pods(chart, wait_pod)
     chart.kubectl("delete", "pods,jobs", "--all", "-n", APP_NS, "--wait=false")
 
 
+def test_native_agent_without_a_render_holds_the_app_back_and_its_pod_still_goes(chart):
+    """A native pod whose secret does not exist: the agent's postStart hook (`probe --wait
+    20s`) fails, the kubelet reports FailedPostStartHook and restarts the agent, the app
+    container never starts, and deleting the pod (which the kubelet holds while a hook runs)
+    is done within the hook's wait plus the grace period."""
+    chart.cluster.apply(injected("inj-norender", "native", {
+        "kvmount.io/secret-missing": "secret/no-such-secret", "kvmount.io/tenant-id": chart.vault["tenant"]}))
+
+    def hook_failed():
+        items = json.loads(chart.kubectl("get", "events", "-n", APP_NS, "--field-selector",
+                                         "involvedObject.name=inj-norender,reason=FailedPostStartHook",
+                                         "-o", "json"))["items"]
+        return bool(items), [e["message"] for e in items]
+
+    wait_for("a FailedPostStartHook event for pod inj-norender", hook_failed, 90)
+    status = chart.pod_json("inj-norender")["status"]
+    app = [c for c in status.get("containerStatuses") or [] if c["name"] == "app"]
+    assert app and "waiting" in app[0]["state"], status
+    assert status["phase"] == "Pending", status
+    started = time.monotonic()
+    delete_pods(chart, "inj-norender")
+    took = time.monotonic() - started
+    assert took < 20 + 1 + 30, f"deleting took {took:.0f} s"
+
+
 # ------------------------------------------------------------------------------------------
 # 9.-10. Upgrade and uninstall
 
