@@ -57,6 +57,7 @@ impl RegistrationConfig {
 }
 
 /// What the keeper does once the current socket's server has stopped.
+#[derive(Debug, PartialEq, Eq)]
 enum Next {
     /// The daemon stops.
     Stop,
@@ -125,7 +126,7 @@ where
                 .serve_with_incoming(kvmount_unix_h2::incoming(listener)),
         );
         let next = tokio::select! {
-            next = watch(bound.path().to_owned(), Arc::clone(&state), stopped()) => next,
+            next = watch(bound.path().to_owned(), bound.identity(), Arc::clone(&state), stopped()) => next,
             ended = &mut server => {
                 tracing::error!(?ended, "the registration server stopped; offering the socket again");
                 Next::Offer("closed")
@@ -161,13 +162,15 @@ where
     }
 }
 
-/// Resolves when the socket should be offered again, or at stop.
+/// Resolves when the socket should be offered again, or at stop. `ours` is the file as bound:
+/// read again here, it could already be another daemon's (one that replaced ours between the
+/// bind and this call would pass for ours).
 async fn watch(
     path: PathBuf,
+    ours: Option<(u64, u64)>,
     state: Arc<RegistrationState>,
     stop: impl Future<Output = ()>,
 ) -> Next {
-    let ours = file_identity(&path);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -208,5 +211,29 @@ async fn pause_or_stop(pause: Duration, stop: impl Future<Output = ()>) -> bool 
     tokio::select! {
         _ = stop => true,
         _ = tokio::time::sleep(pause) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another daemon replaced our socket before `watch` began: compared with the file as
+    /// bound, theirs is still seen as another file (read again at the start, it passed for
+    /// ours, and this daemon never yielded: a CI run caught that race).
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_replaced_before_the_watch_began_is_seen_as_another_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reg.sock");
+        let ours = BoundSocket::bind(&path).expect("bind");
+        std::fs::remove_file(&path).expect("remove ours");
+        let _theirs = std::os::unix::net::UnixListener::bind(&path).expect("their socket");
+        let state = Arc::new(RegistrationState::default());
+        let next = tokio::time::timeout(
+            Duration::from_secs(60),
+            watch(path, ours.identity(), state, std::future::pending()),
+        )
+        .await;
+        assert_eq!(next, Ok(Next::Yield), "not seen within 60 s (paused time)");
     }
 }

@@ -99,6 +99,11 @@ impl BoundSocket {
         &self.path
     }
 
+    /// The file this bound, as [`file_identity`] saw it right after the bind.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
+    }
+
     /// Takes the listener out (once), leaving the guard to remove the socket on drop.
     pub fn take_listener(&mut self) -> Option<UnixListener> {
         self.listener.take()
