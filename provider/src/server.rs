@@ -85,12 +85,15 @@ impl BoundSocket {
         let bound = UnixListener::bind(path);
         rustix::process::umask(old);
         let listener = bound.map_err(io_err(path, "bind"))?;
+        // Read at once: the later the file at `path` is looked at, the longer another daemon's
+        // socket put there could pass for ours.
+        let identity = file_identity(path);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(io_err(path, "chmod 0600"))?;
         Ok(Self {
             path: path.to_owned(),
             listener: Some(listener),
-            identity: file_identity(path),
+            identity,
         })
     }
 
