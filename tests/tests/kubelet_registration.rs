@@ -56,6 +56,20 @@ fn wait_for_new_socket(path: &Path, old: Option<u64>, daemon: &NodeDaemon) -> u6
     }
 }
 
+/// Waits until the daemon has printed `needle` (its lines reach us through a pipe and a reader
+/// thread, so after any answer it gave); fails with its output after `within`.
+fn wait_for_line(daemon: &NodeDaemon, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !daemon.output().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?}:\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 async fn client(path: &Path) -> RegistrationClient<tonic::transport::Channel> {
     RegistrationClient::new(
         kvmount_provider::server::unix_channel(path)
@@ -90,15 +104,11 @@ async fn the_daemon_offers_its_csi_socket_to_the_kubelet() {
         })
         .await
         .expect("NotifyRegistrationStatus");
-    // The line reaches us through a pipe and a reader thread, after the answer may have.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !daemon
-        .output()
-        .contains("the kubelet registered the CSI driver")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.output());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_line(
+        &daemon,
+        "the kubelet registered the CSI driver",
+        Duration::from_secs(5),
+    );
 
     // A wiped plugins_registry (the kubelet's directory re-created): a new socket appears,
     // which is what the kubelet's watcher registers.
@@ -167,11 +177,7 @@ async fn a_file_that_took_the_sockets_place_is_left_alone() {
     std::fs::remove_file(&path).expect("remove");
     let other = std::os::unix::net::UnixListener::bind(&path).expect("bind another socket");
     let theirs = inode(&path).expect("their socket");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !daemon.output().contains("another file took") {
-        assert!(Instant::now() < deadline, "{}", daemon.output());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_line(&daemon, "another file took", Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(inode(&path), Some(theirs), "their socket is left in place");
     // Once it is gone, the daemon offers its own again.
