@@ -142,15 +142,10 @@ pub struct ProbeArgs {
 /// The longest `probe --wait`.
 const MOST_WAIT: Duration = Duration::from_secs(3600);
 
-/// `--wait`: a duration (humantime: `300ms`, `5m`, `1h`), at most [`MOST_WAIT`].
+/// `--wait`: a duration as every kvmount duration is typed (`300ms`, `5m`, a number of
+/// seconds), at most [`MOST_WAIT`].
 fn parse_wait(text: &str) -> Result<Duration, String> {
-    let wait = humantime::parse_duration(text).map_err(|e| {
-        format!("a duration such as 300ms, 30s or 5m, at most 1h is accepted ({e})")
-    })?;
-    if wait > MOST_WAIT {
-        return Err("at most 1h is accepted".to_owned());
-    }
-    Ok(wait)
+    kvmount_vault::duration::parse_duration_within("--wait", text, Duration::ZERO, MOST_WAIT)
 }
 
 /// Checks the webhook's `--agent-arg` values: `agent` must take all of them, and `exec` the
